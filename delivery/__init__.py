@@ -1,0 +1,21 @@
+"""Distributed delivery workers: queued, retried and logged notifications.
+
+The producer API lives here and stays light: ``import delivery`` loads neither SQLAlchemy
+nor any provider SDK.
+"""
+
+from delivery.errors import DeliveryError, PermanentError, PublishError, RetryableError
+from delivery.producer import send, send_many
+from schemas import Message, Payload, Receipt
+
+__all__ = [
+    "DeliveryError",
+    "Message",
+    "Payload",
+    "PermanentError",
+    "PublishError",
+    "Receipt",
+    "RetryableError",
+    "send",
+    "send_many",
+]

@@ -1,0 +1,56 @@
+"""How producer and workers reach the broker: Celery settings shared by both sides."""
+
+from typing import Any
+
+from schemas import Settings
+
+#: The delivery task, published by name so the producer never imports the worker.
+DELIVER_TASK = "delivery.deliver"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings suited to at-least-once, I/O-bound delivery work."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: task messages are data, never pickles a broker could be fed.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # The delivery log is the result store; a result backend would only duplicate it.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: acknowledge after the attempt is recorded, and put the message back
+        # if the process running it dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": settings.queue,
+        "task_routes": {DELIVER_TASK: {"queue": settings.queue}},
+        "worker_concurrency": settings.worker_concurrency,
+        # Threads: delivery is network-bound, and threads share the per-thread HTTP and
+        # SMTP clients' process, its DB pool and channel cache without monkey-patching.
+        "worker_pool": "threads",
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.is_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            # Kept beside the queue so taking a message is an atomic rename on one disk.
+            "processed_folder": str(folder / "processed"),
+            "store_processed": True,
+            "control_folder": str(folder / "control"),
+            "polling_interval": 0.1,
+        }
+    elif settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        config["broker_transport_options"] = {
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_connect_timeout": 5,
+        }
+    return config

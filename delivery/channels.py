@@ -1,0 +1,216 @@
+"""Channels: a name bound to a dispatcher and its validated config, stored worker-side."""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import sessionmaker
+
+from delivery.crypto import SecretBox
+from delivery.dispatcher import DispatcherConfig
+from delivery.errors import ConfigurationError, UnknownChannel
+from delivery.models import ChannelRow
+from delivery.registry import DispatcherRegistry
+from schemas import CHANNEL_NAME_PATTERN
+
+MASK = "********"
+RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
+#: Longest retry schedule a channel may have (attempts after the first).
+MAX_SCHEDULE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    name: str
+    dispatcher: str
+    config: DispatcherConfig
+    retry_schedule: tuple[float, ...] | None = None
+    rate_limit: str | None = None
+    paused: bool = False
+    updated_at: datetime | None = None
+
+
+def parse_rate_limit(value: str) -> float:
+    """Messages per second for a limit such as ``1/s``, ``60/m`` or ``500/h``.
+
+    Raises:
+        ConfigurationError: the limit is not in that form.
+    """
+    match = RATE_LIMIT_PATTERN.match(value.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigurationError(f"rate limit {value!r} must look like 1/s, 60/m or 500/h")
+    per = {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return float(match.group(1)) / per
+
+
+def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    """Seconds to wait before each retry, e.g. ``0,5,300,1800``.
+
+    Raises:
+        ConfigurationError: not a list of non-negative numbers, or too long.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        delays = tuple(float(item) for item in items if str(item).strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"retry schedule {value!r} must be seconds separated by commas, e.g. 0,5,300"
+        ) from None
+    if not delays or any(d < 0 for d in delays) or len(delays) > MAX_SCHEDULE:
+        raise ConfigurationError(
+            f"retry schedule must have 1-{MAX_SCHEDULE} delays, none negative"
+        )
+    return delays
+
+
+def explain_config_error(exc: ValidationError, config_class: type[BaseModel]) -> str:
+    """One line per problem, naming the field and what is allowed."""
+    allowed = ", ".join(config_class.model_fields) or "none"
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "config"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown field {where!r}; allowed fields: {allowed}")
+        elif error["type"] == "missing":
+            lines.append(f"{where}: required")
+        else:
+            lines.append(f"{where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+class ChannelStore:
+    def __init__(
+        self, engine: Engine, registry: DispatcherRegistry, box: Callable[[], SecretBox]
+    ) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._registry = registry
+        # A factory: the key is only needed when a channel actually has secrets.
+        self._box = box
+
+    def validate(self, dispatcher: str, raw: dict[str, Any]) -> DispatcherConfig:
+        """The dispatcher's config model applied to ``raw``.
+
+        Raises:
+            UnknownDispatcher: no such dispatcher.
+            ConfigurationError: the config does not validate (one line per field).
+        """
+        config_class = self._registry.get(dispatcher).config_class
+        try:
+            return config_class.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigurationError(explain_config_error(exc, config_class)) from None
+
+    def add(
+        self,
+        name: str,
+        dispatcher: str,
+        raw: dict[str, Any],
+        *,
+        retry_schedule: tuple[float, ...] | None = None,
+        rate_limit: str | None = None,
+        replace: bool = False,
+    ) -> Channel:
+        """Validate and store a channel.
+
+        Raises:
+            ConfigurationError: bad name, config, schedule or rate limit, or the channel
+                exists and ``replace`` is false.
+        """
+        if not re.match(CHANNEL_NAME_PATTERN, name):
+            raise ConfigurationError(
+                f"channel name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        config = self.validate(dispatcher, raw)
+        if rate_limit is not None:
+            parse_rate_limit(rate_limit)
+        plain, secret = _split_secrets(config)
+        token = self._box().encrypt(secret) if secret else None
+        now = datetime.now(UTC)
+        with self._sessions.begin() as session:
+            row = session.get(ChannelRow, name)
+            if row is not None and not replace:
+                raise ConfigurationError(f"channel {name!r} exists; remove it first or use --replace")
+            if row is None:
+                row = ChannelRow(name=name, created_at=now, paused=False)
+                session.add(row)
+            row.dispatcher = dispatcher
+            row.config = plain
+            row.secrets = token
+            row.retry_schedule = list(retry_schedule) if retry_schedule else None
+            row.rate_limit = rate_limit
+            row.updated_at = now
+        return Channel(name, dispatcher, config, retry_schedule, rate_limit, False, now)
+
+    def get(self, name: str) -> Channel:
+        """The channel with its secrets decrypted.
+
+        Raises:
+            UnknownChannel: no channel has that name.
+            ConfigurationError: its stored config no longer validates, or cannot be decrypted.
+        """
+        with self._sessions() as session:
+            row = session.get(ChannelRow, name)
+        if row is None:
+            raise UnknownChannel(f"no channel named {name!r}")
+        raw = dict(row.config)
+        if row.secrets:
+            raw.update(self._box().decrypt(row.secrets))
+        return Channel(
+            name=row.name,
+            dispatcher=row.dispatcher,
+            config=self.validate(row.dispatcher, raw),
+            retry_schedule=tuple(row.retry_schedule) if row.retry_schedule else None,
+            rate_limit=row.rate_limit,
+            paused=row.paused,
+            updated_at=row.updated_at,
+        )
+
+    def version(self, name: str) -> datetime | None:
+        """When the channel last changed, or None if it does not exist (a cheap check)."""
+        with self._sessions() as session:
+            return session.scalar(select(ChannelRow.updated_at).where(ChannelRow.name == name))
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every channel as shown to a person: secret fields masked, nothing decrypted."""
+        with self._sessions() as session:
+            rows = session.scalars(select(ChannelRow).order_by(ChannelRow.name)).all()
+        out = []
+        for row in rows:
+            config: dict[str, Any] = dict(row.config)
+            try:
+                secret_names = self._registry.get(row.dispatcher).config_class.secret_fields()
+            except Exception:  # noqa: BLE001 - a missing plugin must not hide the list
+                secret_names = frozenset()
+            config.update(dict.fromkeys(sorted(secret_names), MASK) if row.secrets else {})
+            out.append(
+                {
+                    "name": row.name,
+                    "dispatcher": row.dispatcher,
+                    "config": config,
+                    "retry_schedule": row.retry_schedule,
+                    "rate_limit": row.rate_limit,
+                    "paused": row.paused,
+                    "updated_at": row.updated_at.isoformat(),
+                }
+            )
+        return out
+
+    def remove(self, name: str) -> bool:
+        with self._sessions.begin() as session:
+            return bool(session.execute(delete(ChannelRow).where(ChannelRow.name == name)).rowcount)  # type: ignore[attr-defined]
+
+
+def _split_secrets(config: DispatcherConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config as JSON, split into plain fields and secret ones."""
+    secret_names = config.secret_fields()
+    plain = config.model_dump(mode="json", exclude=set(secret_names))
+    secret: dict[str, Any] = {}
+    for name in secret_names:
+        value = getattr(config, name)
+        if value is not None:
+            secret[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return plain, secret

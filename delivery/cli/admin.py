@@ -1,0 +1,117 @@
+"""Setting up: the log's schema, dispatchers, keys, JSON Schemas, and running a worker."""
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from delivery.cli import app, fail, out, print_json, user_errors
+from delivery.cli.context import registry
+from delivery.crypto import generate_key
+from delivery.db import get_engine
+from delivery.migrate import upgrade
+from schemas import Envelope, Message, Payload, get_settings
+
+db = typer.Typer(help="The delivery log's database.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create or update the delivery log's tables (Alembic migrations)."""
+    settings = get_settings()
+    url = settings.resolved_database_url
+    with user_errors():
+        try:
+            get_engine(url)  # creates the SQLite folder when needed
+            upgrade(url, revision)
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a message
+            fail(f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    out.print(f"delivery log at [bold]{get_engine(url).url.render_as_string(hide_password=True)}[/] is up to date")
+
+
+@app.command("dispatchers")
+def dispatchers(as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False) -> None:
+    """List the dispatchers the entry-point group delivery.dispatchers registers."""
+    reg = registry()
+    described, broken = [], []
+    for name in reg.names():
+        try:
+            described.append(reg.describe(name))
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the rest
+            broken.append({"slug": name, "error": str(exc)})
+    if as_json:
+        print_json({"dispatchers": described, "broken": broken})
+        return
+    table = Table("slug", "version", "protocol", "address types", "config fields")
+    for d in described:
+        fields = ", ".join(
+            f"{f['name']}{'*' if f['required'] else ''}{' (secret)' if f['secret'] else ''}"
+            for f in d["config_fields"]
+        )
+        table.add_row(d["slug"], d["version"] or "?", d["protocol"]["name"], ", ".join(d["address_types"]), fields or "-")
+    out.print(table)
+    out.print("* required")
+    for b in broken:
+        out.print(f"[red]{b['slug']}[/]: {b['error']}")
+
+
+@app.command("keygen")
+def keygen(
+    webhook: Annotated[bool, typer.Option("--webhook", help="A Standard Webhooks signing secret instead")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Save as DELIVERY_HOME/secret.key")] = False,
+) -> None:
+    """Print a new DELIVERY_SECRET_KEY (or, with --webhook, a whsec_ signing secret)."""
+    if webhook:
+        typer.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+        return
+    key = generate_key()
+    if not write:
+        typer.echo(key)
+        return
+    path = get_settings().key_file
+    if path.exists():
+        fail(f"{path} exists; remove it first if you mean to replace the key")
+    write_key_file(path, key)
+    out.print(f"key written to {path} (readable by you only)")
+
+
+def write_key_file(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+
+
+@app.command("schemas")
+def export_schemas(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write one file per model here")] = None,
+) -> None:
+    """JSON Schemas of the messages, for producers written in other languages."""
+    docs = {model.__name__: model.model_json_schema() for model in (Payload, Message, Envelope)}
+    if out_dir is None:
+        print_json(docs)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        (out_dir / f"{name}.schema.json").write_text(json.dumps(doc, indent=2) + "\n")
+    out.print(f"wrote {len(docs)} schemas to {out_dir}")
+
+
+@app.command(
+    "worker",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker with the project's defaults; other options go to Celery."""
+    from delivery.cli.context import delivery_log
+
+    delivery_log()  # fail early, with a message, if the log has no tables
+    from workers.app import app as celery_app
+
+    celery_app.worker_main(["worker", *ctx.args])

@@ -1,0 +1,30 @@
+"""What the commands share: settings, the log, the registry, the channel store."""
+
+from functools import lru_cache
+
+from delivery.channels import ChannelStore
+from delivery.crypto import SecretBox
+from delivery.log import DeliveryLog
+from delivery.migrate import is_current
+from delivery.registry import DispatcherRegistry
+from schemas import get_settings
+
+
+@lru_cache(maxsize=1)
+def registry() -> DispatcherRegistry:
+    return DispatcherRegistry.from_installed()
+
+
+def delivery_log(*, must_exist: bool = True) -> DeliveryLog:
+    from delivery.cli import fail
+
+    settings = get_settings()
+    log = DeliveryLog.from_settings(settings)
+    if must_exist and not is_current(log.engine):
+        fail("the delivery log has no tables yet: run `delivery db upgrade` first")
+    return log
+
+
+def channel_store() -> ChannelStore:
+    settings = get_settings()
+    return ChannelStore(delivery_log().engine, registry(), lambda: SecretBox.from_settings(settings))

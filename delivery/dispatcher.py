@@ -1,0 +1,179 @@
+"""The dispatcher base class: one kind of transport (the Bitcaster shape from the seeds)."""
+
+import threading
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from delivery.protocol import AddressType, Protocol
+from schemas import Payload
+
+T = TypeVar("T")
+
+
+class DispatcherConfig(BaseModel):
+    """A dispatcher's channel config. Fields typed ``SecretStr`` are encrypted at rest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def secret_fields(cls) -> frozenset[str]:
+        return frozenset(
+            name for name, info in cls.model_fields.items() if _mentions_secret(info.annotation)
+        )
+
+    @classmethod
+    def describe_fields(cls) -> list[dict[str, object]]:
+        secrets = cls.secret_fields()
+        fields = []
+        for name, info in cls.model_fields.items():
+            fields.append(
+                {
+                    "name": name,
+                    "type": _type_name(info.annotation),
+                    "required": info.is_required(),
+                    "default": None if info.is_required() else _jsonable(info.get_default()),
+                    "secret": name in secrets,
+                    "description": info.description or "",
+                }
+            )
+        return fields
+
+
+def _mentions_secret(annotation: object) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_mentions_secret(arg) for arg in typing.get_args(annotation))
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return "********"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+class EmptyConfig(DispatcherConfig):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What the worker knows about the delivery being sent."""
+
+    delivery_id: str
+    attempt: int = 1
+    channel: str = ""
+
+
+@dataclass(slots=True)
+class SendResult:
+    """What the provider said about an accepted message."""
+
+    #: The provider's reference, so a person can find the message there (Slack ts, SID…).
+    provider_ref: str | None = None
+    #: The provider's status code (HTTP status, SMTP reply code).
+    status: int | None = None
+    #: Anything else worth keeping on the attempt record (segment count, queue id…).
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Dispatcher(ABC):
+    """Delivers payloads over one kind of transport.
+
+    Subclasses set the class attributes, implement ``_send`` and register through the
+    ``delivery.dispatchers`` entry-point group. They take their validated config through
+    ``__init__`` and get their I/O client per thread with ``get_local``.
+    """
+
+    slug: ClassVar[str]
+    verbose_name: ClassVar[str]
+    protocol: ClassVar[Protocol]
+    config_class: ClassVar[type[DispatcherConfig]] = EmptyConfig
+    address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.ANY})
+
+    def __init__(self, config: DispatcherConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self._local = threading.local()
+        self._clients: list[object] = []
+        self._clients_lock = threading.Lock()
+
+    def get_local(self, name: str, factory: Callable[[], T]) -> T:
+        """This thread's instance of a client, made by ``factory`` on first use.
+
+        Clients such as ``requests.Session`` are not safe to share between threads, but
+        making one per message would throw away keep-alive connections.
+        """
+        try:
+            return typing.cast(T, getattr(self._local, name))
+        except AttributeError:
+            client = factory()
+            setattr(self._local, name, client)
+            with self._clients_lock:
+                self._clients.append(client)
+            return client
+
+    def drop_local(self, name: str) -> None:
+        """Forget this thread's client (after the server closed it, say)."""
+        client = self._local.__dict__.pop(name, None)
+        if client is not None:
+            with self._clients_lock:
+                self._clients = [c for c in self._clients if c is not client]
+            _close_quietly(client)
+
+    def close(self) -> None:
+        """Close every client this dispatcher made, in every thread."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            _close_quietly(client)
+        self._local = threading.local()
+
+    def validate_address(self, address: str) -> str:
+        """Return the address in canonical form.
+
+        Raises:
+            InvalidAddress: the address is not one this dispatcher can reach.
+        """
+        return address.strip()
+
+    def send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
+        """Validate the address, adapt the payload to the protocol, then call ``_send``.
+
+        Raises:
+            RetryableError: the provider may accept it later.
+            PermanentError: retrying cannot help.
+        """
+        return self._send(self.validate_address(address), self.protocol.adapt(payload), context=context)
+
+    @abstractmethod
+    def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
+        """Deliver and return what the provider said.
+
+        Raises:
+            RetryableError: the provider may accept it later.
+            PermanentError: retrying cannot help.
+        """
+
+
+def _close_quietly(client: object) -> None:
+    close = getattr(client, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing a dead client must not mask the real work
+            pass

@@ -1,0 +1,1 @@
+"""Built-in dispatchers. Each registers through the ``delivery.dispatchers`` entry points."""

@@ -1,0 +1,99 @@
+"""POST the payload as JSON, signed following the Standard Webhooks specification."""
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import Field, SecretStr, field_validator
+from standardwebhooks.webhooks import Webhook
+
+from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.errors import InvalidAddress
+from delivery.http import raise_for_delivery, raise_for_transport
+from delivery.netguard import make_session
+from delivery.protocol import WEBHOOK, AddressType
+from schemas import Payload, get_settings
+
+USER_AGENT = "delivery-webhook/1"
+
+
+class WebhookConfig(DispatcherConfig):
+    secret: SecretStr = Field(description="Signing secret, whsec_ followed by base64 (24-64 bytes)")
+    timeout: Annotated[float, Field(gt=0, le=120)] = Field(
+        default=10.0, description="Seconds to wait for the receiver"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (not secret)"
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("must start with 'whsec_' (generate one with `delivery keygen --webhook`)")
+        try:
+            key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("must decode to 24-64 bytes")
+        return value
+
+
+class WebhookDispatcher(Dispatcher):
+    slug = "webhook"
+    verbose_name = "Webhook (Standard Webhooks)"
+    protocol = WEBHOOK
+    config_class = WebhookConfig
+    address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.URL})
+
+    config: WebhookConfig
+
+    def __init__(self, config: WebhookConfig) -> None:
+        super().__init__(config)
+        self._signer = Webhook(config.secret.get_secret_value())
+        self._allow_private = get_settings().allow_private_networks
+
+    def validate_address(self, address: str) -> str:
+        address = address.strip()
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidAddress(f"{address!r} is not an http(s) URL", dispatcher=self.slug)
+        if parts.username or parts.password:
+            raise InvalidAddress("webhook URLs may not carry credentials", dispatcher=self.slug)
+        return address
+
+    def _session(self) -> requests.Session:
+        return make_session(allow_private_networks=self._allow_private)
+
+    def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
+        # Only the payload is posted: channel config and secrets never reach the endpoint.
+        body = json.dumps(payload.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
+        now = datetime.now(UTC)
+        headers = {
+            **self.config.headers,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": context.delivery_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._signer.sign(context.delivery_id, now, body),
+        }
+        session = self.get_local("session", self._session)
+        host = urlsplit(address).hostname
+        try:
+            response = session.post(
+                address, data=body.encode(), headers=headers, timeout=self.config.timeout
+            )
+        except requests.RequestException as exc:
+            raise_for_transport(exc, dispatcher=self.slug, host=host)
+            raise  # unreachable: raise_for_transport always raises
+        with response:
+            raise_for_delivery(response, dispatcher=self.slug)
+            return SendResult(
+                provider_ref=response.headers.get("x-request-id"), status=response.status_code
+            )

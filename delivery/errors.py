@@ -1,0 +1,95 @@
+"""Delivery errors.
+
+* DeliveryError
+  + RetryableError            try again later: timeouts, 408/425/429/5xx, connection reset
+    - RateLimited             the provider asked us to slow down; carries retry_after
+  + PermanentError            never retry: other 4xx, bad address, rejected payload
+    - RecipientRejected       the provider refused this recipient
+    - InvalidAddress          the address is not one this dispatcher can reach
+    - PayloadRejected         the payload cannot be carried by this protocol
+    - ForbiddenTarget         the target resolves to a network we may not reach (SSRF)
+  + ConfigurationError        a channel or setting is wrong; a person must fix it
+    - UnknownChannel
+    - SecretKeyMissing
+  + PublishError              the producer could not reach the broker in time
+* RegistryError
+  + UnknownDispatcher
+  + DispatcherLoadError
+
+Every class keeps ``args == (message,)`` and takes its context as keyword-only arguments,
+so Celery can pickle and unpickle it.
+"""
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, *, dispatcher: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.dispatcher = dispatcher
+        #: The provider's status code (HTTP status, SMTP reply code) when there was one.
+        self.status = status
+
+
+class RetryableError(DeliveryError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        dispatcher: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, dispatcher=dispatcher, status=status)
+        #: Seconds the provider asked us to wait, when it said.
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableError):
+    pass
+
+
+class PermanentError(DeliveryError):
+    pass
+
+
+class RecipientRejected(PermanentError):
+    pass
+
+
+class InvalidAddress(PermanentError):
+    pass
+
+
+class PayloadRejected(PermanentError):
+    pass
+
+
+class ForbiddenTarget(PermanentError):
+    pass
+
+
+class ConfigurationError(DeliveryError):
+    pass
+
+
+class UnknownChannel(ConfigurationError):
+    pass
+
+
+class SecretKeyMissing(ConfigurationError):
+    pass
+
+
+class PublishError(DeliveryError):
+    pass
+
+
+class RegistryError(Exception):
+    pass
+
+
+class UnknownDispatcher(RegistryError):
+    pass
+
+
+class DispatcherLoadError(RegistryError):
+    pass

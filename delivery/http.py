@@ -1,0 +1,61 @@
+"""Translating HTTP responses and transport failures into delivery errors, once, at the seam."""
+
+import email.utils
+import time
+from urllib.parse import urlsplit
+
+import requests
+
+from delivery.errors import PermanentError, RateLimited, RetryableError
+
+#: Statuses that mean "not now" rather than "never".
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds the server asked us to wait; providers send seconds or an HTTP date."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def raise_for_delivery(response: requests.Response, *, dispatcher: str) -> None:
+    """Raise the delivery error a non-2xx response means.
+
+    Raises:
+        RateLimited: 429, with the server's Retry-After.
+        RetryableError: 408, 425 or 5xx.
+        PermanentError: any other status outside 2xx.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    host = urlsplit(response.url).hostname
+    reason = f"{status} {response.reason or ''} from {host}".replace("  ", " ")
+    if status == 429:
+        raise RateLimited(reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response))
+    if status in RETRYABLE_STATUSES or status >= 500:
+        raise RetryableError(reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response))
+    raise PermanentError(reason, dispatcher=dispatcher, status=status)
+
+
+def raise_for_transport(exc: requests.RequestException, *, dispatcher: str, host: str | None) -> None:
+    """Raise the delivery error a failed request means (no response at all).
+
+    Raises:
+        PermanentError: too many redirects, or a URL that cannot be sent to.
+        RetryableError: timeouts and connection failures.
+    """
+    if isinstance(exc, requests.TooManyRedirects | requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        raise PermanentError(f"{type(exc).__name__} for {host}", dispatcher=dispatcher) from exc
+    if isinstance(exc, requests.Timeout):
+        raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
+    raise RetryableError(f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher) from exc

@@ -1,0 +1,117 @@
+"""Refuse outbound HTTP to loopback, private and link-local networks (SSRF).
+
+The check runs on the IP address actually connected to, after DNS resolution, for every
+connection a session opens — redirects included — so a public name that resolves to
+127.0.0.1, or a redirect to 169.254.169.254, is refused before a byte is sent.
+"""
+
+import ipaddress
+import socket
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+from urllib3.util import connection as urllib3_connection
+
+from delivery.errors import ForbiddenTarget
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_forbidden(ip: IPAddress) -> bool:
+    """Whether an address is anything but a public, globally routable one."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def resolve_public(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, all of them public.
+
+    Raises:
+        ForbiddenTarget: any address is loopback, private, link-local or reserved.
+        OSError: the name does not resolve.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if is_forbidden(ipaddress.ip_address(address.split("%", 1)[0])):
+            raise ForbiddenTarget(
+                f"{host} resolves to {address}, a private, loopback or link-local address; "
+                "set DELIVERY_ALLOW_PRIVATE_NETWORKS=true to allow it"
+            )
+    return addresses
+
+
+class _GuardedConnectionMixin:
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+
+    def _new_conn(self) -> socket.socket:
+        # Connect to the address we checked, not to a second resolution of the name, so a
+        # DNS answer that changes between check and connect cannot slip through.
+        try:
+            addresses = resolve_public(self.host, self.port)
+        except socket.gaierror as exc:
+            raise NewConnectionError(self, f"cannot resolve {self.host}: {exc}") from exc  # type: ignore[arg-type]
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                return urllib3_connection.create_connection(
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except OSError as exc:
+                last = exc
+        raise NewConnectionError(self, f"cannot connect to {self.host}: {last}")  # type: ignore[arg-type]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """An adapter whose connections refuse non-public addresses."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
+def make_session(*, allow_private_networks: bool, pool_size: int = 4) -> requests.Session:
+    """A session for calling user-supplied URLs.
+
+    Proxies from the environment are ignored: a proxy would make every target look like
+    the proxy's address, and the SSRF check would mean nothing.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.max_redirects = 5
+    adapter: HTTPAdapter = (
+        HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        if allow_private_networks
+        else GuardedAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

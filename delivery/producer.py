@@ -1,0 +1,181 @@
+"""The thin producer: validate, derive the delivery id, publish a task by name.
+
+Imports neither SQLAlchemy nor any provider SDK; Celery itself is imported on first use.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from delivery.broker import DELIVER_TASK, celery_config
+from delivery.errors import PublishError
+from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+#: Namespace for delivery ids derived from ``(channel, idempotency_key)``.
+DELIVERY_NAMESPACE = uuid.UUID("6f0c8d52-3f0e-4a59-9d1c-6c2b4e1a7d30")
+#: Messages per broker round trip in ``send_many``.
+BATCH_SIZE = 500
+
+
+def delivery_id(channel: str, idempotency_key: str | None) -> str:
+    """The same ``(channel, idempotency_key)`` always yields the same id."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{channel}\x00{idempotency_key}"))
+
+
+class Publisher:
+    """Publishes delivery tasks. One per settings; safe to share between threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        from celery import Celery
+
+        self.settings = settings
+        self.app: Celery = Celery("delivery-producer", set_as_current=False)
+        self.app.conf.update(celery_config(settings))
+
+    def publish(self, messages: Sequence[Message]) -> list[Receipt]:
+        """Publish new deliveries and return their receipts.
+
+        Raises:
+            PublishError: the broker stayed unreachable.
+        """
+        envelopes = [_envelope(m) for m in messages]
+        self.publish_envelopes(envelopes, [m.countdown for m in messages])
+        return [Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key) for e in envelopes]
+
+    def publish_envelopes(
+        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None] | None = None
+    ) -> None:
+        """Publish task messages, retrying the whole batch until ``publish_timeout``.
+
+        Retrying is safe: ids are fixed before the first try, so a copy that did reach
+        the broker is recognised by the workers and sent once.
+
+        Raises:
+            PublishError: the broker stayed unreachable.
+        """
+        delays = list(countdowns) if countdowns is not None else [None] * len(envelopes)
+        deadline = time.monotonic() + self.settings.publish_timeout
+        pause = 0.1
+        while True:
+            try:
+                for start in range(0, len(envelopes), BATCH_SIZE):
+                    end = start + BATCH_SIZE
+                    self._publish_batch(envelopes[start:end], delays[start:end])
+                return
+            except Exception as exc:  # noqa: BLE001 - each transport raises its own errors
+                if not _is_connection_error(exc) or time.monotonic() + pause > deadline:
+                    raise PublishError(
+                        f"could not publish to the broker at {self._safe_url()} within "
+                        f"{self.settings.publish_timeout:g}s: {type(exc).__name__}"
+                    ) from None
+                logger.warning("broker unreachable (%s); retrying in %.1fs", type(exc).__name__, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _publish_batch(self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            if len(envelopes) == 1:
+                self._send_one(producer, envelopes[0], countdowns[0])
+                return
+            # One pipelined round trip per batch where the transport supports it (Redis).
+            with producer.batch(max_size=len(envelopes)):
+                for envelope, countdown in zip(envelopes, countdowns, strict=True):
+                    self._send_one(producer, envelope, countdown)
+
+    def _send_one(self, producer: Any, envelope: Envelope, countdown: float | None) -> None:
+        self.app.send_task(
+            DELIVER_TASK,
+            args=[envelope.model_dump(mode="json")],
+            task_id=envelope.id,
+            countdown=countdown,
+            producer=producer,
+            retry=False,
+        )
+
+    def _safe_url(self) -> str:
+        from kombu.utils.url import maybe_sanitize_url
+
+        return str(maybe_sanitize_url(self.settings.broker_url))
+
+
+def _envelope(message: Message) -> Envelope:
+    return Envelope(
+        id=delivery_id(message.channel, message.idempotency_key),
+        channel=message.channel,
+        address=message.address,
+        payload=message.payload,
+        idempotency_key=message.idempotency_key,
+    )
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, OperationalError | OSError | RedisConnectionError | RedisTimeoutError)
+
+
+_current: tuple[Settings, Publisher] | None = None
+_current_lock = threading.Lock()
+
+
+def get_publisher(settings: Settings | None = None) -> Publisher:
+    """The process's publisher for the current settings (made on first use)."""
+    global _current
+    settings = settings or get_settings()
+    with _current_lock:
+        if _current is None or _current[0] is not settings:
+            _current = (settings, Publisher(settings))
+        return _current[1]
+
+
+def send(
+    channel: str,
+    address: str,
+    payload: Payload | Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    countdown: float | None = None,
+) -> Receipt:
+    """Enqueue one delivery and return its receipt at once.
+
+    Raises:
+        pydantic.ValidationError: the message is invalid; nothing was enqueued.
+        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
+    """
+    message = Message.model_validate(
+        {
+            "channel": channel,
+            "address": address,
+            "payload": payload,
+            "idempotency_key": idempotency_key,
+            "countdown": countdown,
+        }
+    )
+    return get_publisher().publish([message])[0]
+
+
+def send_many(messages: Iterable[Message | Mapping[str, Any]]) -> list[Receipt]:
+    """Enqueue many deliveries, one broker round trip per batch.
+
+    Every message is validated before anything is enqueued.
+
+    Raises:
+        pydantic.ValidationError: a message is invalid; nothing was enqueued.
+        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
+    """
+    validated = [m if isinstance(m, Message) else Message.model_validate(m) for m in messages]
+    if not validated:
+        return []
+    return get_publisher().publish(validated)

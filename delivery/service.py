@@ -1,0 +1,193 @@
+"""Deliver one message: claim it in the log, send it, record the attempt, decide what next."""
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from delivery.channels import Channel, ChannelStore
+from delivery.dispatcher import Dispatcher, SendContext
+from delivery.errors import (
+    ConfigurationError,
+    PermanentError,
+    RegistryError,
+    RetryableError,
+    UnknownChannel,
+    UnknownDispatcher,
+)
+from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, utcnow
+from delivery.models import Outcome
+from delivery.registry import DispatcherRegistry
+from delivery.retry import RetryPolicy
+from schemas import Envelope, Settings
+
+logger = logging.getLogger(__name__)
+
+#: How long a worker trusts its cached copy of a channel before checking for changes.
+CHANNEL_TTL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the task should do with the message now."""
+
+    action: Literal["done", "retry", "later"]
+    #: For retry and later: seconds until the message should run again.
+    countdown: float = 0.0
+    outcome: Outcome | None = None
+
+
+class Dispatchers:
+    """Dispatcher instances per channel, rebuilt when the channel changes.
+
+    Instances live as long as their channel is unchanged, so the per-thread clients they
+    hold (HTTP sessions, SMTP connections) are reused across deliveries.
+    """
+
+    def __init__(self, channels: ChannelStore, registry: DispatcherRegistry, ttl: float = CHANNEL_TTL) -> None:
+        self.channels = channels
+        self.registry = registry
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Channel, Dispatcher]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[Channel, Dispatcher]:
+        """Raises: UnknownChannel, RegistryError, ConfigurationError."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1], entry[2]
+        try:
+            channel = self.channels.get(name)
+        except UnknownChannel:
+            self._drop(name)
+            raise
+        if entry is not None and entry[1].updated_at == channel.updated_at:
+            dispatcher = entry[2]
+        else:
+            dispatcher = self.registry.get(channel.dispatcher)(channel.config)
+            if entry is not None:
+                entry[2].close()
+        with self._lock:
+            self._entries[name] = (now, channel, dispatcher)
+        return channel, dispatcher
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(name, None)
+        if entry is not None:
+            entry[2].close()
+
+    def close(self) -> None:
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), {}
+        for _, _, dispatcher in entries:
+            dispatcher.close()
+
+
+class DeliveryService:
+    def __init__(self, settings: Settings, log: DeliveryLog, dispatchers: Dispatchers) -> None:
+        self.settings = settings
+        self.log = log
+        self.dispatchers = dispatchers
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def policy_for(self, channel: Channel | None) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.settings.max_attempts,
+            base=self.settings.backoff_base,
+            cap=self.settings.backoff_cap,
+            schedule=channel.retry_schedule if channel else None,
+        )
+
+    def deliver(self, envelope: Envelope) -> Decision:
+        """Send one delivery unless it is done or held elsewhere, and record the attempt."""
+        claim = self.log.claim(envelope, lease=self.settings.lease_seconds)
+        if claim.state is ClaimState.DONE:
+            logger.info("delivery %s is already %s; skipping", envelope.id, claim.status)
+            return Decision("done")
+        if claim.state is not ClaimState.CLAIMED:
+            return Decision("later", countdown=_seconds_until(claim.wake_at))
+        return self._attempt(envelope, claim)
+
+    def _attempt(self, envelope: Envelope, claim: Claim) -> Decision:
+        started = utcnow()
+        clock = time.perf_counter()
+        channel: Channel | None = None
+        dispatcher_slug: str | None = None
+        try:
+            channel, dispatcher = self.dispatchers.get(envelope.channel)
+            dispatcher_slug = channel.dispatcher
+            context = SendContext(delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel)
+            sent = dispatcher.send(envelope.address, envelope.payload, context=context)
+        except (PermanentError, UnknownChannel, UnknownDispatcher) as exc:
+            result = self._failed(started, clock, exc)
+        except (RetryableError, ConfigurationError, RegistryError) as exc:
+            # Configuration and plugin problems on this worker are for a person to fix;
+            # the delivery waits for them rather than failing for good.
+            result = self._retry(started, clock, exc, claim, channel)
+        except Exception as exc:  # noqa: BLE001 - anything unexpected is retryable
+            logger.exception("unexpected error delivering %s", envelope.id)
+            result = self._retry(started, clock, exc, claim, channel)
+        else:
+            result = AttemptResult(
+                outcome=Outcome.DELIVERED,
+                started_at=started,
+                duration_ms=_elapsed_ms(clock),
+                status_code=sent.status,
+                provider_ref=sent.provider_ref,
+                detail=sent.detail,
+            )
+        if not self.log.finish(claim, result, dispatcher=dispatcher_slug, worker=self.worker_name):
+            logger.warning("delivery %s: lease lost before attempt %s was recorded", envelope.id, claim.attempt)
+        logger.info("delivery %s attempt %s: %s", envelope.id, claim.attempt, result.outcome.value)
+        if result.outcome is Outcome.RETRY and result.next_attempt_at is not None:
+            return Decision("retry", countdown=_seconds_until(result.next_attempt_at), outcome=result.outcome)
+        return Decision("done", outcome=result.outcome)
+
+    def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:
+        return AttemptResult(
+            outcome=Outcome.FAILED,
+            started_at=started,
+            duration_ms=_elapsed_ms(clock),
+            error=describe_error(exc),
+            status_code=getattr(exc, "status", None),
+        )
+
+    def _retry(
+        self, started: datetime, clock: float, exc: Exception, claim: Claim, channel: Channel | None
+    ) -> AttemptResult:
+        delay = self.policy_for(channel).delay_after(
+            claim.attempt - claim.attempt_base, retry_after=getattr(exc, "retry_after", None)
+        )
+        if delay is None:
+            return self._failed(started, clock, exc)
+        return AttemptResult(
+            outcome=Outcome.RETRY,
+            started_at=started,
+            duration_ms=_elapsed_ms(clock),
+            error=describe_error(exc),
+            status_code=getattr(exc, "status", None),
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+        )
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error as recorded: its class and message (dispatchers keep secrets out of both)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _elapsed_ms(clock: float) -> float:
+    return (time.perf_counter() - clock) * 1000
+
+
+def _seconds_until(when: datetime | None) -> float:
+    if when is None:
+        return 1.0
+    return max(0.0, (when - utcnow()).total_seconds())

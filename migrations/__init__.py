@@ -1,0 +1,1 @@
+"""Alembic migrations for the delivery log (applied by ``delivery db upgrade``)."""

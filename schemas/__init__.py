@@ -1,0 +1,28 @@
+"""Pydantic models that cross a boundary: producer payloads, task messages and settings.
+
+Shared by the producer (any Python service) and the workers, and exported as JSON Schema
+for producers written in other languages (`delivery schemas`).
+"""
+
+from schemas.messages import (
+    CHANNEL_NAME_PATTERN,
+    MAX_PAYLOAD_BYTES,
+    Envelope,
+    Message,
+    Model,
+    Payload,
+    Receipt,
+)
+from schemas.settings import Settings, get_settings
+
+__all__ = [
+    "CHANNEL_NAME_PATTERN",
+    "MAX_PAYLOAD_BYTES",
+    "Envelope",
+    "Message",
+    "Model",
+    "Payload",
+    "Receipt",
+    "Settings",
+    "get_settings",
+]

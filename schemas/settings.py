@@ -1,0 +1,60 @@
+"""Settings read from the environment (prefix ``DELIVERY_``)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The embedded broker: kombu's filesystem transport, which needs no server and works
+#: across processes on one machine. Its folders live under ``DELIVERY_HOME``.
+EMBEDDED_BROKER_URL = "filesystem://localhost"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore")
+
+    #: Where the embedded defaults keep their files (broker folders, SQLite log, key file).
+    home: Path = Path(".delivery")
+    broker_url: str = EMBEDDED_BROKER_URL
+    #: Empty means a SQLite file under ``home``.
+    database_url: str = ""
+    secret_key: SecretStr | None = None
+    allow_private_networks: bool = False
+    #: Seconds before a Redis broker hands an unacknowledged task to another worker.
+    visibility_timeout: float = Field(default=3600.0, gt=0)
+    #: Attempts before a delivery is marked failed (the first send counts as one).
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    #: Exponential backoff: the n-th retry waits up to ``backoff_base * 2**n``, capped.
+    backoff_base: float = Field(default=5.0, ge=0)
+    backoff_cap: float = Field(default=3600.0, ge=0)
+    #: How long a worker holds a claimed delivery before another may take it over.
+    lease_seconds: float = Field(default=300.0, gt=0)
+    #: Seconds the producer keeps trying to reach the broker before raising.
+    publish_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a dispatcher waits for a provider (connect and read).
+    http_timeout: float = Field(default=10.0, gt=0)
+    worker_concurrency: int = Field(default=16, ge=1, le=1000)
+    queue: str = "delivery"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'log.sqlite3'}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "secret.key"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (tests call ``get_settings.cache_clear()``)."""
+    return Settings()

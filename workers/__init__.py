@@ -1,0 +1,1 @@
+"""The Celery side: the app (``workers.app:app``) and its thin tasks."""

@@ -1,0 +1,48 @@
+"""The Celery app: ``celery -A workers.app worker`` and ``celery -A workers.app flower``."""
+
+import logging
+import time
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_shutdown
+
+from delivery.broker import celery_config
+from delivery.db import dispose_engines
+from schemas import get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Consumed messages the embedded broker keeps are removed once they are this old.
+PROCESSED_MAX_AGE = 300.0
+
+app = Celery("delivery", include=["workers.tasks"])
+app.conf.update(celery_config(get_settings()))
+
+
+@worker_init.connect
+def _tidy_embedded_broker(**_: Any) -> None:
+    settings = get_settings()
+    if not settings.is_embedded_broker:
+        return
+    # The filesystem transport keeps each consumed message as a file; old ones are spent.
+    cutoff = time.time() - PROCESSED_MAX_AGE
+    for path in (settings.broker_folder / "processed").glob("*.msg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            continue
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool child must not share its parent's database connections.
+    dispose_engines()
+
+
+@worker_shutdown.connect
+def _close_clients(**_: Any) -> None:
+    from workers.tasks import close_service
+
+    close_service()
