@@ -61,9 +61,7 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
             f"retry schedule {value!r} must be seconds separated by commas, e.g. 0,5,300"
         ) from None
     if not delays or any(d < 0 for d in delays) or len(delays) > MAX_SCHEDULE:
-        raise ConfigurationError(
-            f"retry schedule must have 1-{MAX_SCHEDULE} delays, none negative"
-        )
+        raise ConfigurationError(f"retry schedule must have 1-{MAX_SCHEDULE} delays, none negative")
     return delays
 
 
@@ -133,7 +131,9 @@ class ChannelStore:
         with self._sessions.begin() as session:
             row = session.get(ChannelRow, name)
             if row is not None and not replace:
-                raise ConfigurationError(f"channel {name!r} exists; remove it first or use --replace")
+                raise ConfigurationError(
+                    f"channel {name!r} exists; remove it first or use --replace"
+                )
             if row is None:
                 row = ChannelRow(name=name, created_at=now, paused=False)
                 session.add(row)

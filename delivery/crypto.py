@@ -55,7 +55,8 @@ class SecretBox:
             value = json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken:
             raise ConfigurationError(
-                "cannot decrypt channel secrets: DELIVERY_SECRET_KEY is not the key they were saved with"
+                "cannot decrypt channel secrets: DELIVERY_SECRET_KEY is not the key "
+                "they were saved with"
             ) from None
         if not isinstance(value, dict):
             raise ConfigurationError("channel secrets are not a JSON object")

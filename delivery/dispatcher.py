@@ -1,5 +1,6 @@
 """The dispatcher base class: one kind of transport (the Bitcaster shape from the seeds)."""
 
+import contextlib
 import threading
 import types
 import typing
@@ -158,7 +159,9 @@ class Dispatcher(ABC):
             RetryableError: the provider may accept it later.
             PermanentError: retrying cannot help.
         """
-        return self._send(self.validate_address(address), self.protocol.adapt(payload), context=context)
+        return self._send(
+            self.validate_address(address), self.protocol.adapt(payload), context=context
+        )
 
     @abstractmethod
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
@@ -173,7 +176,6 @@ class Dispatcher(ABC):
 def _close_quietly(client: object) -> None:
     close = getattr(client, "close", None)
     if callable(close):
-        try:
+        # Closing a dead client must not mask the real work.
+        with contextlib.suppress(Exception):
             close()
-        except Exception:  # noqa: BLE001 - closing a dead client must not mask the real work
-            pass

@@ -41,21 +41,34 @@ def raise_for_delivery(response: requests.Response, *, dispatcher: str) -> None:
     host = urlsplit(response.url).hostname
     reason = f"{status} {response.reason or ''} from {host}".replace("  ", " ")
     if status == 429:
-        raise RateLimited(reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response))
+        raise RateLimited(
+            reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response)
+        )
     if status in RETRYABLE_STATUSES or status >= 500:
-        raise RetryableError(reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response))
+        raise RetryableError(
+            reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response)
+        )
     raise PermanentError(reason, dispatcher=dispatcher, status=status)
 
 
-def raise_for_transport(exc: requests.RequestException, *, dispatcher: str, host: str | None) -> None:
+def raise_for_transport(
+    exc: requests.RequestException, *, dispatcher: str, host: str | None
+) -> None:
     """Raise the delivery error a failed request means (no response at all).
 
     Raises:
         PermanentError: too many redirects, or a URL that cannot be sent to.
         RetryableError: timeouts and connection failures.
     """
-    if isinstance(exc, requests.TooManyRedirects | requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+    if isinstance(
+        exc,
+        requests.TooManyRedirects
+        | requests.exceptions.InvalidURL
+        | requests.exceptions.MissingSchema,
+    ):
         raise PermanentError(f"{type(exc).__name__} for {host}", dispatcher=dispatcher) from exc
     if isinstance(exc, requests.Timeout):
         raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
-    raise RetryableError(f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher) from exc
+    raise RetryableError(
+        f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher
+    ) from exc

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from delivery.db import get_engine
 from delivery.models import AttemptRow, DeliveryRow, Outcome, Status
@@ -187,7 +187,12 @@ class DeliveryLog:
         return dialect.insert(DeliveryRow)
 
     def claim(
-        self, envelope: Envelope, *, lease: float, dispatcher: str | None = None, now: datetime | None = None
+        self,
+        envelope: Envelope,
+        *,
+        lease: float,
+        dispatcher: str | None = None,
+        now: datetime | None = None,
     ) -> Claim:
         """Record the delivery if new, and take it for one attempt if nobody else may.
 
@@ -216,7 +221,10 @@ class DeliveryLog:
             DeliveryRow.status == Status.QUEUED,
             and_(
                 DeliveryRow.status == Status.RETRYING,
-                or_(DeliveryRow.next_attempt_at.is_(None), DeliveryRow.next_attempt_at <= now + DUE_SLACK),
+                or_(
+                    DeliveryRow.next_attempt_at.is_(None),
+                    DeliveryRow.next_attempt_at <= now + DUE_SLACK,
+                ),
             ),
             and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until < now),
         )
@@ -244,14 +252,34 @@ class DeliveryLog:
                 ).where(DeliveryRow.id == envelope.id)
             ).one()
         if taken:
-            return Claim(ClaimState.CLAIMED, envelope.id, row.attempt_count, row.attempt_base, status=row.status)
+            return Claim(
+                ClaimState.CLAIMED,
+                envelope.id,
+                row.attempt_count,
+                row.attempt_base,
+                status=row.status,
+            )
         if row.status in (Status.DELIVERED, Status.FAILED):
             return Claim(ClaimState.DONE, envelope.id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
-            return Claim(ClaimState.BUSY, envelope.id, row.attempt_count, wake_at=row.lease_until, status=row.status)
-        return Claim(ClaimState.NOT_DUE, envelope.id, row.attempt_count, wake_at=row.next_attempt_at, status=row.status)
+            return Claim(
+                ClaimState.BUSY,
+                envelope.id,
+                row.attempt_count,
+                wake_at=row.lease_until,
+                status=row.status,
+            )
+        return Claim(
+            ClaimState.NOT_DUE,
+            envelope.id,
+            row.attempt_count,
+            wake_at=row.next_attempt_at,
+            status=row.status,
+        )
 
-    def finish(self, claim: Claim, result: AttemptResult, *, dispatcher: str | None, worker: str | None) -> bool:
+    def finish(
+        self, claim: Claim, result: AttemptResult, *, dispatcher: str | None, worker: str | None
+    ) -> bool:
         """Record the attempt and move the delivery on. False if the lease was lost meanwhile."""
         status = {
             Outcome.DELIVERED: Status.DELIVERED,
@@ -299,7 +327,13 @@ class DeliveryLog:
         return bool(moved)
 
     def reject(
-        self, delivery_id: str, *, channel: str, address: str, reason: str, now: datetime | None = None
+        self,
+        delivery_id: str,
+        *,
+        channel: str,
+        address: str,
+        reason: str,
+        now: datetime | None = None,
     ) -> None:
         """Record a message that can never be sent (malformed, unknown channel) as failed."""
         now = now or utcnow()
@@ -333,7 +367,11 @@ class DeliveryLog:
         with self._sessions.begin() as session:
             moved = session.execute(
                 update(DeliveryRow)
-                .where(DeliveryRow.id == delivery_id, DeliveryRow.status == Status.FAILED, DeliveryRow.payload.is_not(None))
+                .where(
+                    DeliveryRow.id == delivery_id,
+                    DeliveryRow.status == Status.FAILED,
+                    DeliveryRow.payload.is_not(None),
+                )
                 .values(
                     status=Status.QUEUED,
                     attempt_base=DeliveryRow.attempt_count,
@@ -350,7 +388,9 @@ class DeliveryLog:
             if row is None:
                 return None
             attempts = session.scalars(
-                select(AttemptRow).where(AttemptRow.delivery_id == delivery_id).order_by(AttemptRow.number)
+                select(AttemptRow)
+                .where(AttemptRow.delivery_id == delivery_id)
+                .order_by(AttemptRow.number)
             ).all()
             return DeliveryRecord.from_row(row, attempts)
 
@@ -363,7 +403,9 @@ class DeliveryLog:
         limit: int = 50,
     ) -> list[DeliveryRecord]:
         """Deliveries, newest first."""
-        query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit)
+        query = (
+            select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit)
+        )
         if status:
             query = query.where(DeliveryRow.status == status)
         if channel:
@@ -378,4 +420,4 @@ class DeliveryLog:
         if ids is not None:
             query = query.where(DeliveryRow.id.in_(ids))
         with self._sessions() as session:
-            return {status: count for status, count in session.execute(query).tuples()}
+            return dict(session.execute(query).tuples().all())

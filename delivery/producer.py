@@ -15,7 +15,7 @@ from delivery.errors import PublishError
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
 
 if TYPE_CHECKING:
-    from celery import Celery
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ class Publisher:
         """
         envelopes = [_envelope(m) for m in messages]
         self.publish_envelopes(envelopes, [m.countdown for m in messages])
-        return [Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key) for e in envelopes]
+        return [
+            Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key)
+            for e in envelopes
+        ]
 
     def publish_envelopes(
         self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None] | None = None
@@ -78,11 +81,15 @@ class Publisher:
                         f"could not publish to the broker at {self._safe_url()} within "
                         f"{self.settings.publish_timeout:g}s: {type(exc).__name__}"
                     ) from None
-                logger.warning("broker unreachable (%s); retrying in %.1fs", type(exc).__name__, pause)
+                logger.warning(
+                    "broker unreachable (%s); retrying in %.1fs", type(exc).__name__, pause
+                )
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
-    def _publish_batch(self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None]) -> None:
+    def _publish_batch(
+        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None]
+    ) -> None:
         with self.app.producer_or_acquire() as producer:
             if len(envelopes) == 1:
                 self._send_one(producer, envelopes[0], countdowns[0])

@@ -41,7 +41,9 @@ class Protocol:
         message = payload.message
         if not message.strip() and payload.html_message and not self.html:
             if not self.html_to_text:
-                raise PayloadRejected(f"{self.name} carries text only and the payload has only HTML")
+                raise PayloadRejected(
+                    f"{self.name} carries text only and the payload has only HTML"
+                )
             message = html_to_text(payload.html_message)
         subject = payload.subject
         if subject and self.subject is SubjectHandling.FOLD:

@@ -48,7 +48,7 @@ class DispatcherRegistry:
             ) from None
         try:
             obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is a load error
+        except Exception as exc:
             raise DispatcherLoadError(f"{ep.value} does not load: {exc}") from exc
         if not (isinstance(obj, type) and issubclass(obj, Dispatcher)):
             raise DispatcherLoadError(f"{ep.value} is not a Dispatcher subclass")

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 RETRY_AFTER_CAP = 6 * 3600.0
 
 
-def backoff(retry: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+def backoff(
+    retry: int, *, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
     """Exponential backoff with full jitter: uniform over ``[0, min(cap, base * 2**retry))``.
 
     Full jitter spreads the retries of many deliveries that failed together (a provider
     outage) instead of sending them back in waves.
     """
     ceiling = min(cap, base * (2 ** min(retry, 62)))
-    return ceiling * rand()
+    return float(ceiling * rand())
 
 
 @dataclass(frozen=True, slots=True)

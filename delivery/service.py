@@ -48,7 +48,9 @@ class Dispatchers:
     hold (HTTP sessions, SMTP connections) are reused across deliveries.
     """
 
-    def __init__(self, channels: ChannelStore, registry: DispatcherRegistry, ttl: float = CHANNEL_TTL) -> None:
+    def __init__(
+        self, channels: ChannelStore, registry: DispatcherRegistry, ttl: float = CHANNEL_TTL
+    ) -> None:
         self.channels = channels
         self.registry = registry
         self.ttl = ttl
@@ -123,7 +125,9 @@ class DeliveryService:
         try:
             channel, dispatcher = self.dispatchers.get(envelope.channel)
             dispatcher_slug = channel.dispatcher
-            context = SendContext(delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel)
+            context = SendContext(
+                delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel
+            )
             sent = dispatcher.send(envelope.address, envelope.payload, context=context)
         except (PermanentError, UnknownChannel, UnknownDispatcher) as exc:
             result = self._failed(started, clock, exc)
@@ -131,7 +135,7 @@ class DeliveryService:
             # Configuration and plugin problems on this worker are for a person to fix;
             # the delivery waits for them rather than failing for good.
             result = self._retry(started, clock, exc, claim, channel)
-        except Exception as exc:  # noqa: BLE001 - anything unexpected is retryable
+        except Exception as exc:
             logger.exception("unexpected error delivering %s", envelope.id)
             result = self._retry(started, clock, exc, claim, channel)
         else:
@@ -144,10 +148,14 @@ class DeliveryService:
                 detail=sent.detail,
             )
         if not self.log.finish(claim, result, dispatcher=dispatcher_slug, worker=self.worker_name):
-            logger.warning("delivery %s: lease lost before attempt %s was recorded", envelope.id, claim.attempt)
+            logger.warning(
+                "delivery %s: lease lost before attempt %s was recorded", envelope.id, claim.attempt
+            )
         logger.info("delivery %s attempt %s: %s", envelope.id, claim.attempt, result.outcome.value)
         if result.outcome is Outcome.RETRY and result.next_attempt_at is not None:
-            return Decision("retry", countdown=_seconds_until(result.next_attempt_at), outcome=result.outcome)
+            return Decision(
+                "retry", countdown=_seconds_until(result.next_attempt_at), outcome=result.outcome
+            )
         return Decision("done", outcome=result.outcome)
 
     def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:

@@ -62,7 +62,12 @@ def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) ->
         # The log is unreachable: the attempt is not recorded, so the message is not done.
         # Try again later rather than acknowledging it.
         countdown = backoff(self.request.retries, base=1.0, cap=60.0)
-        logger.warning("delivery log unavailable (%s); %s again in %.1fs", type(exc).__name__, request.id, countdown)
+        logger.warning(
+            "delivery log unavailable (%s); %s again in %.1fs",
+            type(exc).__name__,
+            request.id,
+            countdown,
+        )
         raise self.retry(countdown=countdown, max_retries=None) from None
     if decision.action != "done":
         raise self.retry(countdown=decision.countdown, max_retries=None)
@@ -89,5 +94,6 @@ def _reject(raw: Any, reason: str) -> None:
 def _summarise(exc: ValidationError) -> str:
     # Field locations and messages only: the input values may be large or sensitive.
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in exc.errors()[:5]
+        f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}"
+        for err in exc.errors()[:5]
     )

@@ -38,7 +38,11 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        fail("\n".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()))
+        fail(
+            "\n".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
+            )
+        )
     except (DeliveryError, RegistryError) as exc:
         fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, RegistryError) else str(exc))
 

@@ -31,12 +31,20 @@ def db_upgrade(revision: str = "head") -> None:
             get_engine(url)  # creates the SQLite folder when needed
             upgrade(url, revision)
         except Exception as exc:  # noqa: BLE001 - any driver error becomes a message
-            fail(f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-    out.print(f"delivery log at [bold]{get_engine(url).url.render_as_string(hide_password=True)}[/] is up to date")
+            fail(
+                f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            )
+    out.print(f"delivery log at [bold]{_safe(url)}[/] is up to date")
+
+
+def _safe(url: str) -> str:
+    return get_engine(url).url.render_as_string(hide_password=True)
 
 
 @app.command("dispatchers")
-def dispatchers(as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False) -> None:
+def dispatchers(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+) -> None:
     """List the dispatchers the entry-point group delivery.dispatchers registers."""
     reg = registry()
     described, broken = [], []
@@ -54,7 +62,13 @@ def dispatchers(as_json: Annotated[bool, typer.Option("--json", help="One JSON d
             f"{f['name']}{'*' if f['required'] else ''}{' (secret)' if f['secret'] else ''}"
             for f in d["config_fields"]
         )
-        table.add_row(d["slug"], d["version"] or "?", d["protocol"]["name"], ", ".join(d["address_types"]), fields or "-")
+        table.add_row(
+            d["slug"],
+            d["version"] or "?",
+            d["protocol"]["name"],
+            ", ".join(d["address_types"]),
+            fields or "-",
+        )
     out.print(table)
     out.print("* required")
     for b in broken:
@@ -63,8 +77,12 @@ def dispatchers(as_json: Annotated[bool, typer.Option("--json", help="One JSON d
 
 @app.command("keygen")
 def keygen(
-    webhook: Annotated[bool, typer.Option("--webhook", help="A Standard Webhooks signing secret instead")] = False,
-    write: Annotated[bool, typer.Option("--write", help="Save as DELIVERY_HOME/secret.key")] = False,
+    webhook: Annotated[
+        bool, typer.Option("--webhook", help="A Standard Webhooks signing secret instead")
+    ] = False,
+    write: Annotated[
+        bool, typer.Option("--write", help="Save as DELIVERY_HOME/secret.key")
+    ] = False,
 ) -> None:
     """Print a new DELIVERY_SECRET_KEY (or, with --webhook, a whsec_ signing secret)."""
     if webhook:
@@ -90,7 +108,9 @@ def write_key_file(path: Path, key: str) -> None:
 
 @app.command("schemas")
 def export_schemas(
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write one file per model here")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write one file per model here")
+    ] = None,
 ) -> None:
     """JSON Schemas of the messages, for producers written in other languages."""
     docs = {model.__name__: model.model_json_schema() for model in (Payload, Message, Envelope)}

@@ -37,20 +37,28 @@ def parse_settings(pairs: list[str], config_json: str | None) -> dict[str, Any]:
 def add(
     name: str,
     dispatcher: str,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE for one config field")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="Config fields as a JSON object")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE for one config field")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="Config fields as a JSON object")
+    ] = None,
     retry_schedule: Annotated[
         str | None, typer.Option("--retry-schedule", help="Seconds before each attempt: 0,5,300,…")
     ] = None,
     rate_limit: Annotated[str | None, typer.Option("--rate-limit", help="e.g. 1/s, 60/m")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a channel of that name")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite a channel of that name")
+    ] = False,
 ) -> None:
     """Store a channel; its config is validated by the dispatcher's config model now."""
     raw = parse_settings(set_ or [], config)
     store = channel_store()
     with user_errors():
         schedule = parse_retry_schedule(retry_schedule) if retry_schedule else None
-        channel = store.add(name, dispatcher, raw, retry_schedule=schedule, rate_limit=rate_limit, replace=replace)
+        channel = store.add(
+            name, dispatcher, raw, retry_schedule=schedule, rate_limit=rate_limit, replace=replace
+        )
     out.print(f"channel [bold]{channel.name}[/] ({channel.dispatcher}) saved")
 
 

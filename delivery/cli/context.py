@@ -27,4 +27,6 @@ def delivery_log(*, must_exist: bool = True) -> DeliveryLog:
 
 def channel_store() -> ChannelStore:
     settings = get_settings()
-    return ChannelStore(delivery_log().engine, registry(), lambda: SecretBox.from_settings(settings))
+    return ChannelStore(
+        delivery_log().engine, registry(), lambda: SecretBox.from_settings(settings)
+    )

@@ -23,7 +23,12 @@ def send_command(
 ) -> None:
     """Enqueue one delivery and print its id."""
     with user_errors():
-        receipt = send(channel, address, Payload(message=message, subject=subject), idempotency_key=idempotency_key)
+        receipt = send(
+            channel,
+            address,
+            Payload(message=message, subject=subject),
+            idempotency_key=idempotency_key,
+        )
     typer.echo(receipt.id)
 
 
@@ -40,8 +45,13 @@ def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = 
     if as_json:
         print_json(record.to_json())
         return
-    out.print(f"[bold]{record.id}[/]  {record.status}  via {record.channel} ({record.dispatcher or '?'}) to {record.address}")
-    out.print(f"created {_when(record.created_at)}  updated {_when(record.updated_at)}", highlight=False)
+    out.print(
+        f"[bold]{record.id}[/]  {record.status}  via {record.channel} "
+        f"({record.dispatcher or '?'}) to {record.address}"
+    )
+    out.print(
+        f"created {_when(record.created_at)}  updated {_when(record.updated_at)}", highlight=False
+    )
     if record.next_attempt_at and record.status == "retrying":
         out.print(f"next attempt due {_when(record.next_attempt_at)}", highlight=False)
     if record.last_error:
@@ -63,7 +73,15 @@ def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = 
 def _log_table(records: list[DeliveryRecord]) -> Table:
     table = Table("id", "created", "channel", "address", "status", "attempts", "last error")
     for r in records:
-        table.add_row(r.id, _when(r.created_at), r.channel, r.address, r.status, str(r.attempt_count), r.last_error or "")
+        table.add_row(
+            r.id,
+            _when(r.created_at),
+            r.channel,
+            r.address,
+            r.status,
+            str(r.attempt_count),
+            r.last_error or "",
+        )
     return table
 
 
@@ -85,9 +103,15 @@ def log(
 @app.command("retry")
 def retry(
     delivery_id: Annotated[str | None, typer.Argument()] = None,
-    status: Annotated[str, typer.Option("--status", help="Bulk: deliveries in this state")] = "failed",
-    channel: Annotated[str | None, typer.Option("--channel", help="Bulk: only this channel")] = None,
-    since: Annotated[datetime | None, typer.Option("--since", help="Bulk: created at or after (UTC)")] = None,
+    status: Annotated[
+        str, typer.Option("--status", help="Bulk: deliveries in this state")
+    ] = "failed",
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="Bulk: only this channel")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Bulk: created at or after (UTC)")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
 ) -> None:
     """Send failed deliveries again, keeping their old attempts. One ID, or a bulk filter."""
@@ -103,7 +127,11 @@ def retry(
     reopened = [record for i in ids if (record := log.reopen(i)) is not None]
     if delivery_id is not None and not reopened:
         current = log.get(delivery_id)
-        fail(f"no delivery {delivery_id!r} in the log" if current is None else f"{delivery_id} is {current.status}, not failed")
+        fail(
+            f"no delivery {delivery_id!r} in the log"
+            if current is None
+            else f"{delivery_id} is {current.status}, not failed"
+        )
     with user_errors():
         get_publisher().publish_envelopes([record.envelope() for record in reopened])
     out.print(f"{len(reopened)} deliveries queued again")

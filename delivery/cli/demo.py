@@ -81,7 +81,7 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -95,7 +95,16 @@ def _ensure_secret_key() -> None:
 def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DELIVERY_ALLOW_PRIVATE_NETWORKS": "true"}  # the receiver is on loopback
     return subprocess.Popen(
-        [sys.executable, "-m", "delivery", "worker", "--loglevel", "warning", "--concurrency", str(concurrency)],
+        [
+            sys.executable,
+            "-m",
+            "delivery",
+            "worker",
+            "--loglevel",
+            "warning",
+            "--concurrency",
+            str(concurrency),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -113,9 +122,13 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 @app.command("demo")
 def demo(
-    count: Annotated[int, typer.Option("--count", min=1, max=100_000, help="Deliveries to send")] = 300,
+    count: Annotated[
+        int, typer.Option("--count", min=1, max=100_000, help="Deliveries to send")
+    ] = 300,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=200)] = 16,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the worker")] = 180.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the worker")
+    ] = 180.0,
 ) -> None:
     """Start a local webhook receiver and a worker, send deliveries, and summarise the log."""
     settings = get_settings()
@@ -124,8 +137,11 @@ def demo(
         _ensure_secret_key()
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         channel_store().add(
-            DEMO_CHANNEL, "webhook", {"secret": secret, "timeout": 5},
-            retry_schedule=parse_retry_schedule("0,1,2,4"), replace=True,
+            DEMO_CHANNEL,
+            "webhook",
+            {"secret": secret, "timeout": 5},
+            retry_schedule=parse_retry_schedule("0,1,2,4"),
+            replace=True,
         )
     receiver = DemoReceiver(secret, fail_every=20)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -139,7 +155,11 @@ def demo(
                 Message(
                     channel=DEMO_CHANNEL,
                     address=receiver.url,
-                    payload=Payload(message=f"Order {i} has shipped", subject="Shipping update", data={"order": i}),
+                    payload=Payload(
+                        message=f"Order {i} has shipped",
+                        subject="Shipping update",
+                        data={"order": i},
+                    ),
                     idempotency_key=f"demo-{run}-{i}",
                 )
                 for i in range(count)
@@ -154,7 +174,9 @@ def demo(
     _summarise(counts, receiver, count, enqueued, elapsed, ids[0])
 
 
-def _wait(log: Any, ids: list[str], worker: subprocess.Popen[bytes], timeout: float) -> dict[str, int]:
+def _wait(
+    log: Any, ids: list[str], worker: subprocess.Popen[bytes], timeout: float
+) -> dict[str, int]:
     columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
@@ -167,13 +189,21 @@ def _wait(log: Any, ids: list[str], worker: subprocess.Popen[bytes], timeout: fl
             if finished == len(ids):
                 break
             if worker.poll() is not None:
-                fail(f"the worker exited with code {worker.returncode}; run `delivery worker` to see why")
+                fail(
+                    f"the worker exited with code {worker.returncode}; "
+                    "run `delivery worker` to see why"
+                )
             time.sleep(0.25)
     return counts
 
 
 def _summarise(
-    counts: dict[str, int], receiver: DemoReceiver, count: int, enqueued: float, elapsed: float, example: str
+    counts: dict[str, int],
+    receiver: DemoReceiver,
+    count: int,
+    enqueued: float,
+    elapsed: float,
+    example: str,
 ) -> None:
     table = Table("", "count", title="Delivery log")
     for status in ("delivered", "retrying", "sending", "queued", "failed"):
@@ -192,5 +222,3 @@ def _summarise(
     out.print(f"look one up: [bold]delivery status {example}[/]   recent: [bold]delivery log[/]")
     if counts.get("delivered", 0) != count:
         raise typer.Exit(1)
-
-

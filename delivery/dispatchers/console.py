@@ -21,5 +21,9 @@ class ConsoleDispatcher(Dispatcher):
         subject = f"{payload.subject}: " if payload.subject else ""
         # One lock so lines from many worker threads do not interleave.
         with _print_lock:
-            print(f"[{context.delivery_id}] to {address}: {subject}{payload.message}", file=sys.stdout, flush=True)
+            print(
+                f"[{context.delivery_id}] to {address}: {subject}{payload.message}",
+                file=sys.stdout,
+                flush=True,
+            )
         return SendResult()

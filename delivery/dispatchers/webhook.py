@@ -35,7 +35,9 @@ class WebhookConfig(DispatcherConfig):
     def _standard_webhooks_secret(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value()
         if not raw.startswith("whsec_"):
-            raise ValueError("must start with 'whsec_' (generate one with `delivery keygen --webhook`)")
+            raise ValueError(
+                "must start with 'whsec_' (generate one with `delivery keygen --webhook`)"
+            )
         try:
             key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
         except (binascii.Error, ValueError):
@@ -73,7 +75,9 @@ class WebhookDispatcher(Dispatcher):
 
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
         # Only the payload is posted: channel config and secrets never reach the endpoint.
-        body = json.dumps(payload.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
+        body = json.dumps(
+            payload.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False
+        )
         now = datetime.now(UTC)
         headers = {
             **self.config.headers,

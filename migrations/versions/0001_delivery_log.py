@@ -69,7 +69,10 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON(), nullable=True),
         sa.Column("worker", sa.String(255), nullable=True),
         sa.ForeignKeyConstraint(
-            ["delivery_id"], ["deliveries.id"], name=op.f("fk_attempts_delivery_id_deliveries"), ondelete="CASCADE"
+            ["delivery_id"],
+            ["deliveries.id"],
+            name=op.f("fk_attempts_delivery_id_deliveries"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_attempts")),
         sa.UniqueConstraint("delivery_id", "number", name=op.f("uq_attempts_delivery_id")),
