@@ -420,4 +420,4 @@ class DeliveryLog:
         if ids is not None:
             query = query.where(DeliveryRow.id.in_(ids))
         with self._sessions() as session:
-            return dict(session.execute(query).tuples().all())
+            return {row[0]: row[1] for row in session.execute(query).all()}

@@ -1,0 +1,35 @@
+import base64
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from delivery import producer
+from delivery.crypto import generate_key
+from delivery.db import dispose_engines
+from delivery.migrate import upgrade
+from schemas import Settings, get_settings
+
+
+def webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings for one test: its own home, SQLite log (migrated), key and in-memory broker."""
+    home = tmp_path / ".delivery"
+    monkeypatch.setenv("DELIVERY_HOME", str(home))
+    monkeypatch.setenv("DELIVERY_DATABASE_URL", f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    monkeypatch.setenv("DELIVERY_SECRET_KEY", generate_key())
+    monkeypatch.setenv("DELIVERY_ALLOW_PRIVATE_NETWORKS", "true")
+    monkeypatch.setenv("DELIVERY_BROKER_URL", "memory://")
+    monkeypatch.setenv("DELIVERY_PUBLISH_TIMEOUT", "2")
+    get_settings.cache_clear()
+    current = get_settings()
+    upgrade(current.resolved_database_url)
+    yield current
+    dispose_engines()
+    get_settings.cache_clear()
+    producer._current = None

@@ -1,0 +1,148 @@
+"""Fixtures that start real servers on loopback: redis-server, PostgreSQL, worker processes."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from delivery.channels import ChannelStore
+from delivery.crypto import SecretBox, generate_key
+from delivery.db import dispose_engines
+from delivery.log import DeliveryLog
+from delivery.migrate import upgrade
+from delivery.registry import DispatcherRegistry
+from schemas import get_settings
+from tests.support.servers import PostgresServer, RedisServer, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp dir: when we are root the server runs as another user, who
+    # cannot enter pytest's private directory.
+    directory = Path(tempfile.mkdtemp(prefix="delivery-pg-"))
+    directory.chmod(0o777)
+    server = PostgresServer(directory)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Stack:
+    """One test's delivery stack: env for worker processes, the log, the channel store."""
+
+    def __init__(self, tmp_path: Path, broker_url: str, database_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.env = {
+            **os.environ,
+            "DELIVERY_HOME": str(tmp_path / ".delivery"),
+            "DELIVERY_BROKER_URL": broker_url,
+            "DELIVERY_DATABASE_URL": database_url,
+            "DELIVERY_SECRET_KEY": generate_key(),
+            "DELIVERY_ALLOW_PRIVATE_NETWORKS": "true",
+            "DELIVERY_VISIBILITY_TIMEOUT": "10",
+            "DELIVERY_LEASE_SECONDS": "10",
+            "DELIVERY_BACKOFF_BASE": "0.2",
+            "DELIVERY_BACKOFF_CAP": "1",
+            "DELIVERY_PUBLISH_TIMEOUT": "5",
+        }
+        self.workers: list[WorkerProcess] = []
+        self._apply_env()
+        upgrade(database_url)
+        settings = get_settings()
+        self.log = DeliveryLog.from_settings(settings)
+        self.registry = DispatcherRegistry.from_installed()
+        self.channels = ChannelStore(
+            self.log.engine, self.registry, lambda: SecretBox.from_settings(settings)
+        )
+
+    def _apply_env(self) -> None:
+        # The producer in this process reads the same settings as the workers.
+        for key, value in self.env.items():
+            if key.startswith("DELIVERY_"):
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+    def worker(self, *args: str, **env: str) -> WorkerProcess:
+        """Start a real ``delivery worker`` process; stopped when the test ends."""
+        log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
+        worker = WorkerProcess({**self.env, **env}, log_path, *args)
+        self.workers.append(worker)
+        return worker.start()
+
+    def wait_until(
+        self, ids: list[str], statuses: set[str], timeout: float = 60.0
+    ) -> dict[str, int]:
+        """Poll the log until every id has one of ``statuses``; return the status counts."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            counts = self.log.count_by_status(ids)
+            if sum(counts.get(s, 0) for s in statuses) == len(ids):
+                return counts
+            time.sleep(0.1)
+        logs = "\n".join(w.output()[-3000:] for w in self.workers)
+        raise TimeoutError(f"not all {len(ids)} deliveries reached {statuses}: {counts}\n{logs}")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        dispose_engines()
+        for key in self.env:
+            if key.startswith("DELIVERY_"):
+                os.environ.pop(key, None)
+        get_settings.cache_clear()
+        from delivery import producer
+
+        producer._current = None
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Stack]]:
+    stacks: list[Stack] = []
+
+    def make(broker_url: str, database_url: str) -> Stack:
+        stack = Stack(tmp_path, broker_url, database_url)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
+@pytest.fixture
+def redis_stack(
+    redis_server: RedisServer, tmp_path: Path, stack_factory: Callable[[str, str], Stack]
+) -> Stack:
+    """Real redis-server broker (flushed), SQLite log in tmp_path."""
+    redis_server.flush()
+    return stack_factory(redis_server.url, f"sqlite:///{tmp_path / 'log.sqlite3'}")
+
+
+@pytest.fixture
+def postgres_stack(
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    stack_factory: Callable[[str, str], Stack],
+    request: pytest.FixtureRequest,
+) -> Stack:
+    """Real redis-server broker and a fresh PostgreSQL database for the log."""
+    redis_server.flush()
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return stack_factory(redis_server.url, postgres_server.create_database(name))

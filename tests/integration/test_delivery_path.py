@@ -1,0 +1,192 @@
+"""The whole path with real parts: producer → redis-server → worker process → receiver → log."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+import delivery
+from delivery.producer import get_publisher
+from schemas import Message, Payload
+from tests.conftest import webhook_secret
+from tests.integration.conftest import Stack
+from tests.support.receiver import Answer, Receiver
+
+pytestmark = pytest.mark.integration
+
+
+def _webhook_channel(
+    stack: Stack, name: str = "hooks", schedule: tuple[float, ...] | None = None
+) -> str:
+    secret = webhook_secret()
+    stack.channels.add(name, "webhook", {"secret": secret, "timeout": 5}, retry_schedule=schedule)
+    return secret
+
+
+def _send_to(receiver: Receiver, path: str, count: int, *, channel: str = "hooks") -> list[str]:
+    receipts = delivery.send_many(
+        Message(
+            channel=channel,
+            address=receiver.url(path),
+            payload=Payload(message=f"m{i}", data={"i": i}),
+        )
+        for i in range(count)
+    )
+    return [r.id for r in receipts]
+
+
+def test_webhooks_are_signed_delivered_and_logged(redis_stack: Stack) -> None:
+    # Given a webhook channel and a receiver that checks Standard Webhooks signatures
+    secret = _webhook_channel(redis_stack)
+    redis_stack.worker()
+    with Receiver(secret) as receiver:
+        # When a service sends a batch
+        ids = _send_to(receiver, "/ok", 40)
+        counts = redis_stack.wait_until(ids, {"delivered"})
+        got = receiver.wait_for(40, "/ok")
+    # Then every one arrived once, verified, identified by its delivery id
+    assert counts == {"delivered": 40}
+    assert all(r.verified for r in got)
+    assert sorted(r.headers["webhook-id"] for r in got) == sorted(ids)
+    # and the body is the payload only: no channel config, no secret
+    body = got[0].json()
+    assert set(body) == {"message", "subject", "html_message", "data"}
+    assert secret.removeprefix("whsec_") not in got[0].body.decode()
+    record = redis_stack.log.get(ids[0])
+    assert record is not None
+    assert [(a.number, a.outcome, a.status_code) for a in record.attempts] == [
+        (1, "delivered", 204)
+    ]
+    assert record.dispatcher == "webhook"
+
+
+def test_error_classes_are_retried_or_failed(redis_stack: Stack) -> None:
+    secret = _webhook_channel(redis_stack, schedule=(0, 0.3, 0.3))
+    redis_stack.worker()
+    with Receiver(secret) as receiver:
+        receiver.script("/flaky", Answer(503))
+        receiver.script("/limited", Answer(429, {"Retry-After": "2"}))
+        receiver.script("/bad", Answer(400))
+        receiver.script("/down", *[Answer(503)] * 10)
+        flaky, limited, bad, down = (
+            _send_to(receiver, p, 1)[0] for p in ("/flaky", "/limited", "/bad", "/down")
+        )
+        redis_stack.wait_until([flaky, limited, bad, down], {"delivered", "failed"}, timeout=60)
+
+    def attempts(delivery_id: str) -> list[tuple[str, int | None]]:
+        record = redis_stack.log.get(delivery_id)
+        assert record is not None
+        return [(a.outcome, a.status_code) for a in record.attempts]
+
+    # 503: retried, then delivered
+    assert attempts(flaky) == [("retry", 503), ("delivered", 204)]
+    # 429: Retry-After honoured (the second attempt waited at least the 2 s asked for)
+    limited_record = redis_stack.log.get(limited)
+    assert limited_record is not None
+    assert [(a.outcome, a.status_code) for a in limited_record.attempts] == [
+        ("retry", 429),
+        ("delivered", 204),
+    ]
+    first, second = limited_record.attempts
+    assert second.started_at - first.started_at >= timedelta(seconds=1.9)
+    # 400: permanent at once
+    assert attempts(bad) == [("failed", 400)]
+    # always 503: the schedule's three attempts, then failed with the last error
+    down_record = redis_stack.log.get(down)
+    assert down_record is not None
+    assert down_record.status == "failed"
+    assert [a.outcome for a in down_record.attempts] == ["retry", "retry", "failed"]
+    assert down_record.last_error is not None and "503" in down_record.last_error
+
+
+def test_malformed_messages_are_recorded_and_the_worker_goes_on(redis_stack: Stack) -> None:
+    secret = _webhook_channel(redis_stack)
+    redis_stack.worker()
+    app = get_publisher().app
+    # A task message with a bad shape, one for an unknown channel, and garbage arguments
+    app.send_task("delivery.deliver", args=[{"id": "bad-shape", "channel": "hooks"}])
+    unknown = delivery.send("no-such-channel", "http://127.0.0.1:9/x", Payload(message="hi")).id
+    app.send_task("delivery.deliver", args=["not a dict"], kwargs={"surprise": 1})
+    with Receiver(secret) as receiver:
+        good = _send_to(receiver, "/ok", 1)
+        redis_stack.wait_until(good, {"delivered"})
+    redis_stack.wait_until(["bad-shape", unknown], {"failed"})
+    bad_shape = redis_stack.log.get("bad-shape")
+    assert bad_shape is not None and bad_shape.last_error is not None
+    assert "malformed task message" in bad_shape.last_error and "address" in bad_shape.last_error
+    unknown_record = redis_stack.log.get(unknown)
+    assert unknown_record is not None and unknown_record.last_error is not None
+    assert "no channel named 'no-such-channel'" in unknown_record.last_error
+    assert len(unknown_record.attempts) == 1  # never retried
+    assert "rejected task message" in redis_stack.workers[0].output()
+
+
+def test_same_idempotency_key_delivers_once_on_postgres(postgres_stack: Stack) -> None:
+    # Two worker processes and the log on PostgreSQL, where concurrent claims really race
+    secret = _webhook_channel(postgres_stack)
+    postgres_stack.worker("--concurrency", "8")
+    postgres_stack.worker("--concurrency", "8")
+    with Receiver(secret) as receiver:
+        message = Message(
+            channel="hooks",
+            address=receiver.url("/once"),
+            payload=Payload(message="order shipped"),
+            idempotency_key="order-42",
+        )
+        receipts = delivery.send_many([message] * 30)
+        others = _send_to(receiver, "/many", 60)
+        assert len({r.id for r in receipts}) == 1
+        postgres_stack.wait_until([receipts[0].id, *others], {"delivered"})
+        receiver.wait_for(60, "/many")
+        once = receiver.requests_to("/once")
+    assert len(once) == 1
+    record = postgres_stack.log.get(receipts[0].id)
+    assert record is not None and len(record.attempts) == 1
+
+
+def test_cli_reads_the_log(redis_stack: Stack) -> None:
+    secret = _webhook_channel(redis_stack)
+    redis_stack.worker()
+    with Receiver(secret) as receiver:
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "delivery",
+                "send",
+                "hooks",
+                receiver.url("/cli"),
+                "hello",
+                "--subject",
+                "Hi",
+                "--idempotency-key",
+                "cli-1",
+            ],
+            env=redis_stack.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        delivery_id = sent.stdout.strip()
+        redis_stack.wait_until([delivery_id], {"delivered"})
+    status = subprocess.run(
+        [sys.executable, "-m", "delivery", "status", delivery_id, "--json"],
+        env=redis_stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc = json.loads(status.stdout)
+    assert doc["status"] == "delivered"
+    assert doc["attempts"][0]["status_code"] == 204
+    assert doc["payload"]["subject"] == "Hi"
+    log = subprocess.run(
+        [sys.executable, "-m", "delivery", "log", "--json", "--channel", "hooks"],
+        env=redis_stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [d["id"] for d in json.loads(log.stdout)["deliveries"]] == [delivery_id]
