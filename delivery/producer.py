@@ -40,7 +40,16 @@ class Publisher:
 
         self.settings = settings
         self.app: Celery = Celery("delivery-producer", set_as_current=False)
-        self.app.conf.update(celery_config(settings))
+        config = celery_config(settings)
+        # Fail each connection attempt fast: publish_envelopes does the retrying, bounded
+        # by publish_timeout, so a dead broker never hangs the calling service.
+        config["broker_transport_options"] = {
+            **config.get("broker_transport_options", {}),
+            "max_retries": 0,
+            "connect_retries_timeout": settings.publish_timeout,
+        }
+        config["broker_connection_timeout"] = settings.publish_timeout
+        self.app.conf.update(config)
 
     def publish(self, messages: Sequence[Message]) -> list[Receipt]:
         """Publish new deliveries and return their receipts.

@@ -1,0 +1,109 @@
+from datetime import timedelta
+
+import pytest
+
+from delivery.log import AttemptResult, ClaimState, DeliveryLog, utcnow
+from delivery.models import Outcome
+from schemas import Envelope, Payload, Settings
+
+
+@pytest.fixture
+def log(settings: Settings) -> DeliveryLog:
+    return DeliveryLog.from_settings(settings)
+
+
+def envelope(delivery_id: str = "d1") -> Envelope:
+    return Envelope(
+        id=delivery_id, channel="hooks", address="https://a", payload=Payload(message="m")
+    )
+
+
+def result(outcome: Outcome, **kw: object) -> AttemptResult:
+    return AttemptResult(outcome=outcome, started_at=utcnow(), duration_ms=1.5, **kw)  # type: ignore[arg-type]
+
+
+def test_only_one_of_two_copies_claims(log: DeliveryLog) -> None:
+    first = log.claim(envelope(), lease=60)
+    second = log.claim(envelope(), lease=60)
+    assert (first.state, first.attempt) == (ClaimState.CLAIMED, 1)
+    assert second.state is ClaimState.BUSY and second.wake_at is not None
+
+
+def test_delivered_is_done_and_records_the_attempt(log: DeliveryLog) -> None:
+    claim = log.claim(envelope(), lease=60)
+    assert log.finish(
+        claim,
+        result(Outcome.DELIVERED, status_code=204, provider_ref="r1"),
+        dispatcher="webhook",
+        worker="w",
+    )
+    assert log.claim(envelope(), lease=60).state is ClaimState.DONE
+    record = log.get("d1")
+    assert record is not None
+    assert (record.status, record.dispatcher, record.provider_ref) == ("delivered", "webhook", "r1")
+    assert [(a.number, a.outcome, a.status_code, a.worker) for a in record.attempts] == [
+        (1, "delivered", 204, "w")
+    ]
+
+
+def test_a_retry_is_not_due_early_and_is_claimable_when_due(log: DeliveryLog) -> None:
+    claim = log.claim(envelope(), lease=60)
+    due = utcnow() + timedelta(seconds=30)
+    log.finish(
+        claim, result(Outcome.RETRY, error="503", next_attempt_at=due), dispatcher=None, worker=None
+    )
+    early = log.claim(envelope(), lease=60)
+    assert early.state is ClaimState.NOT_DUE and early.wake_at == due
+    later = log.claim(envelope(), lease=60, now=due)
+    assert (later.state, later.attempt) == (ClaimState.CLAIMED, 2)
+
+
+def test_an_expired_lease_can_be_taken_over(log: DeliveryLog) -> None:
+    log.claim(envelope(), lease=1)
+    takeover = log.claim(envelope(), lease=60, now=utcnow() + timedelta(seconds=5))
+    assert (takeover.state, takeover.attempt) == (ClaimState.CLAIMED, 2)
+
+
+def test_finish_after_losing_the_lease_keeps_the_attempt_but_not_the_status(
+    log: DeliveryLog,
+) -> None:
+    stale = log.claim(envelope(), lease=1)
+    fresh = log.claim(envelope(), lease=60, now=utcnow() + timedelta(seconds=5))
+    assert not log.finish(stale, result(Outcome.FAILED, error="late"), dispatcher=None, worker=None)
+    assert log.finish(fresh, result(Outcome.DELIVERED), dispatcher=None, worker=None)
+    record = log.get("d1")
+    assert record is not None and record.status == "delivered"
+    assert [a.number for a in record.attempts] == [1, 2]
+
+
+def test_reject_records_a_failure_that_never_reached_a_worker_claim(log: DeliveryLog) -> None:
+    log.reject(
+        "bad",
+        channel="hooks",
+        address="?",
+        reason="malformed task message: payload: Field required",
+    )
+    record = log.get("bad")
+    assert record is not None
+    assert record.status == "failed" and "malformed" in (record.last_error or "")
+
+
+def test_reopen_keeps_attempts_and_restarts_the_count(log: DeliveryLog) -> None:
+    claim = log.claim(envelope(), lease=60)
+    log.finish(claim, result(Outcome.FAILED, error="400"), dispatcher=None, worker=None)
+    assert log.reopen("missing") is None
+    reopened = log.reopen("d1")
+    assert reopened is not None and reopened.status == "queued"
+    again = log.claim(envelope(), lease=60)
+    assert (again.state, again.attempt, again.attempt_base) == (ClaimState.CLAIMED, 2, 1)
+    assert log.reopen("d1") is None  # not failed any more
+
+
+def test_find_filters_and_counts(log: DeliveryLog) -> None:
+    for i in range(3):
+        log.claim(envelope(f"d{i}"), lease=60)
+    log.reject("d9", channel="other", address="?", reason="x")
+    assert [r.id for r in log.find(channel="other")] == ["d9"]
+    assert len(log.find(status="sending")) == 3
+    assert log.count_by_status() == {"sending": 3, "failed": 1}
+    assert log.count_by_status(["d0", "d9"]) == {"sending": 1, "failed": 1}

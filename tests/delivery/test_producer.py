@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from kombu.connection import Connection
+from pydantic import ValidationError
+
+import delivery
+from delivery.errors import PublishError
+from delivery.producer import delivery_id
+from schemas import Message, Payload, Settings, get_settings
+
+
+def _drain() -> list[dict[str, Any]]:
+    """Every message on the in-memory broker's delivery queue: headers and task args."""
+    messages: list[dict[str, Any]] = []
+    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
+        while True:
+            try:
+                message = queue.get(timeout=0.2)
+            except queue.Empty:
+                return messages
+            args, kwargs, _ = message.decode()
+            messages.append({"headers": message.headers, "args": args, "kwargs": kwargs})
+            message.ack()
+
+
+@pytest.fixture(autouse=True)
+def _empty_queue(settings: Settings) -> None:
+    _drain()
+
+
+def test_send_publishes_the_envelope_by_task_name() -> None:
+    receipt = delivery.send(
+        "hooks", "https://example.com/h", Payload(message="hi"), idempotency_key="order-42"
+    )
+    [message] = _drain()
+    assert message["headers"]["task"] == "delivery.deliver"
+    assert message["headers"]["id"] == receipt.id
+    [envelope] = message["args"]
+    assert envelope == {
+        "schema_version": 1,
+        "id": receipt.id,
+        "channel": "hooks",
+        "address": "https://example.com/h",
+        "payload": {"message": "hi", "subject": None, "html_message": None, "data": {}},
+        "idempotency_key": "order-42",
+    }
+
+
+def test_same_channel_and_key_give_the_same_id() -> None:
+    first = delivery.send("hooks", "https://a", {"message": "x"}, idempotency_key="k")
+    second = delivery.send("hooks", "https://b", {"message": "y"}, idempotency_key="k")
+    other_channel = delivery.send("ops", "https://a", {"message": "x"}, idempotency_key="k")
+    assert first.id == second.id == delivery_id("hooks", "k")
+    assert other_channel.id != first.id
+    no_key = [delivery.send("hooks", "https://a", {"message": "x"}).id for _ in range(2)]
+    assert no_key[0] != no_key[1]
+
+
+def test_send_many_takes_models_and_mappings_and_validates_all_first() -> None:
+    good = {"channel": "hooks", "address": "https://a", "payload": {"message": "x"}}
+    receipts = delivery.send_many([Message.model_validate(good), good, {**good, "countdown": 5}])
+    assert len(receipts) == 3 and len(_drain()) == 3
+    with pytest.raises(ValidationError):
+        delivery.send_many([good, {**good, "payload": {"subject": "no message"}}])
+    assert _drain() == []  # nothing enqueued when one is invalid
+
+
+def test_send_many_of_nothing_is_nothing() -> None:
+    assert delivery.send_many([]) == []
+
+
+def test_unreachable_broker_raises_a_clear_error_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DELIVERY_BROKER_URL", "redis://:hunter2@127.0.0.1:1/0")
+    monkeypatch.setenv("DELIVERY_PUBLISH_TIMEOUT", "1")
+    get_settings.cache_clear()
+    with pytest.raises(PublishError, match="could not publish to the broker") as caught:
+        delivery.send("hooks", "https://a", Payload(message="x"))
+    assert "hunter2" not in str(caught.value)
+
+
+def test_import_delivery_loads_no_database_or_provider_sdk() -> None:
+    probe = (
+        "import sys, json, delivery; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", probe])))
+    assert not loaded & {
+        "sqlalchemy",
+        "slack_sdk",
+        "twilio",
+        "apprise",
+        "psycopg",
+        "alembic",
+        "celery",
+    }
