@@ -6,6 +6,8 @@ from schemas import Settings
 
 #: The delivery task, published by name so the producer never imports the worker.
 DELIVER_TASK = "delivery.deliver"
+#: The periodic task that re-enqueues what the log says is due.
+SWEEP_TASK = "delivery.sweep"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -26,11 +28,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.queue,
-        "task_routes": {DELIVER_TASK: {"queue": settings.queue}},
+        "task_routes": {
+            DELIVER_TASK: {"queue": settings.queue},
+            SWEEP_TASK: {"queue": settings.queue},
+        },
+        "beat_schedule": {
+            "delivery-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval,
+                # A sweep that waited past the next one is pointless; drop it.
+                "options": {"expires": settings.sweep_interval},
+            }
+        },
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
         "worker_concurrency": settings.worker_concurrency,
         # Threads: delivery is network-bound, and threads share the per-thread HTTP and
         # SMTP clients' process, its DB pool and channel cache without monkey-patching.
-        "worker_pool": "threads",
+        "worker_pool": settings.worker_pool,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
@@ -48,9 +62,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "polling_interval": 0.1,
         }
-    elif settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        # Our subclass of kombu's Redis transport: garbage on the queue cannot stop a worker.
+        config["broker_transport"] = "delivery.redis_transport:Transport"
         config["broker_transport_options"] = {
             "visibility_timeout": settings.visibility_timeout,
             "socket_connect_timeout": 5,
+            # Look for unacknowledged messages whose worker died every few seconds; kombu's
+            # default (every tenth check of ten seconds) leaves them for minutes.
+            "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 4)),
+            "unacked_restore_throttle": 1,
         }
     return config

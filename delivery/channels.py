@@ -3,11 +3,11 @@
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
 from delivery.crypto import SecretBox
@@ -32,6 +32,12 @@ class Channel:
     rate_limit: str | None = None
     paused: bool = False
     updated_at: datetime | None = None
+    breaker_open_until: datetime | None = None
+
+    @property
+    def may_be_held(self) -> bool:
+        """Whether deliveries may have to wait (paused, or the breaker open when last read)."""
+        return self.paused or self.breaker_open_until is not None
 
 
 def parse_rate_limit(value: str) -> float:
@@ -135,7 +141,7 @@ class ChannelStore:
                     f"channel {name!r} exists; remove it first or use --replace"
                 )
             if row is None:
-                row = ChannelRow(name=name, created_at=now, paused=False)
+                row = ChannelRow(name=name, created_at=now, paused=False, consecutive_failures=0)
                 session.add(row)
             row.dispatcher = dispatcher
             row.config = plain
@@ -167,12 +173,42 @@ class ChannelStore:
             rate_limit=row.rate_limit,
             paused=row.paused,
             updated_at=row.updated_at,
+            breaker_open_until=row.breaker_open_until,
         )
 
-    def version(self, name: str) -> datetime | None:
-        """When the channel last changed, or None if it does not exist (a cheap check)."""
-        with self._sessions() as session:
-            return session.scalar(select(ChannelRow.updated_at).where(ChannelRow.name == name))
+    def gate(self, name: str, *, now: datetime, probe_interval: float) -> datetime | None:
+        """None if a delivery may be sent now (perhaps as the breaker's probe); otherwise
+        when to look again."""
+        with self._sessions.begin() as session:
+            row = session.get(ChannelRow, name)
+            if row is None:
+                return None  # removed meanwhile: sending will say so
+            if row.paused:
+                return now + timedelta(seconds=probe_interval)
+            if row.breaker_open_until is None:
+                return None
+            if row.breaker_open_until > now:
+                return row.breaker_open_until
+            # Due for a probe: whoever moves the deadline on first sends it.
+            probe = session.execute(
+                update(ChannelRow)
+                .where(ChannelRow.name == name, ChannelRow.breaker_open_until <= now)
+                .values(breaker_open_until=now + timedelta(seconds=probe_interval))
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            return None if probe else now + timedelta(seconds=probe_interval)
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume a channel; resuming also closes its breaker. False if unknown."""
+        values: dict[str, Any] = {"paused": paused}
+        if not paused:
+            values.update(consecutive_failures=0, breaker_open_until=None)
+        with self._sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(ChannelRow).where(ChannelRow.name == name).values(**values)
+                ).rowcount  # type: ignore[attr-defined]
+            )
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every channel as shown to a person: secret fields masked, nothing decrypted."""
@@ -181,11 +217,12 @@ class ChannelStore:
         out = []
         for row in rows:
             config: dict[str, Any] = dict(row.config)
-            try:
-                secret_names = self._registry.get(row.dispatcher).config_class.secret_fields()
-            except Exception:  # noqa: BLE001 - a missing plugin must not hide the list
-                secret_names = frozenset()
-            config.update(dict.fromkeys(sorted(secret_names), MASK) if row.secrets else {})
+            if row.secrets:
+                # Mask only the secrets that are set; the names are not secret, the values are.
+                try:
+                    config.update(dict.fromkeys(sorted(self._box().decrypt(row.secrets)), MASK))
+                except ConfigurationError:
+                    config["secrets"] = "(cannot decrypt with this DELIVERY_SECRET_KEY)"
             out.append(
                 {
                     "name": row.name,
@@ -194,6 +231,11 @@ class ChannelStore:
                     "retry_schedule": row.retry_schedule,
                     "rate_limit": row.rate_limit,
                     "paused": row.paused,
+                    "state": _state(row),
+                    "consecutive_failures": row.consecutive_failures,
+                    "breaker_open_until": row.breaker_open_until.isoformat()
+                    if row.breaker_open_until
+                    else None,
                     "updated_at": row.updated_at.isoformat(),
                 }
             )
@@ -202,6 +244,14 @@ class ChannelStore:
     def remove(self, name: str) -> bool:
         with self._sessions.begin() as session:
             return bool(session.execute(delete(ChannelRow).where(ChannelRow.name == name)).rowcount)  # type: ignore[attr-defined]
+
+
+def _state(row: ChannelRow) -> str:
+    if row.paused:
+        return "paused"
+    if row.breaker_open_until is not None:
+        return "breaker open"
+    return "active"
 
 
 def _split_secrets(config: DispatcherConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -38,7 +38,9 @@ class DispatcherConfig(BaseModel):
                     "name": name,
                     "type": _type_name(info.annotation),
                     "required": info.is_required(),
-                    "default": None if info.is_required() else _jsonable(info.get_default()),
+                    "default": None
+                    if info.is_required()
+                    else _jsonable(info.get_default(call_default_factory=True)),
                     "secret": name in secrets,
                     "description": info.description or "",
                 }
@@ -53,6 +55,8 @@ def _mentions_secret(annotation: object) -> bool:
 
 
 def _type_name(annotation: object) -> str:
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -63,7 +67,7 @@ def _type_name(annotation: object) -> str:
 def _jsonable(value: object) -> object:
     if isinstance(value, SecretStr):
         return "********"
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or isinstance(value, str | int | float | bool | dict | list):
         return value
     return str(value)
 

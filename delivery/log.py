@@ -2,14 +2,14 @@
 only transport."""
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.db import get_engine
 from delivery.models import AttemptRow, DeliveryRow, Outcome, Status
@@ -241,24 +241,26 @@ class DeliveryLog:
         )
         with self._sessions.begin() as session:
             session.execute(insert)
-            taken = session.execute(take).rowcount  # type: ignore[attr-defined]
+            taken = session.execute(
+                take.returning(DeliveryRow.attempt_count, DeliveryRow.attempt_base)
+            ).one_or_none()
+            if taken is not None:
+                self._start_attempt(session, envelope.id, taken.attempt_count, now)
+                return Claim(
+                    ClaimState.CLAIMED,
+                    envelope.id,
+                    taken.attempt_count,
+                    taken.attempt_base,
+                    status=Status.SENDING,
+                )
             row = session.execute(
                 select(
                     DeliveryRow.status,
                     DeliveryRow.attempt_count,
-                    DeliveryRow.attempt_base,
                     DeliveryRow.lease_until,
                     DeliveryRow.next_attempt_at,
                 ).where(DeliveryRow.id == envelope.id)
             ).one()
-        if taken:
-            return Claim(
-                ClaimState.CLAIMED,
-                envelope.id,
-                row.attempt_count,
-                row.attempt_base,
-                status=row.status,
-            )
         if row.status in (Status.DELIVERED, Status.FAILED):
             return Claim(ClaimState.DONE, envelope.id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
@@ -277,10 +279,74 @@ class DeliveryLog:
             status=row.status,
         )
 
+    def _start_attempt(
+        self, session: Session, delivery_id: str, number: int, now: datetime
+    ) -> None:
+        """Write the attempt before sending, so a worker that dies mid-send leaves a trace."""
+        if number > 1:
+            # An earlier attempt still marked as under way belonged to a worker that died.
+            session.execute(
+                update(AttemptRow)
+                .where(AttemptRow.delivery_id == delivery_id, AttemptRow.outcome == Outcome.SENDING)
+                .values(
+                    outcome=Outcome.INTERRUPTED,
+                    error="the worker stopped before recording the outcome",
+                )
+                .execution_options(synchronize_session=False)
+            )
+        session.add(
+            AttemptRow(
+                delivery_id=delivery_id,
+                number=number,
+                started_at=now,
+                duration_ms=0.0,
+                outcome=Outcome.SENDING,
+            )
+        )
+
+    def release(self, claim: Claim, *, until: datetime, parked: bool) -> None:
+        """Give a claim back without spending an attempt: the channel is paused or throttled."""
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(AttemptRow).where(
+                    AttemptRow.delivery_id == claim.delivery_id,
+                    AttemptRow.number == claim.attempt,
+                    AttemptRow.outcome == Outcome.SENDING,
+                )
+            )
+            session.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.id == claim.delivery_id,
+                    DeliveryRow.status == Status.SENDING,
+                    DeliveryRow.attempt_count == claim.attempt,
+                )
+                .values(
+                    status=Status.RETRYING,
+                    attempt_count=DeliveryRow.attempt_count - 1,
+                    next_attempt_at=until,
+                    lease_until=None,
+                    swept_at=utcnow() if parked else None,
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+
     def finish(
-        self, claim: Claim, result: AttemptResult, *, dispatcher: str | None, worker: str | None
+        self,
+        claim: Claim,
+        result: AttemptResult,
+        *,
+        dispatcher: str | None,
+        worker: str | None,
+        health: Callable[[Session], None] | None = None,
+        parked: bool = False,
     ) -> bool:
-        """Record the attempt and move the delivery on. False if the lease was lost meanwhile."""
+        """Record the attempt and move the delivery on. False if the lease was lost meanwhile.
+
+        ``health`` runs in the same transaction: the channel's circuit-breaker bookkeeping.
+        ``parked`` says a retry waits in the broker, so the sweep leaves it alone for now.
+        """
         status = {
             Outcome.DELIVERED: Status.DELIVERED,
             Outcome.RETRY: Status.RETRYING,
@@ -293,6 +359,7 @@ class DeliveryLog:
             "lease_until": None,
             "next_attempt_at": result.next_attempt_at,
             "last_error": result.error,
+            "swept_at": now if parked else None,
         }
         if dispatcher is not None:
             values["dispatcher"] = dispatcher
@@ -300,10 +367,13 @@ class DeliveryLog:
             values["delivered_at"] = now
             values["provider_ref"] = result.provider_ref
         with self._sessions.begin() as session:
-            session.add(
-                AttemptRow(
-                    delivery_id=claim.delivery_id,
-                    number=claim.attempt,
+            session.execute(
+                update(AttemptRow)
+                .where(
+                    AttemptRow.delivery_id == claim.delivery_id,
+                    AttemptRow.number == claim.attempt,
+                )
+                .values(
                     started_at=result.started_at,
                     duration_ms=result.duration_ms,
                     outcome=result.outcome,
@@ -313,7 +383,10 @@ class DeliveryLog:
                     detail=result.detail or None,
                     worker=worker,
                 )
+                .execution_options(synchronize_session=False)
             )
+            if health is not None:
+                health(session)
             moved = session.execute(
                 update(DeliveryRow)
                 .where(
@@ -325,6 +398,65 @@ class DeliveryLog:
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
         return bool(moved)
+
+    def sweep(
+        self, *, now: datetime, horizon: float, grace: float, resweep: float, limit: int = 1000
+    ) -> list[tuple[Envelope, float]]:
+        """Deliveries the broker does not hold a message for, with seconds until each is due.
+
+        Picks retries due within ``horizon`` seconds that were scheduled here rather than
+        parked in the broker; retries parked in the broker ``grace`` seconds past due (their
+        message was lost); leases expired ``grace`` seconds ago (their worker died); and
+        queued deliveries idle that long (replayed, then the publish failed). Each is marked,
+        so it is not picked again for ``resweep`` seconds.
+        """
+        overdue = now - timedelta(seconds=grace)
+        candidates = and_(
+            DeliveryRow.payload.is_not(None),
+            or_(
+                DeliveryRow.swept_at.is_(None),
+                DeliveryRow.swept_at <= now - timedelta(seconds=resweep),
+            ),
+            or_(
+                and_(
+                    DeliveryRow.status == Status.RETRYING,
+                    DeliveryRow.next_attempt_at <= now + timedelta(seconds=horizon),
+                    or_(DeliveryRow.swept_at.is_(None), DeliveryRow.next_attempt_at <= overdue),
+                ),
+                and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until <= overdue),
+                and_(DeliveryRow.status == Status.QUEUED, DeliveryRow.updated_at <= overdue),
+            ),
+        )
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(DeliveryRow)
+                .where(candidates)
+                .order_by(DeliveryRow.next_attempt_at)
+                .limit(limit)
+            ).all()
+            if not rows:
+                return []
+            # Only what this sweep marked: another sweeper may have taken some meanwhile.
+            marked = set(
+                session.scalars(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id.in_([r.id for r in rows]), candidates)
+                    .values(swept_at=now)
+                    .returning(DeliveryRow.id)
+                    .execution_options(synchronize_session=False)
+                ).all()
+            )
+            found = [
+                (
+                    DeliveryRecord.from_row(row).envelope(),
+                    max(0.0, (row.next_attempt_at - now).total_seconds())
+                    if row.status == Status.RETRYING and row.next_attempt_at
+                    else 0.0,
+                )
+                for row in rows
+                if row.id in marked
+            ]
+        return found
 
     def reject(
         self,

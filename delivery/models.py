@@ -51,9 +51,11 @@ class Status(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
+    SENDING = "sending"  # recorded when the attempt starts, so a crash leaves a trace
     DELIVERED = "delivered"
     RETRY = "retry"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the worker died mid-attempt; the provider may have it
 
 
 NAMING = {
@@ -79,7 +81,12 @@ class ChannelRow(Base):
     secrets: Mapped[str | None] = mapped_column(Text)
     retry_schedule: Mapped[list[float] | None] = mapped_column(JSON)
     rate_limit: Mapped[str | None] = mapped_column(String(32))
+    #: Paused by a person (`delivery channels pause`): deliveries wait, nothing is sent.
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Failed attempts in a row; the circuit breaker opens at DELIVERY_BREAKER_THRESHOLD.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: While set, the breaker is open: deliveries wait until then, when one probe goes.
+    breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -106,6 +113,8 @@ class DeliveryRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the sweep last re-enqueued this delivery (so it does not do so every pass).
+    swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     provider_ref: Mapped[str | None] = mapped_column(String(255))

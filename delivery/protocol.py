@@ -2,6 +2,7 @@
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
 from delivery.errors import PayloadRejected
 from schemas import Payload
@@ -31,6 +32,11 @@ class Protocol:
     html_to_text: bool = True
     #: Longest text the transport takes, in characters; ``None`` for no limit.
     max_length: int | None = None
+    #: How a folded subject is written above the text (Slack makes it bold).
+    fold_format: str = "{subject}"
+    #: Whether a payload with HTML but no text gets a text part made from the HTML while
+    #: keeping the HTML (email's multipart/alternative wants both).
+    derive_text: bool = False
 
     def adapt(self, payload: Payload) -> Payload:
         """Return the payload as this transport can carry it.
@@ -45,9 +51,12 @@ class Protocol:
                     f"{self.name} carries text only and the payload has only HTML"
                 )
             message = html_to_text(payload.html_message)
+        elif not message.strip() and payload.html_message and self.derive_text:
+            message = html_to_text(payload.html_message)
         subject = payload.subject
         if subject and self.subject is SubjectHandling.FOLD:
-            message = f"{subject}\n\n{message}" if message else subject
+            heading = self.fold_format.format(subject=subject.strip())
+            message = f"{heading}\n\n{message}" if message.strip() else heading
         if self.subject is not SubjectHandling.KEEP:
             subject = None
         if not message.strip() and not (self.html and payload.html_message):
@@ -83,10 +92,57 @@ def html_to_text(html: str) -> str:
     return str(converter.handle(html)).strip()
 
 
+#: The GSM 03.38 default alphabet. Text entirely within it (and the extension table) is
+#: sent as 7-bit GSM; one character outside it makes the whole message UCS-2.
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+#: The extension table: each of these costs two septets (an escape, then the character).
+_GSM7_EXTENDED = frozenset("\f^{}\\[~]|€")
+
+
+@dataclass(frozen=True, slots=True)
+class Segments:
+    """How an SMS text travels: its encoding and the number of parts it is split into."""
+
+    encoding: Literal["GSM-7", "UCS-2"]
+    count: int
+
+
+def sms_segments(text: str) -> Segments:
+    """The parts ``text`` takes as an SMS.
+
+    One part holds 160 GSM-7 septets or 70 UCS-2 code units; once a text must be split,
+    each part loses room to the concatenation header (153 and 67). An escape pair or a
+    surrogate pair is never split across parts, as handsets would show garbage.
+    """
+    encoding: Literal["GSM-7", "UCS-2"]
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENDED for c in text):
+        encoding, single, multi = "GSM-7", 160, 153
+        units = [2 if c in _GSM7_EXTENDED else 1 for c in text]
+    else:
+        encoding, single, multi = "UCS-2", 70, 67
+        units = [2 if ord(c) > 0xFFFF else 1 for c in text]
+    if sum(units) <= single:
+        return Segments(encoding, 1)
+    count, used = 1, 0
+    for unit in units:
+        if used + unit > multi:
+            count, used = count + 1, 0
+        used += unit
+    return Segments(encoding, count)
+
+
 WEBHOOK = Protocol("webhook")
 CONSOLE = Protocol("console")
-EMAIL = Protocol("email")
-SLACK = Protocol("slack", subject=SubjectHandling.FOLD, html=False, max_length=40_000)
+EMAIL = Protocol("email", derive_text=True)
+#: Slack's mrkdwn shows the folded subject in bold; the dispatcher sends the text as mrkdwn.
+SLACK = Protocol(
+    "slack", subject=SubjectHandling.FOLD, html=False, max_length=40_000, fold_format="*{subject}*"
+)
 #: Twilio accepts up to 1,600 characters and splits them into segments itself.
 SMS = Protocol("sms", subject=SubjectHandling.FOLD, html=False, html_to_text=False, max_length=1600)
 PLAIN = Protocol("plain", subject=SubjectHandling.FOLD, html=False)
+#: Apprise takes a title and one body; services without titles fold it in themselves.
+APPRISE = Protocol("apprise", html=False)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from delivery.channels import Channel, ChannelStore
+from delivery.breaker import record_failure, record_success
+from delivery.channels import Channel, ChannelStore, parse_rate_limit, parse_retry_schedule
 from delivery.dispatcher import Dispatcher, SendContext
 from delivery.errors import (
     ConfigurationError,
@@ -21,12 +23,16 @@ from delivery.errors import (
 )
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, utcnow
 from delivery.models import Outcome
+from delivery.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.registry import DispatcherRegistry
 from delivery.retry import RetryPolicy
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
 
+#: Longest a worker thread sleeps for a rate-limit slot; further slots are waited for in
+#: the broker or the log instead.
+MAX_RATE_WAIT = 2.0
 #: How long a worker trusts its cached copy of a channel before checking for changes.
 CHANNEL_TTL = 5.0
 
@@ -35,8 +41,9 @@ CHANNEL_TTL = 5.0
 class Decision:
     """What the task should do with the message now."""
 
-    action: Literal["done", "retry", "later"]
-    #: For retry and later: seconds until the message should run again.
+    #: done: acknowledge. requeue: publish again after ``countdown`` (short waits only;
+    #: longer ones are in the log, where the sweep will find them).
+    action: Literal["done", "requeue"]
     countdown: float = 0.0
     outcome: Outcome | None = None
 
@@ -93,10 +100,18 @@ class Dispatchers:
 
 
 class DeliveryService:
-    def __init__(self, settings: Settings, log: DeliveryLog, dispatchers: Dispatchers) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: DeliveryLog,
+        dispatchers: Dispatchers,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.dispatchers = dispatchers
+        self.limiter = limiter or LocalRateLimiter()
+        self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
@@ -104,7 +119,7 @@ class DeliveryService:
             max_attempts=self.settings.max_attempts,
             base=self.settings.backoff_base,
             cap=self.settings.backoff_cap,
-            schedule=channel.retry_schedule if channel else None,
+            schedule=(channel.retry_schedule if channel else None) or self.default_schedule,
         )
 
     def deliver(self, envelope: Envelope) -> Decision:
@@ -114,17 +129,59 @@ class DeliveryService:
             logger.info("delivery %s is already %s; skipping", envelope.id, claim.status)
             return Decision("done")
         if claim.state is not ClaimState.CLAIMED:
-            return Decision("later", countdown=_seconds_until(claim.wake_at))
+            # Held by another worker, or not due yet: look again then if that is soon;
+            # otherwise the sweep re-enqueues it when the time comes.
+            return self._later(_seconds_until(claim.wake_at))
         return self._attempt(envelope, claim)
+
+    def _later(self, countdown: float) -> Decision:
+        if countdown <= self.settings.delay_limit:
+            return Decision("requeue", countdown=countdown)
+        return Decision("done")
+
+    def _held(self, channel: Channel, claim: Claim) -> Decision | None:
+        """A decision to wait when the channel is paused, its breaker open or its rate
+        limit reached; None to send now."""
+        now = utcnow()
+        # The cached channel may be seconds old; a retry means the provider has been
+        # failing, so ask the log whether the breaker has opened meanwhile.
+        if channel.may_be_held or claim.attempt - claim.attempt_base > 1:
+            until = self.dispatchers.channels.gate(
+                channel.name, now=now, probe_interval=self.settings.breaker_probe_interval
+            )
+            if until is not None:
+                # Spread the waiting deliveries out so the reopening is not a stampede.
+                until += timedelta(
+                    seconds=random.uniform(0, min(30.0, self.settings.breaker_probe_interval / 2))
+                )
+                return self._release(claim, until)
+        if channel.rate_limit:
+            wait, reserved = self.limiter.reserve(
+                channel.name, parse_rate_limit(channel.rate_limit), max_wait=MAX_RATE_WAIT
+            )
+            if not reserved:
+                return self._release(claim, now + timedelta(seconds=wait))
+            if wait > 0:
+                time.sleep(wait)
+        return None
+
+    def _release(self, claim: Claim, until: datetime) -> Decision:
+        self.log.release(
+            claim, until=until, parked=_seconds_until(until) <= self.settings.delay_limit
+        )
+        return self._later(_seconds_until(until))
 
     def _attempt(self, envelope: Envelope, claim: Claim) -> Decision:
         started = utcnow()
         clock = time.perf_counter()
         channel: Channel | None = None
-        dispatcher_slug: str | None = None
+        breaker_failure = False
         try:
             channel, dispatcher = self.dispatchers.get(envelope.channel)
-            dispatcher_slug = channel.dispatcher
+            held = self._held(channel, claim)
+            if held is not None:
+                return held
+            started, clock = utcnow(), time.perf_counter()
             context = SendContext(
                 delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel
             )
@@ -134,9 +191,11 @@ class DeliveryService:
         except (RetryableError, ConfigurationError, RegistryError) as exc:
             # Configuration and plugin problems on this worker are for a person to fix;
             # the delivery waits for them rather than failing for good.
+            breaker_failure = isinstance(exc, RetryableError)
             result = self._retry(started, clock, exc, claim, channel)
         except Exception as exc:
             logger.exception("unexpected error delivering %s", envelope.id)
+            breaker_failure = True
             result = self._retry(started, clock, exc, claim, channel)
         else:
             result = AttemptResult(
@@ -147,14 +206,46 @@ class DeliveryService:
                 provider_ref=sent.provider_ref,
                 detail=sent.detail,
             )
-        if not self.log.finish(claim, result, dispatcher=dispatcher_slug, worker=self.worker_name):
+        return self._record(envelope, claim, result, channel, breaker_failure)
+
+    def _record(
+        self,
+        envelope: Envelope,
+        claim: Claim,
+        result: AttemptResult,
+        channel: Channel | None,
+        breaker_failure: bool,
+    ) -> Decision:
+        health = None
+        if channel is not None and result.outcome is Outcome.DELIVERED:
+            health = record_success(channel.name)
+        elif channel is not None and breaker_failure:
+            health = record_failure(
+                channel.name,
+                now=utcnow(),
+                threshold=self.settings.breaker_threshold,
+                probe_interval=self.settings.breaker_probe_interval,
+            )
+        countdown = _seconds_until(result.next_attempt_at) if result.next_attempt_at else 0.0
+        parked = result.outcome is Outcome.RETRY and countdown <= self.settings.delay_limit
+        recorded = self.log.finish(
+            claim,
+            result,
+            dispatcher=channel.dispatcher if channel else None,
+            worker=self.worker_name,
+            health=health,
+            parked=parked,
+        )
+        if not recorded:
             logger.warning(
                 "delivery %s: lease lost before attempt %s was recorded", envelope.id, claim.attempt
             )
         logger.info("delivery %s attempt %s: %s", envelope.id, claim.attempt, result.outcome.value)
-        if result.outcome is Outcome.RETRY and result.next_attempt_at is not None:
-            return Decision(
-                "retry", countdown=_seconds_until(result.next_attempt_at), outcome=result.outcome
+        if result.outcome is Outcome.RETRY:
+            return (
+                Decision("requeue", countdown=countdown, outcome=result.outcome)
+                if parked
+                else Decision("done", outcome=result.outcome)
             )
         return Decision("done", outcome=result.outcome)
 
@@ -183,6 +274,17 @@ class DeliveryService:
             status_code=getattr(exc, "status", None),
             next_attempt_at=utcnow() + timedelta(seconds=delay),
         )
+
+
+def default_schedule(settings: Settings) -> tuple[float, ...] | None:
+    """The schedule for channels without one; None means exponential backoff.
+
+    Raises:
+        ConfigurationError: DELIVERY_RETRY_SCHEDULE is neither ``exponential`` nor delays.
+    """
+    if settings.retry_schedule.strip().lower() == "exponential":
+        return None
+    return parse_retry_schedule(settings.retry_schedule)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,7 +24,11 @@ class Settings(BaseSettings):
     allow_private_networks: bool = False
     #: Seconds before a Redis broker hands an unacknowledged task to another worker.
     visibility_timeout: float = Field(default=3600.0, gt=0)
-    #: Attempts before a delivery is marked failed (the first send counts as one).
+    #: Delay before each attempt, the first included, for channels without their own:
+    #: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. ``exponential`` uses backoff
+    #: with full jitter instead (``max_attempts``, ``backoff_base``, ``backoff_cap``).
+    retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
+    #: Attempts before a delivery is marked failed under exponential backoff.
     max_attempts: int = Field(default=8, ge=1, le=100)
     #: Exponential backoff: the n-th retry waits up to ``backoff_base * 2**n``, capped.
     backoff_base: float = Field(default=5.0, ge=0)
@@ -34,12 +39,30 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a dispatcher waits for a provider (connect and read).
     http_timeout: float = Field(default=10.0, gt=0)
+    #: Retries due sooner than this wait in the broker as ETA tasks; later ones are written
+    #: to the log and re-enqueued by the sweep. Empty means half the visibility timeout,
+    #: at most 5 minutes, so no ETA task outlives the broker's visibility timeout.
+    broker_delay_limit: float | None = Field(default=None, ge=0)
+    #: Seconds between sweeps of the log (due retries, expired leases).
+    sweep_interval: float = Field(default=15.0, gt=0)
+    #: Failed attempts in a row that open a channel's circuit breaker (0: never).
+    breaker_threshold: int = Field(default=10, ge=0)
+    #: While a breaker is open, one probe delivery is let through this often.
+    breaker_probe_interval: float = Field(default=60.0, gt=0)
+    #: Celery pool: threads suit network-bound delivery; prefork isolates crashes.
+    worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = Field(default=16, ge=1, le=1000)
     queue: str = "delivery"
 
     @property
     def is_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def delay_limit(self) -> float:
+        if self.broker_delay_limit is not None:
+            return self.broker_delay_limit
+        return min(300.0, self.visibility_timeout / 2)
 
     @property
     def broker_folder(self) -> Path:

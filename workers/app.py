@@ -18,6 +18,8 @@ PROCESSED_MAX_AGE = 300.0
 
 app = Celery("delivery", include=["workers.tasks"])
 app.conf.update(celery_config(get_settings()))
+# Beat keeps its schedule file here, whatever the broker.
+get_settings().home.mkdir(parents=True, exist_ok=True)
 
 
 @worker_init.connect

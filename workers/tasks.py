@@ -8,20 +8,29 @@ from celery import Task
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.broker import DELIVER_TASK
+from delivery.broker import DELIVER_TASK, SWEEP_TASK
 from delivery.channels import ChannelStore
 from delivery.crypto import SecretBox
-from delivery.log import DeliveryLog
+from delivery.log import DeliveryLog, utcnow
+from delivery.producer import get_publisher
+from delivery.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from delivery.registry import DispatcherRegistry
 from delivery.retry import backoff
 from delivery.service import DeliveryService, Dispatchers
-from schemas import Envelope, get_settings
+from schemas import Envelope, Settings, get_settings
 from workers.app import app
 
 logger = logging.getLogger(__name__)
 
 _service: DeliveryService | None = None
 _service_lock = threading.Lock()
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter:
+    # Through Redis a limit holds across every worker; otherwise within this process.
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return RedisRateLimiter(settings.broker_url)
+    return LocalRateLimiter()
 
 
 def get_service() -> DeliveryService:
@@ -33,7 +42,9 @@ def get_service() -> DeliveryService:
             log = DeliveryLog.from_settings(settings)
             registry = DispatcherRegistry.from_installed()
             channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
-            _service = DeliveryService(settings, log, Dispatchers(channels, registry))
+            _service = DeliveryService(
+                settings, log, Dispatchers(channels, registry), _rate_limiter(settings)
+            )
         return _service
 
 
@@ -60,8 +71,8 @@ def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) ->
         decision = get_service().deliver(request)
     except SQLAlchemyError as exc:
         # The log is unreachable: the attempt is not recorded, so the message is not done.
-        # Try again later rather than acknowledging it.
-        countdown = backoff(self.request.retries, base=1.0, cap=60.0)
+        # Publish it again for later rather than acknowledging it as handled.
+        countdown = backoff(self.request.retries, base=1.0, cap=30.0)
         logger.warning(
             "delivery log unavailable (%s); %s again in %.1fs",
             type(exc).__name__,
@@ -69,9 +80,27 @@ def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) ->
             countdown,
         )
         raise self.retry(countdown=countdown, max_retries=None) from None
-    if decision.action != "done":
+    if decision.action == "requeue":
         raise self.retry(countdown=decision.countdown, max_retries=None)
     return decision.outcome.value if decision.outcome else "skipped"
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> int:
+    """Re-enqueue what the log says is due and the broker does not hold (Celery beat)."""
+    settings = get_settings()
+    log = get_service().log
+    interval = settings.sweep_interval
+    grace = max(2 * interval, 10.0)
+    found = log.sweep(
+        now=utcnow(), horizon=interval, grace=grace, resweep=settings.delay_limit + 2 * grace
+    )
+    if found:
+        get_publisher(settings).publish_envelopes(
+            [e for e, _ in found], [c or None for _, c in found]
+        )
+        logger.info("sweep re-enqueued %d deliveries", len(found))
+    return len(found)
 
 
 def _reject(raw: Any, reason: str) -> None:

@@ -123,15 +123,45 @@ def export_schemas(
     out.print(f"wrote {len(docs)} schemas to {out_dir}")
 
 
-@app.command(
-    "worker",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
-def worker(ctx: typer.Context) -> None:
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("worker", context_settings=PASS_THROUGH)
+def worker(
+    ctx: typer.Context,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="Also run the periodic sweep (one per site)")
+    ] = False,
+) -> None:
     """Run a Celery worker with the project's defaults; other options go to Celery."""
     from delivery.cli.context import delivery_log
 
     delivery_log()  # fail early, with a message, if the log has no tables
     from workers.app import app as celery_app
 
-    celery_app.worker_main(["worker", *ctx.args])
+    pool = _pool_option(ctx.args)
+    if pool is not None:
+        # Celery cannot tell an explicit "--pool prefork" from its default and would keep
+        # the configured pool, so set the configuration itself.
+        celery_app.conf.worker_pool = pool
+    celery_app.worker_main(["worker", *(["--beat"] if beat else []), *ctx.args])
+
+
+def _pool_option(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg in ("--pool", "-P") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@app.command("beat", context_settings=PASS_THROUGH)
+def beat_command(ctx: typer.Context) -> None:
+    """Run Celery beat: the sweep that re-enqueues due retries and expired leases."""
+    from delivery.cli.context import delivery_log
+
+    delivery_log()
+    from workers.app import app as celery_app
+
+    celery_app.start(["beat", *ctx.args])

@@ -77,9 +77,26 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             json.dumps(c["config"], sort_keys=True),
             ",".join(f"{d:g}" for d in c["retry_schedule"]) if c["retry_schedule"] else "default",
             c["rate_limit"] or "-",
-            "paused" if c["paused"] else "active",
+            c["state"]
+            + (f" until {c['breaker_open_until'][:19]}" if c["breaker_open_until"] else ""),
         )
     out.print(table)
+
+
+@channels.command("pause")
+def pause(name: str) -> None:
+    """Hold a channel's deliveries: they wait, without spending attempts, until resumed."""
+    if not channel_store().set_paused(name, True):
+        fail(f"no channel named {name!r}")
+    out.print(f"channel [bold]{name}[/] paused")
+
+
+@channels.command("resume")
+def resume(name: str) -> None:
+    """Let a paused channel send again (also closes its circuit breaker)."""
+    if not channel_store().set_paused(name, False):
+        fail(f"no channel named {name!r}")
+    out.print(f"channel [bold]{name}[/] resumed")
 
 
 @channels.command("remove")

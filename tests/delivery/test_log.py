@@ -107,3 +107,20 @@ def test_find_filters_and_counts(log: DeliveryLog) -> None:
     assert len(log.find(status="sending")) == 3
     assert log.count_by_status() == {"sending": 3, "failed": 1}
     assert log.count_by_status(["d0", "d9"]) == {"sending": 1, "failed": 1}
+
+
+def test_an_attempt_cut_short_by_a_crash_stays_visible(log: DeliveryLog) -> None:
+    # Given a worker that claimed a delivery and died before recording the outcome
+    log.claim(envelope(), lease=1)
+    # When another worker takes it over and delivers
+    takeover = log.claim(envelope(), lease=60, now=utcnow() + timedelta(seconds=5))
+    log.finish(
+        takeover, result(Outcome.DELIVERED, status_code=200), dispatcher="webhook", worker="w2"
+    )
+    # Then the log explains a duplicate the receiver may have seen
+    record = log.get("d1")
+    assert record is not None
+    assert [(a.number, a.outcome) for a in record.attempts] == [
+        (1, "interrupted"),
+        (2, "delivered"),
+    ]

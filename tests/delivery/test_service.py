@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from pytest_httpserver import HTTPServer
 
@@ -37,14 +39,14 @@ def test_retryable_failure_schedules_the_next_attempt(
 ) -> None:
     httpserver.expect_request("/h").respond_with_data("", status=503)
     decision = service.deliver(envelope(httpserver.url_for("/h")))
-    assert decision.action == "retry"
+    assert decision.action == "requeue"
     assert 7 <= decision.countdown <= 12  # 10 s ± 20 % jitter
     record = service.log.get("d1")
     assert record is not None and record.status == "retrying"
     assert record.next_attempt_at is not None and record.next_attempt_at > utcnow()
     # a copy arriving early waits for the schedule instead of sending now
     early = service.deliver(envelope(httpserver.url_for("/h")))
-    assert early.action == "later" and early.countdown > 5
+    assert early.action == "requeue" and early.countdown > 5
     assert len(httpserver.log) == 1
 
 
@@ -81,3 +83,100 @@ def test_payload_the_protocol_cannot_carry_fails_permanently(service: DeliverySe
     assert decision.outcome == "failed"
     record = service.log.get("d2")
     assert record is not None and "PayloadRejected" in (record.last_error or "")
+
+
+def test_long_delays_are_left_to_the_sweep(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    # Given a channel whose next retry is further off than the broker may hold it
+    service.dispatchers.channels.add(
+        "slow", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 3600)
+    )
+    httpserver.expect_request("/h").respond_with_data("", status=503)
+    url = httpserver.url_for("/h")
+    decision = service.deliver(
+        Envelope(id="d3", channel="slow", address=url, payload=Payload(message="m"))
+    )
+    # Then the task just acknowledges; the log holds the schedule
+    assert decision.action == "done" and decision.outcome == "retry"
+    now = utcnow()
+    assert service.log.sweep(now=now, horizon=15, grace=30, resweep=60) == []
+    due = service.log.sweep(
+        now=now + timedelta(seconds=3600 * 1.2), horizon=15, grace=30, resweep=60
+    )
+    assert [e.id for e, _ in due] == ["d3"]
+    # and a second pass does not enqueue it twice
+    assert (
+        service.log.sweep(now=now + timedelta(seconds=3600 * 1.2), horizon=15, grace=30, resweep=60)
+        == []
+    )
+
+
+def test_a_parked_retry_is_rescued_only_when_overdue(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=503)
+    service.deliver(envelope(httpserver.url_for("/h")))  # 10 s retry, parked in the broker
+    now = utcnow()
+    assert (
+        service.log.sweep(now=now + timedelta(seconds=13), horizon=15, grace=30, resweep=30) == []
+    )
+    rescued = service.log.sweep(now=now + timedelta(seconds=60), horizon=15, grace=30, resweep=30)
+    assert [e.id for e, _ in rescued] == ["d1"]
+
+
+def test_breaker_opens_after_consecutive_failures_and_closes_on_success(
+    settings: Settings, httpserver: HTTPServer
+) -> None:
+    log = DeliveryLog.from_settings(settings)
+    registry = DispatcherRegistry.from_installed()
+    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
+    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1, 1, 1, 1))
+    tight = settings.model_copy(update={"breaker_threshold": 2, "breaker_probe_interval": 1000})
+    service = DeliveryService(tight, log, Dispatchers(channels, registry, ttl=0))
+    httpserver.expect_request("/h").respond_with_data("", status=503)
+    url = httpserver.url_for("/h")
+    for i in range(2):
+        service.deliver(envelope(url, delivery_id=f"f{i}"))
+    assert channels.get("hooks").breaker_open_until is not None
+    # While open, a delivery waits without spending an attempt or reaching the provider
+    waiting = service.deliver(envelope(url, delivery_id="w1"))
+    assert waiting.action == "done" and waiting.outcome is None
+    record = log.get("w1")
+    assert record is not None and record.status == "retrying" and record.attempt_count == 0
+    assert len(httpserver.log) == 2
+    assert channels.summaries()[0]["state"] == "breaker open"
+    # A person resuming the channel closes it
+    assert channels.set_paused("hooks", False)
+    httpserver.clear()
+    httpserver.expect_request("/h").respond_with_data("", status=200)
+    assert service.deliver(envelope(url, delivery_id="ok")).outcome == "delivered"
+    assert channels.get("hooks").breaker_open_until is None
+
+
+def test_paused_channel_holds_deliveries(service: DeliveryService, httpserver: HTTPServer) -> None:
+    service.dispatchers.channels.set_paused("hooks", True)
+    decision = service.deliver(envelope(httpserver.url_for("/h")))
+    assert decision.outcome is None
+    assert httpserver.log == []
+    assert service.dispatchers.channels.summaries()[0]["state"] == "paused"
+
+
+def test_rate_limit_spaces_sends(settings: Settings, httpserver: HTTPServer) -> None:
+    log = DeliveryLog.from_settings(settings)
+    registry = DispatcherRegistry.from_installed()
+    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
+    channels.add("hooks", "webhook", {"secret": webhook_secret()}, rate_limit="1/h")
+    service = DeliveryService(settings, log, Dispatchers(channels, registry, ttl=0))
+    httpserver.expect_request("/h").respond_with_data("", status=200)
+    url = httpserver.url_for("/h")
+    assert service.deliver(envelope(url, delivery_id="r1")).outcome == "delivered"
+    # the next slot is an hour away: the delivery waits in the log, no attempt spent
+    later = service.deliver(envelope(url, delivery_id="r2"))
+    assert later.outcome is None
+    record = log.get("r2")
+    assert record is not None and record.status == "retrying" and record.attempt_count == 0
+    assert record.next_attempt_at is not None and record.next_attempt_at > utcnow() + timedelta(
+        minutes=50
+    )
+    assert len(httpserver.log) == 1

@@ -57,6 +57,8 @@ class Stack:
             "DELIVERY_LEASE_SECONDS": "10",
             "DELIVERY_BACKOFF_BASE": "0.2",
             "DELIVERY_BACKOFF_CAP": "1",
+            "DELIVERY_RETRY_SCHEDULE": "0,0.3,0.5,1,1,1,1,1",
+            "DELIVERY_SWEEP_INTERVAL": "1",
             "DELIVERY_PUBLISH_TIMEOUT": "5",
         }
         self.workers: list[WorkerProcess] = []
@@ -96,8 +98,17 @@ class Stack:
             if sum(counts.get(s, 0) for s in statuses) == len(ids):
                 return counts
             time.sleep(0.1)
+        missing = [i for i in ids if self.log.get(i) is None][:5]
+        stuck = [
+            r.id
+            for r in self.log.find(limit=10_000)
+            if r.id in set(ids) and r.status not in statuses
+        ][:5]
         logs = "\n".join(w.output()[-3000:] for w in self.workers)
-        raise TimeoutError(f"not all {len(ids)} deliveries reached {statuses}: {counts}\n{logs}")
+        raise TimeoutError(
+            f"not all {len(ids)} deliveries reached {statuses}: {counts}; never seen by a worker: "
+            f"{missing}; stuck: {stuck}\n{logs}"
+        )
 
     def close(self) -> None:
         for worker in self.workers:

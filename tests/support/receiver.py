@@ -5,6 +5,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +41,10 @@ class Receiver(ThreadingHTTPServer):
         self.received: list[Received] = []
         self.scripts: dict[str, deque[Answer]] = defaultdict(deque)
         self.default = Answer(204)
+        #: Optional: decides the answer for a path from the request (after any script).
+        self.responder: Callable[[Received], Answer] | None = None
+        #: Seconds to take over each request (to keep deliveries in flight).
+        self.latency = 0.0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def __enter__(self) -> "Receiver":
@@ -62,6 +67,14 @@ class Receiver(ThreadingHTTPServer):
     def requests_to(self, path: str) -> list[Received]:
         with self.lock:
             return [r for r in self.received if r.path == path]
+
+    def count_by_id(self) -> dict[str, int]:
+        """How many requests arrived per webhook-id."""
+        counts: dict[str, int] = defaultdict(int)
+        with self.lock:
+            for r in self.received:
+                counts[r.headers.get("webhook-id", "")] += 1
+        return dict(counts)
 
     def wait_for(
         self, count: int, path: str | None = None, timeout: float = 30.0
@@ -92,8 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
                 verified = False
         with self.server.lock:
             self.server.received.append(Received(self.path, headers, body, verified))
+            received = self.server.received[-1]
             queue = self.server.scripts.get(self.path)
-            answer = queue.popleft() if queue else self.server.default
+            scripted = queue.popleft() if queue else None
+        responder = self.server.responder
+        answer = scripted or (responder(received) if responder else self.server.default)
+        if self.server.latency:
+            time.sleep(self.server.latency)
         self.send_response(answer.status)
         for key, value in (answer.headers or {}).items():
             self.send_header(key, value)

@@ -236,6 +236,19 @@ class WorkerProcess:
             self._log.close()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a prefork worker's pool children)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 @contextmanager
 def running_worker(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
     worker = WorkerProcess(env, log_path, *args).start()

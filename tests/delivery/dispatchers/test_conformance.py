@@ -1,0 +1,206 @@
+"""What every registered dispatcher must do (apprise's harness idea, with real servers).
+
+Parametrized over ``DispatcherRegistry.from_installed()``, so a new dispatcher is checked as
+soon as its entry point exists. HTTP dispatchers also get a row in ``HTTP_CASES``: how to
+point a config at a base URL, which address to send to and which path answers.
+"""
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from pydantic import BaseModel, SecretStr, ValidationError
+from pytest_httpserver import HTTPServer
+
+from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext
+from delivery.errors import PermanentError, RetryableError
+from delivery.protocol import AddressType, Protocol
+from delivery.registry import DispatcherRegistry
+from schemas import Payload, Settings
+from tests.conftest import webhook_secret
+from tests.support.servers import free_port
+
+# apprise imports the standard library's deprecated imghdr (for PGPy) on Python < 3.13.
+pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
+
+REGISTRY = DispatcherRegistry.from_installed()
+NAMES = REGISTRY.names()
+CONTEXT = SendContext(delivery_id="conformance-1")
+TWILIO_SID = "AC" + "0" * 32
+
+#: Field names that must be ``SecretStr`` wherever they appear.
+SECRET_NAME = re.compile(r"password|token|secret|api_key|webhook_url", re.IGNORECASE)
+#: The secret fields of the built-ins, so that dropping ``SecretStr`` from one is caught.
+BUILT_IN_SECRETS = {
+    "webhook": {"secret"},
+    "console": set(),
+    "email": {"password"},
+    "slack": {"webhook_url", "bot_token"},
+    "sms": {"auth_token"},
+    "apprise": {"url"},
+}
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    """How to aim one HTTP dispatcher at a server whose base URL is ``http://host:port``."""
+
+    config: Callable[[str], dict[str, Any]]
+    address: Callable[[str], str]
+    path: str
+
+
+HTTP_CASES: dict[str, HttpCase] = {
+    "webhook": HttpCase(
+        config=lambda base: {"secret": webhook_secret()},
+        address=lambda base: f"{base}/hook",
+        path="/hook",
+    ),
+    "slack": HttpCase(
+        config=lambda base: {"bot_token": "xoxb-conformance", "api_base_url": f"{base}/api/"},
+        address=lambda base: "#ops",
+        path="/api/chat.postMessage",
+    ),
+    "sms": HttpCase(
+        config=lambda base: {
+            "account_sid": TWILIO_SID,
+            "auth_token": "conformance-token",
+            "from_number": "+14155550100",
+            "api_base_url": base,
+        },
+        address=lambda base: "+14155552671",
+        path=f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json",
+    ),
+    "apprise": HttpCase(
+        config=lambda base: {},
+        address=lambda base: f"json://{urlsplit(base).netloc}/hook",
+        path="/hook",
+    ),
+}
+
+#: Valid configs for the dispatchers that are not HTTP-based.
+OTHER_CONFIGS: dict[str, dict[str, Any]] = {
+    "console": {},
+    "email": {
+        "host": "127.0.0.1",
+        "from_address": "a@example.com",
+        "username": "u",
+        "password": "conformance-password",
+    },
+}
+
+
+def example_config(name: str) -> dict[str, Any]:
+    if name in HTTP_CASES:
+        return HTTP_CASES[name].config("http://127.0.0.1:9")
+    return OTHER_CONFIGS[name]
+
+
+@pytest.fixture
+def make(settings: Settings) -> Iterator[Callable[[str, dict[str, Any]], Dispatcher]]:
+    made: list[Dispatcher] = []
+
+    def build(name: str, raw: dict[str, Any]) -> Dispatcher:
+        cls = REGISTRY.get(name)
+        made.append(cls(cls.config_class.model_validate(raw)))
+        return made[-1]
+
+    yield build
+    for dispatcher in made:
+        dispatcher.close()
+
+
+def test_every_built_in_is_installed() -> None:
+    # Catches typos in pyproject.toml's entry points.
+    assert set(BUILT_IN_SECRETS) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_slug_matches_entry_point(name: str) -> None:
+    cls = REGISTRY.get(name)
+    assert cls.slug == name
+    assert cls.verbose_name.strip()
+    assert isinstance(cls.protocol, Protocol)
+    assert cls.address_types and all(isinstance(t, AddressType) for t in cls.address_types)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_rejects_unknown_keys_and_is_frozen(name: str) -> None:
+    config_class = REGISTRY.get(name).config_class
+    assert issubclass(config_class, DispatcherConfig)
+    assert config_class.model_config.get("extra") == "forbid"
+    assert config_class.model_config.get("frozen") is True
+    with pytest.raises(ValidationError, match="no_such_option"):
+        config_class.model_validate({"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_describe_is_json(name: str) -> None:
+    described = REGISTRY.describe(name)
+    assert described["slug"] == name
+    assert json.loads(json.dumps(described)) == described
+    fields = {field["name"] for field in described["config_fields"]}
+    assert fields == set(REGISTRY.get(name).config_class.model_fields)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_secret_fields_are_secret_str(name: str) -> None:
+    config_class = REGISTRY.get(name).config_class
+    secrets = config_class.secret_fields()
+    looks_secret = {field for field in config_class.model_fields if SECRET_NAME.search(field)}
+    assert looks_secret <= secrets, f"{name}: type these as SecretStr: {looks_secret - secrets}"
+    if name in BUILT_IN_SECRETS:
+        assert secrets == BUILT_IN_SECRETS[name]
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) & (set(HTTP_CASES) | set(OTHER_CONFIGS))))
+def test_secrets_do_not_show(name: str) -> None:
+    config: BaseModel = REGISTRY.get(name).config_class.model_validate(example_config(name))
+    values = [
+        value.get_secret_value()
+        for field in config.model_fields_set
+        if isinstance(value := getattr(config, field), SecretStr)
+    ]
+    for shown in (repr(config), str(config), config.model_dump_json()):
+        for value in values:
+            assert value not in shown
+
+
+HTTP_NAMES = sorted(set(NAMES) & set(HTTP_CASES))
+
+
+@pytest.mark.parametrize("name", HTTP_NAMES)
+def test_503_is_retryable(name: str, httpserver: HTTPServer, make: Any) -> None:
+    case = HTTP_CASES[name]
+    base = httpserver.url_for("").rstrip("/")
+    httpserver.expect_request(case.path, method="POST").respond_with_data("", status=503)
+    dispatcher = make(name, case.config(base))
+    with pytest.raises(RetryableError):
+        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.parametrize("name", HTTP_NAMES)
+def test_400_is_permanent(name: str, httpserver: HTTPServer, make: Any) -> None:
+    case = HTTP_CASES[name]
+    base = httpserver.url_for("").rstrip("/")
+    httpserver.expect_request(case.path, method="POST").respond_with_json(
+        {"error": "bad_request"}, status=400
+    )
+    dispatcher = make(name, case.config(base))
+    with pytest.raises(PermanentError):
+        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.parametrize("name", HTTP_NAMES)
+def test_connection_refused_is_retryable(name: str, make: Any) -> None:
+    case = HTTP_CASES[name]
+    base = f"http://127.0.0.1:{free_port()}"
+    dispatcher = make(name, case.config(base))
+    with pytest.raises(RetryableError):
+        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
