@@ -72,5 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # default (every tenth check of ten seconds) leaves them for minutes.
             "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 4)),
             "unacked_restore_throttle": 1,
+            # One list per queue (no priorities), so a worker can take messages with BLMOVE.
+            "priority_steps": [0],
         }
     return config

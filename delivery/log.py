@@ -200,6 +200,7 @@ class DeliveryLog:
         them moves the row into ``sending``.
         """
         now = now or utcnow()
+        deferred = envelope.not_before is not None and envelope.not_before > now + DUE_SLACK
         insert = (
             self._insert()
             .values(
@@ -209,7 +210,9 @@ class DeliveryLog:
                 address=envelope.address,
                 payload=envelope.payload.model_dump(mode="json"),
                 idempotency_key=envelope.idempotency_key,
-                status=Status.QUEUED,
+                # A deferred delivery waits in the log until due; the sweep sends it.
+                status=Status.RETRYING if deferred else Status.QUEUED,
+                next_attempt_at=envelope.not_before if deferred else None,
                 attempt_count=0,
                 attempt_base=0,
                 created_at=now,

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from delivery.broker import DELIVER_TASK, celery_config
@@ -57,8 +58,15 @@ class Publisher:
         Raises:
             PublishError: the broker stayed unreachable.
         """
-        envelopes = [_envelope(m) for m in messages]
-        self.publish_envelopes(envelopes, [m.countdown for m in messages])
+        limit = self.settings.delay_limit
+        envelopes = [
+            _envelope(m, defer=bool(m.countdown and m.countdown > limit)) for m in messages
+        ]
+        countdowns = [
+            m.countdown if not e.not_before else None
+            for m, e in zip(messages, envelopes, strict=True)
+        ]
+        self.publish_envelopes(envelopes, countdowns)
         return [
             Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key)
             for e in envelopes
@@ -124,13 +132,18 @@ class Publisher:
         return str(maybe_sanitize_url(self.settings.broker_url))
 
 
-def _envelope(message: Message) -> Envelope:
+def _envelope(message: Message, *, defer: bool = False) -> Envelope:
+    """The task message. A deferred one goes now and waits in the log, not the broker."""
+    not_before = None
+    if defer and message.countdown:
+        not_before = datetime.now(UTC) + timedelta(seconds=message.countdown)
     return Envelope(
         id=delivery_id(message.channel, message.idempotency_key),
         channel=message.channel,
         address=message.address,
         payload=message.payload,
         idempotency_key=message.idempotency_key,
+        not_before=not_before,
     )
 
 

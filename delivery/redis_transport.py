@@ -1,14 +1,24 @@
-"""kombu's Redis transport, hardened against what is not a kombu message.
+"""kombu's Redis transport, hardened for at-least-once delivery.
 
-Anything can be pushed onto a Redis list. kombu decodes each item inside the worker's
-consumer loop, so one item of garbage is an unrecoverable error that stops the worker.
-Here an item that does not decode into a kombu message is set aside, whole, on a list of
-its own for a person to look at, and the worker goes on.
+Two gaps in kombu's own transport are closed here:
+
+* **Garbage on the queue.** Anything can be pushed onto a Redis list, and kombu decodes each
+  item inside the worker's consumer loop, so one item of garbage is an unrecoverable error
+  that stops the worker. Here an item that is not a kombu message is set aside, whole, on a
+  list of its own for a person to look at, and the worker goes on.
+* **A message popped but not yet recorded.** kombu takes a message with ``BRPOP`` and only
+  then records it as unacknowledged; a worker killed between the two (the reply may sit
+  unread in the socket for a while) loses it for good. Here the message is moved atomically
+  with ``BLMOVE`` into an in-flight list of this consumer's own, and removed from there only
+  once it is recorded as unacknowledged. Consumers keep a heartbeat key alive; any worker
+  that finds an in-flight list whose owner's heartbeat has expired puts its messages back.
 """
 
 import base64
 import binascii
 import logging
+import time
+import uuid
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -21,6 +31,12 @@ logger = logging.getLogger(__name__)
 #: Where undecodable items go (newest first, the last 10,000 kept).
 SET_ASIDE = "delivery.undecodable"
 SET_ASIDE_KEEP = 10_000
+#: ``delivery.inflight.<consumer>:<queue key>``: messages taken but not yet recorded.
+INFLIGHT_PREFIX = "delivery.inflight."
+#: ``delivery.alive.<consumer>``: present while the consumer lives.
+ALIVE_PREFIX = "delivery.alive."
+ALIVE_SECONDS = 60
+ALIVE_REFRESH = 10.0
 
 
 def decode(item: bytes | str) -> dict[str, Any] | None:
@@ -48,42 +64,90 @@ def decode(item: bytes | str) -> dict[str, Any] | None:
     return message
 
 
+class QoS(kombu_redis.QoS):
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        super().restore_visible(*args, **kwargs)
+        self.channel.restore_orphans()
+
+
 class Channel(kombu_redis.Channel):
-    def _set_aside(self, item: bytes, queue: str) -> None:
-        with self.conn_or_acquire() as client:
-            client.lpush(SET_ASIDE, item)
-            client.ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
-        logger.error(
-            "set aside an item on queue %r that is not a kombu message (%d bytes); see list %r",
-            queue,
-            len(item),
-            SET_ASIDE,
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._consumer_id = uuid.uuid4().hex
+        self._moving_from: str | None = None
+        self._alive_at = 0.0
+
+    # -- taking messages -------------------------------------------------------------
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        if len(keys) != 1 or self.global_keyprefix:
+            # BLMOVE takes one source; with several, fall back to kombu's BRPOP.
+            self._moving_from = None
+            super()._brpop_start(timeout)
+            return
+        self._keep_alive()
+        self._moving_from = keys[0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(
+            "BLMOVE",
+            keys[0],
+            self._inflight_key(keys[0]),
+            "RIGHT",
+            "LEFT",
+            self.brpop_timeout if timeout is None else (timeout or 0),
         )
 
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's own, with the decoding guarded.
+        source = self._moving_from
         try:
+            if source is None:
+                return self._read_popped(**options)
             try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if not dest__item:
+            if not item:
                 raise Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
-            message = decode(item)
-            if message is None:
-                self._set_aside(item, dest)
-                raise Empty()
-            self.connection._deliver(message, dest)
+            queue = bytes_to_str(source)
+            self._queue_cycle.rotate(queue)
+            self._deliver_item(item, queue)
+            # Recorded as unacknowledged now (or set aside): no longer in flight.
+            with self.conn_or_acquire() as client:
+                client.lrem(self._inflight_key(source), 1, item)
             return True
         finally:
+            self._moving_from = None
             self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _read_popped(self, **options: Any) -> bool:
+        try:
+            dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        if not dest__item:
+            raise Empty()
+        dest, item = dest__item
+        queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        self._deliver_item(item, queue)
+        return True
+
+    def _deliver_item(self, item: bytes, queue: str) -> None:
+        message = decode(item)
+        if message is None:
+            self._set_aside(item, queue)
+            return
+        self.connection._deliver(message, queue)
 
     def _get(self, queue: str, timeout: Any = None) -> dict[str, Any]:
         with self.conn_or_acquire() as client:
@@ -98,6 +162,55 @@ class Channel(kombu_redis.Channel):
                     return message
             self._maybe_update_queues_expire(client, queue)
             raise Empty()
+
+    def _set_aside(self, item: bytes, queue: str) -> None:
+        with self.conn_or_acquire() as client:
+            client.lpush(SET_ASIDE, item)
+            client.ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
+        logger.error(
+            "set aside an item on queue %r that is not a kombu message (%d bytes); see list %r",
+            queue,
+            len(item),
+            SET_ASIDE,
+        )
+
+    # -- in-flight bookkeeping ------------------------------------------------------------
+
+    def _inflight_key(self, source: str) -> str:
+        return f"{INFLIGHT_PREFIX}{self._consumer_id}:{source}"
+
+    def _keep_alive(self) -> None:
+        now = time.monotonic()
+        if now - self._alive_at < ALIVE_REFRESH:
+            return
+        with self.conn_or_acquire() as client:
+            client.set(ALIVE_PREFIX + self._consumer_id, 1, ex=ALIVE_SECONDS)
+        self._alive_at = now
+
+    def restore_orphans(self) -> int:
+        """Put back the in-flight messages of consumers whose heartbeat has expired."""
+        restored = 0
+        with self.conn_or_acquire() as client:
+            for raw in client.scan_iter(match=INFLIGHT_PREFIX + "*", count=100):
+                key = bytes_to_str(raw)
+                consumer, _, source = key[len(INFLIGHT_PREFIX) :].partition(":")
+                if not source or client.exists(ALIVE_PREFIX + consumer):
+                    continue
+                # Back onto the end consumers take from, so they go first.
+                while client.lmove(key, source, "RIGHT", "RIGHT") is not None:
+                    restored += 1
+        if restored:
+            logger.warning("put back %d messages taken by workers that died", restored)
+        return restored
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                with self.conn_or_acquire() as client:
+                    client.delete(ALIVE_PREFIX + self._consumer_id)
+            except self.connection_errors:
+                pass  # the heartbeat expires on its own
+        super().close()
 
 
 class Transport(kombu_redis.Transport):

@@ -2,7 +2,15 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
 #: Channel names are identifiers users type on the command line and see in Flower.
 CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -57,6 +65,9 @@ class Envelope(Model):
     address: Address
     payload: Payload
     idempotency_key: IdempotencyKey | None = None
+    #: Not to be sent before this time: a producer's countdown too long to wait in the
+    #: broker (longer than its visibility timeout) is scheduled from the delivery log.
+    not_before: AwareDatetime | None = None
 
 
 class Receipt(Model):

@@ -124,3 +124,17 @@ def test_an_attempt_cut_short_by_a_crash_stays_visible(log: DeliveryLog) -> None
         (1, "interrupted"),
         (2, "delivered"),
     ]
+
+
+def test_a_deferred_delivery_waits_in_the_log_until_the_sweep_sends_it(log: DeliveryLog) -> None:
+    due = utcnow() + timedelta(hours=2)
+    deferred = envelope().model_copy(update={"not_before": due})
+    claim = log.claim(deferred, lease=60)
+    assert claim.state is ClaimState.NOT_DUE and claim.wake_at == due
+    record = log.get("d1")
+    assert record is not None and (record.status, record.attempt_count) == ("retrying", 0)
+    assert log.sweep(now=utcnow(), horizon=15, grace=30, resweep=60) == []
+    [(swept, countdown)] = log.sweep(
+        now=due - timedelta(seconds=5), horizon=15, grace=30, resweep=60
+    )
+    assert swept.id == "d1" and swept.not_before is None and 4 <= countdown <= 5

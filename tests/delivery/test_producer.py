@@ -47,6 +47,7 @@ def test_send_publishes_the_envelope_by_task_name() -> None:
         "address": "https://example.com/h",
         "payload": {"message": "hi", "subject": None, "html_message": None, "data": {}},
         "idempotency_key": "order-42",
+        "not_before": None,
     }
 
 
@@ -99,3 +100,15 @@ def test_import_delivery_loads_no_database_or_provider_sdk() -> None:
         "alembic",
         "celery",
     }
+
+
+def test_a_countdown_longer_than_the_broker_may_hold_is_scheduled_from_the_log() -> None:
+    short = delivery.send("hooks", "https://a", {"message": "x"}, countdown=5)
+    long = delivery.send("hooks", "https://a", {"message": "y"}, countdown=7200)
+    by_id = {m["headers"]["id"]: m for m in _drain()}
+    # a short wait rides in the broker as an ETA task
+    assert by_id[short.id]["headers"]["eta"] is not None
+    assert by_id[short.id]["args"][0]["not_before"] is None
+    # a long one goes now, carrying the time it may be sent
+    assert by_id[long.id]["headers"]["eta"] is None
+    assert by_id[long.id]["args"][0]["not_before"] is not None

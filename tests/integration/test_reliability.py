@@ -203,3 +203,24 @@ def test_rate_limit_holds_across_workers(redis_stack: Stack) -> None:
     assert len(arrivals) == 20
     # 20 sends at 10/s cannot take less than ~1.9 s, however fast the machine (a lower bound)
     assert int(arrivals[-1]) - int(arrivals[0]) >= 1
+
+
+def test_messages_taken_by_a_dead_consumer_are_put_back(
+    redis_server: RedisServer, redis_stack: Stack
+) -> None:
+    # Given a message a consumer took (BLMOVE into its in-flight list) before it died,
+    # leaving no heartbeat behind
+    secret = _channel(redis_stack)
+    with Receiver(secret) as receiver:
+        [orphan] = _send(receiver, 1, prefix="orphan")
+        client = redis.Redis.from_url(redis_server.url)
+        assert (
+            client.lmove("delivery", "delivery.inflight.deadbeef:delivery", "RIGHT", "LEFT")
+            is not None
+        )
+        assert client.llen("delivery") == 0
+        # When a live worker looks for orphans
+        redis_stack.worker()
+        # Then the message is put back and delivered
+        redis_stack.wait_until([orphan], {"delivered"}, timeout=60)
+    assert client.llen("delivery.inflight.deadbeef:delivery") == 0
