@@ -4,7 +4,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 
 
 def alembic_config(url: str) -> Config:
@@ -22,5 +22,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def is_current(engine: Engine) -> bool:
-    """Whether the log has been created (the tables exist)."""
-    return inspect(engine).has_table("deliveries")
+    """Whether the log's schema is at the latest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config("")).get_heads())
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads()) == heads

@@ -21,7 +21,7 @@ def delivery_log(*, must_exist: bool = True) -> DeliveryLog:
     settings = get_settings()
     log = DeliveryLog.from_settings(settings)
     if must_exist and not is_current(log.engine):
-        fail("the delivery log has no tables yet: run `delivery db upgrade` first")
+        fail("the delivery log is missing or out of date: run `delivery db upgrade` first")
     return log
 
 

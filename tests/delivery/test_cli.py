@@ -111,3 +111,56 @@ def test_keygen_and_schemas() -> None:
     assert code == 0 and out.startswith("whsec_")
     code, out, _ = run("schemas")
     assert code == 0 and set(json.loads(out)) == {"Payload", "Message", "Envelope"}
+
+
+def test_pause_resume_and_state_in_the_list() -> None:
+    assert run("channels", "add", "dev", "console")[0] == 0
+    assert run("channels", "pause", "dev")[0] == 0
+    code, out, _ = run("channels", "list", "--json")
+    assert json.loads(out)["channels"][0]["state"] == "paused"
+    assert run("channels", "resume", "dev")[0] == 0
+    code, out, _ = run("channels", "list", "--json")
+    assert json.loads(out)["channels"][0]["state"] == "active"
+    code, _, err = run("channels", "pause", "nope")
+    assert code == 1 and "no channel named 'nope'" in err
+
+
+def test_retry_sends_a_failed_delivery_again_keeping_its_attempts(settings: Settings) -> None:
+    from kombu.connection import Connection
+
+    log = DeliveryLog.from_settings(settings)
+    envelope = Envelope(id="f1", channel="hooks", address="https://a", payload=Payload(message="m"))
+    claim = log.claim(envelope, lease=60)
+    from delivery.log import AttemptResult, utcnow
+    from delivery.models import Outcome
+
+    log.finish(
+        claim,
+        AttemptResult(Outcome.FAILED, utcnow(), 1.0, error="400"),
+        dispatcher=None,
+        worker=None,
+    )
+    code, out, _ = run("retry", "--channel", "hooks")
+    assert code == 0 and "1 deliveries queued again" in out
+    record = log.get("f1")
+    assert record is not None and record.status == "queued" and len(record.attempts) == 1
+    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
+        message = queue.get(timeout=1)
+        assert message.decode()[0][0]["id"] == "f1"
+        message.ack()
+    code, _, err = run("retry", "f1")
+    assert code == 1 and "f1 is queued, not failed" in err
+
+
+def test_commands_refuse_an_out_of_date_log(settings: Settings, tmp_path, monkeypatch) -> None:
+    from delivery.migrate import upgrade
+    from schemas import get_settings
+
+    stale = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(stale, "0001")
+    monkeypatch.setenv("DELIVERY_DATABASE_URL", stale)
+    get_settings.cache_clear()
+    code, _, err = run("log")
+    assert code == 1 and "out of date: run `delivery db upgrade`" in err
+    assert run("db", "upgrade")[0] == 0
+    assert run("log")[0] == 0

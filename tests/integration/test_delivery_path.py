@@ -1,6 +1,7 @@
 """The whole path with real parts: producer → redis-server → worker process → receiver → log."""
 
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -190,3 +191,24 @@ def test_cli_reads_the_log(redis_stack: Stack) -> None:
         check=True,
     )
     assert [d["id"] for d in json.loads(log.stdout)["deliveries"]] == [delivery_id]
+
+
+def test_db_upgrade_command_on_postgresql(postgres_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = postgres_server.create_database("cli_upgrade")
+    env = {**os.environ, "DELIVERY_DATABASE_URL": url, "DELIVERY_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "delivery", "db", "upgrade"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        assert {"deliveries", "attempts", "channels", "alembic_version"} <= set(
+            inspect(engine).get_table_names()
+        )
+        from delivery.migrate import is_current
+
+        assert is_current(engine)
+    finally:
+        engine.dispose()

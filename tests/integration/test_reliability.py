@@ -224,3 +224,19 @@ def test_messages_taken_by_a_dead_consumer_are_put_back(
         # Then the message is put back and delivered
         redis_stack.wait_until([orphan], {"delivered"}, timeout=60)
     assert client.llen("delivery.inflight.deadbeef:delivery") == 0
+
+
+def test_database_outage_delays_but_loses_nothing(postgres_server, postgres_stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    secret = _channel(postgres_stack)
+    with Receiver(secret) as receiver:
+        receiver.latency = 0.02
+        postgres_stack.worker("--concurrency", "4", "--beat")
+        ids = _send(receiver, 60)
+        receiver.wait_for(10)
+        # The log goes away mid-run: attempts cannot be claimed or recorded
+        postgres_server.stop()
+        time.sleep(2)
+        postgres_server.start()
+        postgres_stack.wait_until(ids, {"delivered"}, timeout=90)
+    _assert_duplicates_explained(postgres_stack, receiver, ids)
+    assert "delivery log unavailable" in postgres_stack.workers[0].output()

@@ -107,11 +107,22 @@ class PostgresServer:
     def start(self) -> None:
         data = self.directory / "data"
         run_as = _postgres_runner()
-        subprocess.run(
-            [*run_as, self.initdb, "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8"],
-            check=True,
-            capture_output=True,
-        )
+        if not data.exists():
+            subprocess.run(
+                [
+                    *run_as,
+                    self.initdb,
+                    "-D",
+                    str(data),
+                    "-U",
+                    self.user,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                ],
+                check=True,
+                capture_output=True,
+            )
         subprocess.run(
             [
                 *run_as,
