@@ -193,7 +193,7 @@ def test_cli_reads_the_log(redis_stack: Stack) -> None:
     assert [d["id"] for d in json.loads(log.stdout)["deliveries"]] == [delivery_id]
 
 
-def test_db_upgrade_command_on_postgresql(postgres_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_db_upgrade_command_on_postgresql(postgres_server, tmp_path) -> None:
     url = postgres_server.create_database("cli_upgrade")
     env = {**os.environ, "DELIVERY_DATABASE_URL": url, "DELIVERY_HOME": str(tmp_path)}
     done = subprocess.run(

@@ -226,7 +226,7 @@ def test_messages_taken_by_a_dead_consumer_are_put_back(
     assert client.llen("delivery.inflight.deadbeef:delivery") == 0
 
 
-def test_database_outage_delays_but_loses_nothing(postgres_server, postgres_stack: Stack) -> None:  # type: ignore[no-untyped-def]
+def test_database_outage_delays_but_loses_nothing(postgres_server, postgres_stack: Stack) -> None:
     secret = _channel(postgres_stack)
     with Receiver(secret) as receiver:
         receiver.latency = 0.02
