@@ -8,14 +8,13 @@ first success closes it.
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, or_, update
 
 from delivery.models import ChannelRow
 
 
-def record_success(channel: str) -> Callable[[Session], None]:
-    def apply(session: Session) -> None:
+def record_success(channel: str) -> Callable[[Connection], None]:
+    def apply(session: Connection) -> None:
         # Conditional, so the common case (nothing to reset) writes nothing.
         session.execute(
             update(ChannelRow)
@@ -34,8 +33,8 @@ def record_success(channel: str) -> Callable[[Session], None]:
 
 def record_failure(
     channel: str, *, now: datetime, threshold: int, probe_interval: float
-) -> Callable[[Session], None]:
-    def apply(session: Session) -> None:
+) -> Callable[[Connection], None]:
+    def apply(session: Connection) -> None:
         session.execute(
             update(ChannelRow)
             .where(ChannelRow.name == channel)

@@ -1,15 +1,17 @@
 """The delivery log: every delivery and every attempt. The source of truth; the broker is
 only transport."""
 
+import contextlib
 import enum
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from delivery.db import get_engine
 from delivery.models import AttemptRow, DeliveryRow, Outcome, Status
@@ -173,97 +175,170 @@ class AttemptResult:
 
 
 class DeliveryLog:
+    """Every write is one short transaction of prebuilt statements: this is the worker's
+    hot path, and building SQL expressions per delivery costs more than running them."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time; threads of one process queue here instead of in
+        # SQLite's busy handler, which sleeps in growing steps and wastes the wait.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self._sqlite else contextlib.nullcontext()
+        )
+        self._build_statements()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         return cls(get_engine(settings.resolved_database_url))
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection
+
     def _insert(self) -> Any:
-        # Both backends have INSERT … ON CONFLICT DO NOTHING, spelt by their own dialect.
+        # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(DeliveryRow)
+        return dialect.insert
+
+    def _build_statements(self) -> None:
+        insert = self._insert()
+        d, a = DeliveryRow, AttemptRow
+        now: Any = bindparam("p_now")
+        lease_until: Any = bindparam("p_lease_until")
+        # A new delivery is inserted already claimed: one statement in the common case.
+        self._insert_claimed = (
+            insert(d)
+            .values(
+                id=bindparam("p_id"), channel=bindparam("p_channel"), dispatcher=None,
+                address=bindparam("p_address"), payload=bindparam("p_payload"),
+                idempotency_key=bindparam("p_idempotency_key"), status=bindparam("p_status"),
+                next_attempt_at=bindparam("p_next_attempt_at"), lease_until=lease_until,
+                attempt_count=bindparam("p_attempt_count"), attempt_base=0,
+                created_at=now, updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(d.attempt_count)
+        )  # fmt: skip
+        claimable = or_(
+            d.status == Status.QUEUED,
+            and_(
+                d.status == Status.RETRYING,
+                or_(d.next_attempt_at.is_(None), d.next_attempt_at <= bindparam("p_due_by")),
+            ),
+            and_(d.status == Status.SENDING, d.lease_until < now),
+        )
+        self._take = (
+            update(d)
+            .where(d.id == bindparam("p_id"), claimable)
+            .values(
+                status=Status.SENDING, attempt_count=d.attempt_count + 1,
+                lease_until=lease_until, updated_at=now,
+            )
+            .returning(d.attempt_count, d.attempt_base, d.lease_until.is_not(None))
+        )  # fmt: skip
+        self._state = select(d.status, d.attempt_count, d.lease_until, d.next_attempt_at).where(
+            d.id == bindparam("p_id")
+        )
+        attempt_columns = (
+            "started_at", "duration_ms", "outcome", "status_code", "error", "provider_ref",
+            "detail", "worker",
+        )  # fmt: skip
+        # Upserts: a worker that lost its lease may record an attempt already marked
+        # interrupted by the worker that took over; the real outcome wins.
+        self._record_attempt = (
+            insert(a)
+            .values(delivery_id=bindparam("p_id"), number=bindparam("p_number"),
+                    **{c: bindparam(f"p_{c}") for c in attempt_columns})
+        )  # fmt: skip
+        self._record_attempt = self._record_attempt.on_conflict_do_update(
+            index_elements=["delivery_id", "number"],
+            set_={c: getattr(self._record_attempt.excluded, c) for c in attempt_columns},
+        )
+        self._mark_interrupted = (
+            insert(a)
+            .values(
+                delivery_id=bindparam("p_id"), number=bindparam("p_number"), started_at=now,
+                duration_ms=0.0, outcome=Outcome.INTERRUPTED,
+                error="the worker stopped before recording the outcome",
+            )
+            .on_conflict_do_nothing(index_elements=["delivery_id", "number"])
+        )  # fmt: skip
+        held = and_(
+            d.id == bindparam("p_id"),
+            d.status == Status.SENDING,
+            d.attempt_count == bindparam("p_number"),
+        )
+        self._move_on = update(d).where(held).values(
+            status=bindparam("p_status"), updated_at=now, lease_until=None,
+            next_attempt_at=bindparam("p_next_attempt_at"), last_error=bindparam("p_error"),
+            swept_at=bindparam("p_swept_at"),
+            dispatcher=func.coalesce(bindparam("p_dispatcher"), d.dispatcher),
+            delivered_at=bindparam("p_delivered_at"),
+            provider_ref=func.coalesce(bindparam("p_provider_ref"), d.provider_ref),
+        )  # fmt: skip
+        self._release = update(d).where(held).values(
+            status=Status.RETRYING, attempt_count=d.attempt_count - 1,
+            next_attempt_at=bindparam("p_until"), lease_until=None,
+            swept_at=bindparam("p_swept_at"), updated_at=now,
+        )  # fmt: skip
 
     def claim(
         self,
         envelope: Envelope,
         *,
         lease: float,
-        dispatcher: str | None = None,
         now: datetime | None = None,
     ) -> Claim:
         """Record the delivery if new, and take it for one attempt if nobody else may.
 
-        A conditional update, so two copies of one message never both send: only one of
-        them moves the row into ``sending``.
+        A conditional write, so two copies of one message never both send: only one of
+        them moves the row into ``sending``. Attempts are recorded when they end; one cut
+        short by a crash is recorded as interrupted by the worker that takes over.
         """
         now = now or utcnow()
+        lease_until = now + timedelta(seconds=lease)
         deferred = envelope.not_before is not None and envelope.not_before > now + DUE_SLACK
-        insert = (
-            self._insert()
-            .values(
-                id=envelope.id,
-                channel=envelope.channel,
-                dispatcher=dispatcher,
-                address=envelope.address,
-                payload=envelope.payload.model_dump(mode="json"),
-                idempotency_key=envelope.idempotency_key,
-                # A deferred delivery waits in the log until due; the sweep sends it.
-                status=Status.RETRYING if deferred else Status.QUEUED,
-                next_attempt_at=envelope.not_before if deferred else None,
-                attempt_count=0,
-                attempt_base=0,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        claimable = or_(
-            DeliveryRow.status == Status.QUEUED,
-            and_(
-                DeliveryRow.status == Status.RETRYING,
-                or_(
-                    DeliveryRow.next_attempt_at.is_(None),
-                    DeliveryRow.next_attempt_at <= now + DUE_SLACK,
-                ),
-            ),
-            and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until < now),
-        )
-        take = (
-            update(DeliveryRow)
-            .where(DeliveryRow.id == envelope.id, claimable)
-            .values(
-                status=Status.SENDING,
-                attempt_count=DeliveryRow.attempt_count + 1,
-                lease_until=now + timedelta(seconds=lease),
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        with self._sessions.begin() as session:
-            session.execute(insert)
-            taken = session.execute(
-                take.returning(DeliveryRow.attempt_count, DeliveryRow.attempt_base)
-            ).one_or_none()
+        with self._write() as connection:
+            inserted = connection.execute(
+                self._insert_claimed,
+                {
+                    "p_id": envelope.id,
+                    "p_channel": envelope.channel,
+                    "p_address": envelope.address,
+                    "p_payload": envelope.payload.model_dump(mode="json"),
+                    "p_idempotency_key": envelope.idempotency_key,
+                    # A deferred delivery waits in the log until due; the sweep sends it.
+                    "p_status": Status.RETRYING if deferred else Status.SENDING,
+                    "p_next_attempt_at": envelope.not_before if deferred else None,
+                    "p_lease_until": None if deferred else lease_until,
+                    "p_attempt_count": 0 if deferred else 1,
+                    "p_now": now,
+                },
+            ).first()
+            if inserted is not None and not deferred:
+                return Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
+            taken = connection.execute(
+                self._take,
+                {
+                    "p_id": envelope.id,
+                    "p_now": now,
+                    "p_due_by": now + DUE_SLACK,
+                    "p_lease_until": lease_until,
+                },
+            ).first()
             if taken is not None:
-                self._start_attempt(session, envelope.id, taken.attempt_count, now)
-                return Claim(
-                    ClaimState.CLAIMED,
-                    envelope.id,
-                    taken.attempt_count,
-                    taken.attempt_base,
-                    status=Status.SENDING,
-                )
-            row = session.execute(
-                select(
-                    DeliveryRow.status,
-                    DeliveryRow.attempt_count,
-                    DeliveryRow.lease_until,
-                    DeliveryRow.next_attempt_at,
-                ).where(DeliveryRow.id == envelope.id)
-            ).one()
+                number, base = taken[0], taken[1]
+                if number > 1:
+                    # The attempt before, if unrecorded, belonged to a worker that died.
+                    connection.execute(
+                        self._mark_interrupted,
+                        {"p_id": envelope.id, "p_number": number - 1, "p_now": now},
+                    )
+                return Claim(ClaimState.CLAIMED, envelope.id, number, base, status=Status.SENDING)
+            row = connection.execute(self._state, {"p_id": envelope.id}).one()
         if row.status in (Status.DELIVERED, Status.FAILED):
             return Claim(ClaimState.DONE, envelope.id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
@@ -282,58 +357,15 @@ class DeliveryLog:
             status=row.status,
         )
 
-    def _start_attempt(
-        self, session: Session, delivery_id: str, number: int, now: datetime
-    ) -> None:
-        """Write the attempt before sending, so a worker that dies mid-send leaves a trace."""
-        if number > 1:
-            # An earlier attempt still marked as under way belonged to a worker that died.
-            session.execute(
-                update(AttemptRow)
-                .where(AttemptRow.delivery_id == delivery_id, AttemptRow.outcome == Outcome.SENDING)
-                .values(
-                    outcome=Outcome.INTERRUPTED,
-                    error="the worker stopped before recording the outcome",
-                )
-                .execution_options(synchronize_session=False)
-            )
-        session.add(
-            AttemptRow(
-                delivery_id=delivery_id,
-                number=number,
-                started_at=now,
-                duration_ms=0.0,
-                outcome=Outcome.SENDING,
-            )
-        )
-
     def release(self, claim: Claim, *, until: datetime, parked: bool) -> None:
         """Give a claim back without spending an attempt: the channel is paused or throttled."""
-        with self._sessions.begin() as session:
-            session.execute(
-                delete(AttemptRow).where(
-                    AttemptRow.delivery_id == claim.delivery_id,
-                    AttemptRow.number == claim.attempt,
-                    AttemptRow.outcome == Outcome.SENDING,
-                )
-            )
-            session.execute(
-                update(DeliveryRow)
-                .where(
-                    DeliveryRow.id == claim.delivery_id,
-                    DeliveryRow.status == Status.SENDING,
-                    DeliveryRow.attempt_count == claim.attempt,
-                )
-                .values(
-                    status=Status.RETRYING,
-                    attempt_count=DeliveryRow.attempt_count - 1,
-                    next_attempt_at=until,
-                    lease_until=None,
-                    swept_at=utcnow() if parked else None,
-                    updated_at=utcnow(),
-                )
-                .execution_options(synchronize_session=False)
-            )
+        now = utcnow()
+        with self._write() as connection:
+            connection.execute(
+                self._release,
+                {"p_id": claim.delivery_id, "p_number": claim.attempt, "p_until": until,
+                 "p_swept_at": now if parked else None, "p_now": now},
+            )  # fmt: skip
 
     def finish(
         self,
@@ -342,7 +374,7 @@ class DeliveryLog:
         *,
         dispatcher: str | None,
         worker: str | None,
-        health: Callable[[Session], None] | None = None,
+        health: Callable[[Connection], None] | None = None,
         parked: bool = False,
     ) -> bool:
         """Record the attempt and move the delivery on. False if the lease was lost meanwhile.
@@ -356,50 +388,40 @@ class DeliveryLog:
             Outcome.FAILED: Status.FAILED,
         }[result.outcome]
         now = result.started_at + timedelta(milliseconds=result.duration_ms)
-        values: dict[str, Any] = {
-            "status": status,
-            "updated_at": now,
-            "lease_until": None,
-            "next_attempt_at": result.next_attempt_at,
-            "last_error": result.error,
-            "swept_at": now if parked else None,
-        }
-        if dispatcher is not None:
-            values["dispatcher"] = dispatcher
-        if result.outcome is Outcome.DELIVERED:
-            values["delivered_at"] = now
-            values["provider_ref"] = result.provider_ref
-        with self._sessions.begin() as session:
-            session.execute(
-                update(AttemptRow)
-                .where(
-                    AttemptRow.delivery_id == claim.delivery_id,
-                    AttemptRow.number == claim.attempt,
-                )
-                .values(
-                    started_at=result.started_at,
-                    duration_ms=result.duration_ms,
-                    outcome=result.outcome,
-                    status_code=result.status_code,
-                    error=result.error,
-                    provider_ref=result.provider_ref,
-                    detail=result.detail or None,
-                    worker=worker,
-                )
-                .execution_options(synchronize_session=False)
+        delivered = result.outcome is Outcome.DELIVERED
+        with self._write() as connection:
+            connection.execute(
+                self._record_attempt,
+                {
+                    "p_id": claim.delivery_id,
+                    "p_number": claim.attempt,
+                    "p_started_at": result.started_at,
+                    "p_duration_ms": result.duration_ms,
+                    "p_outcome": result.outcome,
+                    "p_status_code": result.status_code,
+                    "p_error": result.error,
+                    "p_provider_ref": result.provider_ref,
+                    "p_detail": result.detail or None,
+                    "p_worker": worker,
+                },
             )
             if health is not None:
-                health(session)
-            moved = session.execute(
-                update(DeliveryRow)
-                .where(
-                    DeliveryRow.id == claim.delivery_id,
-                    DeliveryRow.status == Status.SENDING,
-                    DeliveryRow.attempt_count == claim.attempt,
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
+                health(connection)
+            moved = connection.execute(
+                self._move_on,
+                {
+                    "p_id": claim.delivery_id,
+                    "p_number": claim.attempt,
+                    "p_status": status,
+                    "p_now": now,
+                    "p_next_attempt_at": result.next_attempt_at,
+                    "p_error": result.error,
+                    "p_swept_at": now if parked else None,
+                    "p_dispatcher": dispatcher,
+                    "p_delivered_at": now if delivered else None,
+                    "p_provider_ref": result.provider_ref if delivered else None,
+                },
+            ).rowcount
         return bool(moved)
 
     def sweep(
@@ -430,7 +452,7 @@ class DeliveryLog:
                 and_(DeliveryRow.status == Status.QUEUED, DeliveryRow.updated_at <= overdue),
             ),
         )
-        with self._sessions.begin() as session:
+        with self._write_lock, self._sessions.begin() as session:
             rows = session.scalars(
                 select(DeliveryRow)
                 .where(candidates)
@@ -472,9 +494,9 @@ class DeliveryLog:
     ) -> None:
         """Record a message that can never be sent (malformed, unknown channel) as failed."""
         now = now or utcnow()
-        with self._sessions.begin() as session:
+        with self._write_lock, self._sessions.begin() as session:
             session.execute(
-                self._insert()
+                self._insert()(DeliveryRow)
                 .values(
                     id=delivery_id,
                     channel=channel[:64],
@@ -499,7 +521,7 @@ class DeliveryLog:
     def reopen(self, delivery_id: str, *, now: datetime | None = None) -> DeliveryRecord | None:
         """Make a failed delivery sendable again, keeping its attempts. None if not failed."""
         now = now or utcnow()
-        with self._sessions.begin() as session:
+        with self._write_lock, self._sessions.begin() as session:
             moved = session.execute(
                 update(DeliveryRow)
                 .where(

@@ -25,6 +25,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,16 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 pass  # the heartbeat expires on its own
         super().close()
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # After Redis restarts, Celery reconnects with a new channel, but tasks still running
+        # acknowledge through the old one, whose connection is detached; kombu then fails
+        # with an AttributeError that stops the worker. A connection error instead is what
+        # Celery expects ("Couldn't ack"): the message stays unacknowledged in Redis, comes
+        # back after the visibility timeout, and the delivery log skips it as done.
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed")
+        return super()._connparams(asynchronous)
 
 
 class Transport(kombu_redis.Transport):
