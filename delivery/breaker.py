@@ -8,25 +8,39 @@ first success closes it.
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, or_, update
+from sqlalchemy import Connection, bindparam, or_, update
 
 from delivery.models import ChannelRow
 
+# Built once: these run with every attempt.
+_RESET = (
+    update(ChannelRow)
+    .where(
+        ChannelRow.name == bindparam("p_name"),
+        # Conditional, so the common case (nothing to reset) writes nothing.
+        or_(ChannelRow.consecutive_failures > 0, ChannelRow.breaker_open_until.is_not(None)),
+    )
+    .values(consecutive_failures=0, breaker_open_until=None)
+)
+_COUNT = (
+    update(ChannelRow)
+    .where(ChannelRow.name == bindparam("p_name"))
+    .values(consecutive_failures=ChannelRow.consecutive_failures + 1)
+)
+_OPEN = (
+    update(ChannelRow)
+    .where(
+        ChannelRow.name == bindparam("p_name"),
+        ChannelRow.consecutive_failures >= bindparam("p_threshold"),
+        ChannelRow.breaker_open_until.is_(None),
+    )
+    .values(breaker_open_until=bindparam("p_until"))
+)
+
 
 def record_success(channel: str) -> Callable[[Connection], None]:
-    def apply(session: Connection) -> None:
-        # Conditional, so the common case (nothing to reset) writes nothing.
-        session.execute(
-            update(ChannelRow)
-            .where(
-                ChannelRow.name == channel,
-                or_(
-                    ChannelRow.consecutive_failures > 0, ChannelRow.breaker_open_until.is_not(None)
-                ),
-            )
-            .values(consecutive_failures=0, breaker_open_until=None)
-            .execution_options(synchronize_session=False)
-        )
+    def apply(connection: Connection) -> None:
+        connection.execute(_RESET, {"p_name": channel})
 
     return apply
 
@@ -34,24 +48,10 @@ def record_success(channel: str) -> Callable[[Connection], None]:
 def record_failure(
     channel: str, *, now: datetime, threshold: int, probe_interval: float
 ) -> Callable[[Connection], None]:
-    def apply(session: Connection) -> None:
-        session.execute(
-            update(ChannelRow)
-            .where(ChannelRow.name == channel)
-            .values(consecutive_failures=ChannelRow.consecutive_failures + 1)
-            .execution_options(synchronize_session=False)
-        )
-        if threshold <= 0:
-            return
-        session.execute(
-            update(ChannelRow)
-            .where(
-                ChannelRow.name == channel,
-                ChannelRow.consecutive_failures >= threshold,
-                ChannelRow.breaker_open_until.is_(None),
-            )
-            .values(breaker_open_until=now + timedelta(seconds=probe_interval))
-            .execution_options(synchronize_session=False)
-        )
+    def apply(connection: Connection) -> None:
+        connection.execute(_COUNT, {"p_name": channel})
+        if threshold > 0:
+            until = now + timedelta(seconds=probe_interval)
+            connection.execute(_OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until})
 
     return apply

@@ -24,7 +24,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,23 @@ def decode(item: bytes | str) -> dict[str, Any] | None:
 
 
 class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # Record the message as unacknowledged and take it out of the in-flight list in one
+        # round trip (MULTI/EXEC: it is always in one place or the other).
+        taken = self.channel.taken_item
+        if taken is None:
+            super().append(message, delivery_tag)
+            return
+        self.channel.taken_item = None
+        delivery = message.delivery_info
+        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.channel.conn_or_acquire() as client:
+            client.pipeline(transaction=True).zadd(
+                self.unacked_index_key, {delivery_tag: time.time()}
+            ).hset(self.unacked_key, delivery_tag, raw).lrem(taken[0], 1, taken[1]).execute()
+        # The bookkeeping in memory is virtual QoS's, below kombu's Redis one.
+        super(kombu_redis.QoS, self).append(message, delivery_tag)
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         super().restore_visible(*args, **kwargs)
         self.channel.restore_orphans()
@@ -79,6 +96,8 @@ class Channel(kombu_redis.Channel):
         self._consumer_id = uuid.uuid4().hex
         self._moving_from: str | None = None
         self._alive_at = 0.0
+        #: The item being delivered and its in-flight list, for QoS.append to clear.
+        self.taken_item: tuple[str, bytes] | None = None
 
     # -- taking messages -------------------------------------------------------------
 
@@ -117,10 +136,15 @@ class Channel(kombu_redis.Channel):
                 raise Empty()
             queue = bytes_to_str(source)
             self._queue_cycle.rotate(queue)
-            self._deliver_item(item, queue)
-            # Recorded as unacknowledged now (or set aside): no longer in flight.
-            with self.conn_or_acquire() as client:
-                client.lrem(self._inflight_key(source), 1, item)
+            self.taken_item = (self._inflight_key(source), item)
+            try:
+                self._deliver_item(item, queue)
+            finally:
+                if self.taken_item is not None:
+                    # Not recorded by QoS.append (set aside, or no acknowledgement wanted).
+                    self.taken_item = None
+                    with self.conn_or_acquire() as client:
+                        client.lrem(self._inflight_key(source), 1, item)
             return True
         finally:
             self._moving_from = None
