@@ -45,8 +45,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Threads: delivery is network-bound, and threads share the per-thread HTTP and
         # SMTP clients' process, its DB pool and channel cache without monkey-patching.
         "worker_pool": settings.worker_pool,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
     }
     if settings.is_embedded_broker:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     breaker_probe_interval: float = Field(default=60.0, gt=0)
     #: Celery pool: threads suit network-bound delivery; prefork isolates crashes.
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+    #: Celery task events, for Flower and `celery events`. They cost broker traffic per
+    #: task; turn them off where nobody watches.
+    task_events: bool = True
     worker_concurrency: int = Field(default=16, ge=1, le=1000)
     queue: str = "delivery"
 
