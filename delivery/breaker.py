@@ -52,6 +52,8 @@ def record_failure(
         connection.execute(_COUNT, {"p_name": channel})
         if threshold > 0:
             until = now + timedelta(seconds=probe_interval)
-            connection.execute(_OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until})
+            connection.execute(
+                _OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until}
+            )
 
     return apply

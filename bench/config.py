@@ -1,0 +1,54 @@
+"""How big each section's runs are: the full bench, and ``--quick`` for a CI smoke run."""
+
+from dataclasses import dataclass, replace
+from typing import Self
+
+#: Sections in the order they run; ``--only`` and ``--skip`` take these names.
+SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    #: Section 1 and 5: webhook deliveries per run.
+    deliveries: int = 3000
+    #: Section 1: runs of each contender; medians and ranges are over these.
+    runs: int = 5
+    #: Worker threads, ours and the baseline's alike (our default worker_concurrency).
+    concurrency: int = 16
+    #: Section 2: messages per producer measurement (send_many gets ``producer_batch``).
+    producer_messages: int = 2000
+    producer_batch: int = 10_000
+    producer_runs: int = 5
+    #: Section 2: interpreter starts per import measurement.
+    import_runs: int = 5
+    #: Section 3: deliveries per profiled pass.
+    overhead_deliveries: int = 1500
+    #: Section 4: resident memory is read after this many deliveries, then after the second.
+    memory_checkpoints: tuple[int, int] = (1000, 50_000)
+    #: Seconds of concurrent load when measuring the receiver's ceiling.
+    ceiling_seconds: float = 3.0
+    receiver_processes: int = 2
+    quick: bool = False
+
+    @classmethod
+    def full(cls) -> Self:
+        return cls()
+
+    @classmethod
+    def quick_run(cls) -> Self:
+        """Small enough for CI (well under a minute); the figures are only a smoke check."""
+        return cls(
+            deliveries=300,
+            runs=1,
+            producer_messages=300,
+            producer_batch=1000,
+            producer_runs=1,
+            import_runs=2,
+            overhead_deliveries=150,
+            memory_checkpoints=(200, 1000),
+            ceiling_seconds=1.0,
+            quick=True,
+        )
+
+    def with_overrides(self, **changes: object) -> Self:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]

@@ -1,0 +1,275 @@
+"""1. End-to-end throughput: ours beside a bare Celery task, same broker, pool, concurrency.
+
+Each run, for each contender: stop the worker consuming (Celery remote control), enqueue N
+messages, note the wall-clock time, let the worker consume again, and take the time of the
+last delivery: ``max(delivered_at)`` in the log for ours, the receiver's last request for
+the baseline. Enqueueing is therefore outside the timed part for both, and no polling
+granularity is inside it. The contenders' order rotates from run to run so that drift in
+the machine's load does not always favour the same one.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench import baseline_app
+from bench.context import BenchContext, payload
+from bench.report import SectionResult, Spread, Target
+from bench.stack import DeliveryStack, Worker, delivery_stack
+
+TITLE = "1. End-to-end throughput (webhook, SQLite log)"
+
+OURS = "ours: send_many -> delivery worker"
+POST = "baseline: Celery task + requests.post"
+SESSION = "baseline: Celery task + requests.Session"
+BASELINE_QUEUE = "bench-baseline"
+#: Seconds allowed per delivery before a run is declared stuck (generous: a noisy machine).
+TIMEOUT_PER_DELIVERY = 0.05
+
+
+@dataclass(frozen=True)
+class Measurement:
+    contender: str
+    run: int
+    deliveries: int
+    seconds: float
+    rate: float
+    enqueue_rate: float
+    #: Worker process CPU time (all threads) per delivery, in milliseconds.
+    cpu_ms: float
+    #: Requests the receiver counted during the run (expect exactly ``deliveries``).
+    requests: int
+    delivered: int
+
+
+class _Runner:
+    def __init__(self, ctx: BenchContext, stack: DeliveryStack, ours: Worker, base: Worker) -> None:
+        from celery import Celery
+
+        self.ctx = ctx
+        self.stack = stack
+        self.ours = ours
+        self.base = base
+        self.client = Celery("bench-baseline-client", broker=ctx.redis.url, set_as_current=False)
+        self.client.conf.update(baseline_app.MATCHED)
+        self.url = ctx.receiver.url("/e2e")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ours_run(self, run: int, count: int) -> Measurement:
+        from delivery import send_many
+
+        channel = self.stack.add_channel(f"e2e-{run}")
+        self.stack.control.pause(self.ours)
+        started = time.perf_counter()
+        receipts = send_many(
+            {"channel": channel, "address": self.url, "payload": payload(i)} for i in range(count)
+        )
+        enqueue = time.perf_counter() - started
+        return self._drain(
+            OURS,
+            run,
+            len(receipts),
+            enqueue,
+            self.ours,
+            finished=lambda: self._ours_finished(channel, count),
+        )
+
+    def _ours_finished(self, channel: str, count: int) -> tuple[float, int]:
+        counts = self.stack.wait_delivered(channel, count, timeout=60)
+        last = self.stack.last_delivered_at(channel)
+        if last is None:
+            raise RuntimeError(f"nothing delivered on {channel}: {counts}")
+        return last.timestamp(), counts.get("delivered", 0)
+
+    def baseline_run(self, run: int, count: int, task: str, label: str) -> Measurement:
+        self.stack.control.pause(self.base)
+        started = time.perf_counter()
+        with self.client.producer_or_acquire() as producer:
+            for i in range(count):
+                self.client.send_task(
+                    task, args=[self.url, payload(i)], queue=BASELINE_QUEUE, producer=producer
+                )
+        enqueue = time.perf_counter() - started
+        return self._drain(label, run, count, enqueue, self.base, finished=None)
+
+    def _drain(
+        self,
+        label: str,
+        run: int,
+        count: int,
+        enqueue: float,
+        worker: Worker,
+        finished: Callable[[], tuple[float, int]] | None,
+    ) -> Measurement:
+        receiver = self.ctx.receiver
+        before = receiver.snapshot().count
+        cpu_before = self.ctx.cpu_seconds(worker.pid)
+        start = time.time()
+        self.stack.control.resume(worker)
+        snap = receiver.wait_for(before + count, timeout=30 + count * TIMEOUT_PER_DELIVERY)
+        if finished is None:
+            end, delivered = snap.last_at, count
+        else:
+            end, delivered = finished()
+        cpu = self.ctx.cpu_seconds(worker.pid) - cpu_before
+        # Let stragglers (duplicates, retries) show up in the request count.
+        time.sleep(0.2)
+        seconds = end - start
+        return Measurement(
+            contender=label,
+            run=run,
+            deliveries=count,
+            seconds=round(seconds, 4),
+            rate=count / seconds,
+            enqueue_rate=count / enqueue,
+            cpu_ms=cpu * 1000 / count,
+            requests=receiver.snapshot().count - before,
+            delivered=delivered,
+        )
+
+
+def run(ctx: BenchContext) -> SectionResult:
+    cfg = ctx.config
+    result = SectionResult(
+        "e2e",
+        TITLE,
+        [
+            "contender",
+            "deliveries/s",
+            "ours / this",
+            "worker CPU ms/delivery",
+            "enqueue msgs/s",
+            "requests / delivered",
+        ],
+    )
+    measurements: dict[str, list[Measurement]] = {OURS: [], POST: [], SESSION: []}
+    with delivery_stack(
+        ctx.processes,
+        ctx.workdir / "e2e",
+        broker_url=ctx.redis.url,
+        database_url=ctx.sqlite_url("e2e"),
+        queue="bench-delivery",
+    ) as stack:
+        ours_config = _our_settings()
+        ours = stack.start_worker("ours", cfg.concurrency)
+        base = stack.start_baseline_worker("baseline", cfg.concurrency, BASELINE_QUEUE)
+        runner = _Runner(ctx, stack, ours, base)
+        try:
+            # Warm up: imports, connections, the channel cache; not measured.
+            warm = min(200, cfg.deliveries)
+            runner.ours_run(-1, warm)
+            runner.baseline_run(-1, warm, baseline_app.POST_TASK, POST)
+            runner.baseline_run(-1, warm, baseline_app.SESSION_TASK, SESSION)
+            contenders: list[Callable[[int], Measurement]] = [
+                lambda r: runner.ours_run(r, cfg.deliveries),
+                lambda r: runner.baseline_run(r, cfg.deliveries, baseline_app.POST_TASK, POST),
+                lambda r: runner.baseline_run(
+                    r, cfg.deliveries, baseline_app.SESSION_TASK, SESSION
+                ),
+            ]
+            for r in range(cfg.runs):
+                shift = r % len(contenders)
+                for measure in contenders[shift:] + contenders[:shift]:
+                    m = measure(r)
+                    measurements[m.contender].append(m)
+        finally:
+            runner.close()
+            stack.stop_worker(ours)
+            stack.stop_worker(base)
+    _summarise(ctx, result, measurements, ours_config)
+    return result
+
+
+#: Celery settings shown side by side for the two workers.
+_SHOWN = (
+    "broker_transport",
+    "worker_pool",
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "worker_prefetch_multiplier",
+    "task_ignore_result",
+    "worker_send_task_events",
+    "task_send_sent_event",
+    "broker_transport_options",
+)
+
+
+def _our_settings() -> dict[str, Any]:
+    """Our worker's Celery settings, from the same function ``delivery worker`` uses."""
+    from delivery.broker import celery_config
+    from schemas import get_settings
+
+    config = celery_config(get_settings())
+    return {key: config.get(key) for key in _SHOWN if key in config}
+
+
+def _baseline_settings() -> dict[str, Any]:
+    config = baseline_app.app.conf
+    return {key: config.get(key) for key in _SHOWN}
+
+
+def _summarise(
+    ctx: BenchContext,
+    result: SectionResult,
+    measurements: dict[str, list[Measurement]],
+    ours_config: dict[str, Any],
+) -> None:
+    cfg = ctx.config
+    ours = measurements[OURS]
+    ratios = {
+        label: Spread.of([o.rate / b.rate for o, b in zip(ours, measurements[label], strict=True)])
+        for label in (POST, SESSION)
+    }
+    for label, ms in measurements.items():
+        rate = Spread.of([m.rate for m in ms])
+        ratio = "1.00" if label == OURS else ratios[label].format(2, "x")
+        result.add_row(
+            label,
+            rate.format(0),
+            ratio,
+            Spread.of([m.cpu_ms for m in ms]).format(2),
+            Spread.of([m.enqueue_rate for m in ms]).format(0),
+            f"{sum(m.requests for m in ms)} / {sum(m.delivered for m in ms)}",
+        )
+    fastest = max(m.rate for ms in measurements.values() for m in ms)
+    ceiling = ctx.shared.get("receiver_ceiling", 0.0)
+    result.notes += [
+        f"N = {cfg.deliveries} deliveries per run, {cfg.runs} runs, order rotated per run; "
+        "median (min-max); 'ours / this' is the ratio within each run.",
+        f"both workers: same redis-server ({ctx.redis.url}), --pool threads, "
+        f"--concurrency {cfg.concurrency}, task_acks_late, task_reject_on_worker_lost, "
+        "worker_prefetch_multiplier=1, JSON, ignore_result; own queues "
+        f"(bench-delivery, {BASELINE_QUEUE}).",
+        f"ours, from delivery.broker.celery_config: {_describe(ours_config)}.",
+        f"baseline (bench/baseline_app.py): {_describe(_baseline_settings())}; no log, "
+        "no signing (a bare task: what ours adds is what is measured).",
+        "timed from 'resume consuming' (queue pre-filled) to the last delivered_at in the log "
+        "(ours) or the receiver's last request (baseline).",
+        f"receiver ceiling {ceiling:,.0f} req/s = {ceiling / fastest:.0f}x the fastest "
+        "contender, so it is not the bottleneck.",
+    ]
+    post = ratios[POST]
+    result.targets.append(
+        Target(
+            "end-to-end vs Celery + requests.post",
+            ">= 1.0x (aim 1.5x)",
+            post.format(2, "x", markup=False),
+            post.median >= 1.0,
+        )
+    )
+    ctx.shared["e2e_ours_rate"] = Spread.of([m.rate for m in ours]).median
+    ctx.shared["e2e_post_rate"] = Spread.of([m.rate for m in measurements[POST]]).median
+    result.data = {
+        "measurements": {k: [asdict(m) for m in v] for k, v in measurements.items()},
+        "ratio_vs_post": asdict(ratios[POST]),
+        "ratio_vs_session": asdict(ratios[SESSION]),
+        "ours_settings": ours_config,
+        "baseline_settings": _baseline_settings(),
+    }
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
