@@ -176,19 +176,20 @@ class ChannelStore:
             breaker_open_until=row.breaker_open_until,
         )
 
-    def gate(self, name: str, *, now: datetime, probe_interval: float) -> datetime | None:
-        """None if a delivery may be sent now (perhaps as the breaker's probe); otherwise
-        when to look again."""
+    def gate(
+        self, name: str, *, now: datetime, probe_interval: float
+    ) -> tuple[datetime | None, bool]:
+        """When to look again (None: send now), and whether this send is the breaker's probe."""
         with self._sessions.begin() as session:
             row = session.get(ChannelRow, name)
             if row is None:
-                return None  # removed meanwhile: sending will say so
+                return None, False  # removed meanwhile: sending will say so
             if row.paused:
-                return now + timedelta(seconds=probe_interval)
+                return now + timedelta(seconds=probe_interval), False
             if row.breaker_open_until is None:
-                return None
+                return None, False
             if row.breaker_open_until > now:
-                return row.breaker_open_until
+                return row.breaker_open_until, False
             # Due for a probe: whoever moves the deadline on first sends it.
             probe = session.execute(
                 update(ChannelRow)
@@ -196,7 +197,7 @@ class ChannelStore:
                 .values(breaker_open_until=now + timedelta(seconds=probe_interval))
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
-            return None if probe else now + timedelta(seconds=probe_interval)
+            return (None, True) if probe else (now + timedelta(seconds=probe_interval), False)
 
     def set_paused(self, name: str, paused: bool) -> bool:
         """Pause or resume a channel; resuming also closes its breaker. False if unknown."""

@@ -272,7 +272,8 @@ class DeliveryLog:
             d.attempt_count == bindparam("p_number"),
         )
         self._move_on = update(d).where(held).values(
-            status=bindparam("p_status"), updated_at=now, lease_until=None,
+            status=bindparam("p_status"),
+            attempt_base=bindparam("p_attempt_base"), updated_at=now, lease_until=None,
             next_attempt_at=bindparam("p_next_attempt_at"), last_error=bindparam("p_error"),
             swept_at=bindparam("p_swept_at"),
             dispatcher=func.coalesce(bindparam("p_dispatcher"), d.dispatcher),
@@ -413,6 +414,7 @@ class DeliveryLog:
                     "p_id": claim.delivery_id,
                     "p_number": claim.attempt,
                     "p_status": status,
+                    "p_attempt_base": claim.attempt_base,
                     "p_now": now,
                     "p_next_attempt_at": result.next_attempt_at,
                     "p_error": result.error,

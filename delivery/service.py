@@ -1,5 +1,6 @@
 """Deliver one message: claim it in the log, send it, record the attempt, decide what next."""
 
+import dataclasses
 import logging
 import os
 import random
@@ -139,31 +140,35 @@ class DeliveryService:
             return Decision("requeue", countdown=countdown)
         return Decision("done")
 
-    def _held(self, channel: Channel, claim: Claim) -> Decision | None:
+    def _held(self, channel: Channel, claim: Claim) -> tuple[Decision | None, Claim]:
         """A decision to wait when the channel is paused, its breaker open or its rate
-        limit reached; None to send now."""
+        limit reached (None to send now), and the claim to send with."""
         now = utcnow()
         # The cached channel may be seconds old; a retry means the provider has been
         # failing, so ask the log whether the breaker has opened meanwhile.
         if channel.may_be_held or claim.attempt - claim.attempt_base > 1:
-            until = self.dispatchers.channels.gate(
+            until, probe = self.dispatchers.channels.gate(
                 channel.name, now=now, probe_interval=self.settings.breaker_probe_interval
             )
+            if probe:
+                # The probe tests the provider for everyone: it does not spend one of this
+                # delivery's attempts, so a failed probe never fails the delivery.
+                claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
             if until is not None:
                 # Spread the waiting deliveries out so the reopening is not a stampede.
                 until += timedelta(
                     seconds=random.uniform(0, min(30.0, self.settings.breaker_probe_interval / 2))
                 )
-                return self._release(claim, until)
+                return self._release(claim, until), claim
         if channel.rate_limit:
             wait, reserved = self.limiter.reserve(
                 channel.name, parse_rate_limit(channel.rate_limit), max_wait=MAX_RATE_WAIT
             )
             if not reserved:
-                return self._release(claim, now + timedelta(seconds=wait))
+                return self._release(claim, now + timedelta(seconds=wait)), claim
             if wait > 0:
                 time.sleep(wait)
-        return None
+        return None, claim
 
     def _release(self, claim: Claim, until: datetime) -> Decision:
         self.log.release(
@@ -178,7 +183,7 @@ class DeliveryService:
         breaker_failure = False
         try:
             channel, dispatcher = self.dispatchers.get(envelope.channel)
-            held = self._held(channel, claim)
+            held, claim = self._held(channel, claim)
             if held is not None:
                 return held
             started, clock = utcnow(), time.perf_counter()

@@ -180,3 +180,28 @@ def test_rate_limit_spaces_sends(settings: Settings, httpserver: HTTPServer) -> 
         minutes=50
     )
     assert len(httpserver.log) == 1
+
+
+def test_a_failed_probe_does_not_spend_the_deliverys_attempts(
+    settings: Settings, httpserver: HTTPServer
+) -> None:
+    log = DeliveryLog.from_settings(settings)
+    registry = DispatcherRegistry.from_installed()
+    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
+    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1))
+    tight = settings.model_copy(update={"breaker_threshold": 1, "breaker_probe_interval": 1000})
+    service = DeliveryService(tight, log, Dispatchers(channels, registry, ttl=0))
+    httpserver.expect_request("/h").respond_with_data("", status=503)
+    url = httpserver.url_for("/h")
+    # Given a delivery whose first attempt opened the breaker
+    service.deliver(envelope(url))
+    with log.engine.begin() as conn:  # the probe is due, and so is the delivery
+        conn.exec_driver_sql("UPDATE channels SET breaker_open_until = '2000-01-01 00:00:00'")
+        conn.exec_driver_sql("UPDATE deliveries SET next_attempt_at = NULL")
+    # When its second, last, attempt goes as the breaker's probe and fails
+    decision = service.deliver(envelope(url))
+    # Then the delivery waits for the provider rather than failing
+    record = log.get("d1")
+    assert record is not None and record.status == "retrying", decision
+    assert [a.outcome for a in record.attempts] == ["retry", "retry"]
+    assert len(httpserver.log) == 2
