@@ -182,6 +182,8 @@ class DeliveryLog:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
+        # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
+        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
         # SQLite has one writer at a time; threads of one process queue here instead of in
         # SQLite's busy handler, which sleeps in growing steps and wastes the wait.
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
@@ -198,13 +200,8 @@ class DeliveryLog:
         with self._write_lock, self.engine.begin() as connection:
             yield connection
 
-    def _insert(self) -> Any:
-        # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert
-
     def _build_statements(self) -> None:
-        insert = self._insert()
+        insert = self._insert
         d, a = DeliveryRow, AttemptRow
         now: Any = bindparam("p_now")
         lease_until: Any = bindparam("p_lease_until")
@@ -498,7 +495,7 @@ class DeliveryLog:
         now = now or utcnow()
         with self._write_lock, self._sessions.begin() as session:
             session.execute(
-                self._insert()(DeliveryRow)
+                self._insert(DeliveryRow)
                 .values(
                     id=delivery_id,
                     channel=channel[:64],

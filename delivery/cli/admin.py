@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from delivery.cli import app, fail, out, print_json, user_errors
+from delivery.cli import app, fail, out, print_json
 from delivery.cli.context import registry
 from delivery.crypto import generate_key
 from delivery.db import get_engine
@@ -26,14 +26,11 @@ def db_upgrade(revision: str = "head") -> None:
     """Create or update the delivery log's tables (Alembic migrations)."""
     settings = get_settings()
     url = settings.resolved_database_url
-    with user_errors():
-        try:
-            get_engine(url)  # creates the SQLite folder when needed
-            upgrade(url, revision)
-        except Exception as exc:  # noqa: BLE001 - any driver error becomes a message
-            fail(
-                f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            )
+    try:
+        get_engine(url)  # creates the SQLite folder when needed
+        upgrade(url, revision)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes a message
+        fail(f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     out.print(f"delivery log at [bold]{_safe(url)}[/] is up to date")
 
 
