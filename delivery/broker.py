@@ -6,6 +6,8 @@ from schemas import Settings
 
 #: The delivery task, published by name so the producer never imports the worker.
 DELIVER_TASK = "delivery.deliver"
+#: Many deliveries in one task message: what ``send_many`` publishes.
+DELIVER_BATCH_TASK = "delivery.deliver_batch"
 #: The periodic task that re-enqueues what the log says is due.
 SWEEP_TASK = "delivery.sweep"
 
@@ -30,6 +32,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.queue,
         "task_routes": {
             DELIVER_TASK: {"queue": settings.queue},
+            DELIVER_BATCH_TASK: {"queue": settings.queue},
             SWEEP_TASK: {"queue": settings.queue},
         },
         "beat_schedule": {

@@ -174,6 +174,24 @@ class AttemptResult:
     next_attempt_at: datetime | None = None
 
 
+_STATUS_AFTER = {
+    Outcome.DELIVERED: Status.DELIVERED,
+    Outcome.RETRY: Status.RETRYING,
+    Outcome.FAILED: Status.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An attempt that has ended, to be recorded."""
+
+    claim: Claim
+    result: AttemptResult
+    dispatcher: str | None = None
+    #: A retry that waits in the broker: the sweep leaves it alone for now.
+    parked: bool = False
+
+
 class DeliveryLog:
     """Every write is one short transaction of prebuilt statements: this is the worker's
     hot path, and building SQL expressions per delivery costs more than running them."""
@@ -217,8 +235,9 @@ class DeliveryLog:
                 created_at=now, updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["id"])
-            .returning(d.attempt_count)
         )  # fmt: skip
+        self._insert_claimed_ids = self._insert_claimed.returning(d.id)
+        self._insert_claimed = self._insert_claimed.returning(d.attempt_count)
         claimable = or_(
             d.status == Status.QUEUED,
             and_(
@@ -298,58 +317,96 @@ class DeliveryLog:
         """
         now = now or utcnow()
         lease_until = now + timedelta(seconds=lease)
-        deferred = envelope.not_before is not None and envelope.not_before > now + DUE_SLACK
+        params = self._new_row(envelope, now, lease_until)
         with self._write() as connection:
-            inserted = connection.execute(
-                self._insert_claimed,
-                {
-                    "p_id": envelope.id,
-                    "p_channel": envelope.channel,
-                    "p_address": envelope.address,
-                    "p_payload": envelope.payload.model_dump(mode="json"),
-                    "p_idempotency_key": envelope.idempotency_key,
-                    # A deferred delivery waits in the log until due; the sweep sends it.
-                    "p_status": Status.RETRYING if deferred else Status.SENDING,
-                    "p_next_attempt_at": envelope.not_before if deferred else None,
-                    "p_lease_until": None if deferred else lease_until,
-                    "p_attempt_count": 0 if deferred else 1,
-                    "p_now": now,
-                },
-            ).first()
-            if inserted is not None and not deferred:
+            inserted = connection.execute(self._insert_claimed, params).first()
+            if inserted is not None and params["p_status"] == Status.SENDING:
                 return Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
-            taken = connection.execute(
-                self._take,
-                {
-                    "p_id": envelope.id,
-                    "p_now": now,
-                    "p_due_by": now + DUE_SLACK,
-                    "p_lease_until": lease_until,
-                },
-            ).first()
-            if taken is not None:
-                number, base = taken[0], taken[1]
-                if number > 1:
-                    # The attempt before, if unrecorded, belonged to a worker that died.
-                    connection.execute(
-                        self._mark_interrupted,
-                        {"p_id": envelope.id, "p_number": number - 1, "p_now": now},
+            return self._claim_existing(connection, envelope.id, now, lease_until)
+
+    def claim_many(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        lease: float,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """``claim`` for a batch in one transaction: new deliveries in one statement.
+
+        A delivery id that appears twice in ``envelopes`` is claimed once; its later copies
+        come back ``DONE``, since the first copy is the one that sends.
+        """
+        now = now or utcnow()
+        lease_until = now + timedelta(seconds=lease)
+        rows = [self._new_row(e, now, lease_until) for e in envelopes]
+        claims: list[Claim] = []
+        seen: set[str] = set()
+        with self._write() as connection:
+            # One multi-row INSERT; a conflicting id (a copy seen before) returns nothing.
+            inserted = set(connection.execute(self._insert_claimed_ids, rows).scalars())
+            for envelope, row in zip(envelopes, rows, strict=True):
+                if envelope.id in seen:
+                    claims.append(Claim(ClaimState.DONE, envelope.id, status="duplicate"))
+                elif envelope.id in inserted and row["p_status"] == Status.SENDING:
+                    claims.append(
+                        Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
                     )
-                return Claim(ClaimState.CLAIMED, envelope.id, number, base, status=Status.SENDING)
-            row = connection.execute(self._state, {"p_id": envelope.id}).one()
+                else:
+                    claims.append(self._claim_existing(connection, envelope.id, now, lease_until))
+                seen.add(envelope.id)
+        return claims
+
+    @staticmethod
+    def _new_row(envelope: Envelope, now: datetime, lease_until: datetime) -> dict[str, Any]:
+        """Parameters of the row a new delivery is inserted as: claimed, unless deferred."""
+        deferred = envelope.not_before is not None and envelope.not_before > now + DUE_SLACK
+        return {
+            "p_id": envelope.id,
+            "p_channel": envelope.channel,
+            "p_address": envelope.address,
+            "p_payload": envelope.payload.model_dump(mode="json"),
+            "p_idempotency_key": envelope.idempotency_key,
+            # A deferred delivery waits in the log until due; the sweep sends it.
+            "p_status": Status.RETRYING if deferred else Status.SENDING,
+            "p_next_attempt_at": envelope.not_before if deferred else None,
+            "p_lease_until": None if deferred else lease_until,
+            "p_attempt_count": 0 if deferred else 1,
+            "p_now": now,
+        }
+
+    def _claim_existing(
+        self, connection: Connection, delivery_id: str, now: datetime, lease_until: datetime
+    ) -> Claim:
+        """Take a delivery already in the log, or say why not, inside ``connection``'s
+        transaction."""
+        taken = connection.execute(
+            self._take,
+            {"p_id": delivery_id, "p_now": now, "p_due_by": now + DUE_SLACK,
+             "p_lease_until": lease_until},
+        ).first()  # fmt: skip
+        if taken is not None:
+            number, base = taken[0], taken[1]
+            if number > 1:
+                # The attempt before, if unrecorded, belonged to a worker that died.
+                connection.execute(
+                    self._mark_interrupted,
+                    {"p_id": delivery_id, "p_number": number - 1, "p_now": now},
+                )
+            return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
+        row = connection.execute(self._state, {"p_id": delivery_id}).one()
         if row.status in (Status.DELIVERED, Status.FAILED):
-            return Claim(ClaimState.DONE, envelope.id, row.attempt_count, status=row.status)
+            return Claim(ClaimState.DONE, delivery_id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
             return Claim(
                 ClaimState.BUSY,
-                envelope.id,
+                delivery_id,
                 row.attempt_count,
                 wake_at=row.lease_until,
                 status=row.status,
             )
         return Claim(
             ClaimState.NOT_DUE,
-            envelope.id,
+            delivery_id,
             row.attempt_count,
             wake_at=row.next_attempt_at,
             status=row.status,
@@ -380,16 +437,27 @@ class DeliveryLog:
         ``health`` runs in the same transaction: the channel's circuit-breaker bookkeeping.
         ``parked`` says a retry waits in the broker, so the sweep leaves it alone for now.
         """
-        status = {
-            Outcome.DELIVERED: Status.DELIVERED,
-            Outcome.RETRY: Status.RETRYING,
-            Outcome.FAILED: Status.FAILED,
-        }[result.outcome]
-        now = result.started_at + timedelta(milliseconds=result.duration_ms)
-        delivered = result.outcome is Outcome.DELIVERED
-        with self._write() as connection:
-            connection.execute(
-                self._record_attempt,
+        ended = Finished(claim, result, dispatcher=dispatcher, parked=parked)
+        return self.finish_many([ended], worker=worker, health=[health] if health else []) == 1
+
+    def finish_many(
+        self,
+        finished: Sequence["Finished"],
+        *,
+        worker: str | None,
+        health: Sequence[Callable[[Connection], None]] = (),
+    ) -> int:
+        """``finish`` for a batch in one transaction. Returns how many deliveries moved on
+        (fewer than given if some leases were lost meanwhile)."""
+        if not finished:
+            return 0
+        attempts: list[dict[str, Any]] = []
+        moves: list[dict[str, Any]] = []
+        for ended in finished:
+            claim, result = ended.claim, ended.result
+            now = result.started_at + timedelta(milliseconds=result.duration_ms)
+            delivered = result.outcome is Outcome.DELIVERED
+            attempts.append(
                 {
                     "p_id": claim.delivery_id,
                     "p_number": claim.attempt,
@@ -401,27 +469,29 @@ class DeliveryLog:
                     "p_provider_ref": result.provider_ref,
                     "p_detail": result.detail or None,
                     "p_worker": worker,
-                },
+                }
             )
-            if health is not None:
-                health(connection)
-            moved = connection.execute(
-                self._move_on,
+            moves.append(
                 {
                     "p_id": claim.delivery_id,
                     "p_number": claim.attempt,
-                    "p_status": status,
+                    "p_status": _STATUS_AFTER[result.outcome],
                     "p_attempt_base": claim.attempt_base,
                     "p_now": now,
                     "p_next_attempt_at": result.next_attempt_at,
                     "p_error": result.error,
-                    "p_swept_at": now if parked else None,
-                    "p_dispatcher": dispatcher,
+                    "p_swept_at": now if ended.parked else None,
+                    "p_dispatcher": ended.dispatcher,
                     "p_delivered_at": now if delivered else None,
                     "p_provider_ref": result.provider_ref if delivered else None,
-                },
-            ).rowcount
-        return bool(moved)
+                }
+            )
+        with self._write() as connection:
+            connection.execute(self._record_attempt, attempts)
+            for apply in health:
+                apply(connection)
+            moved: int = connection.execute(self._move_on, moves).rowcount
+        return moved
 
     def sweep(
         self, *, now: datetime, horizon: float, grace: float, resweep: float, limit: int = 1000

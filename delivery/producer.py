@@ -8,22 +8,46 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from delivery.broker import DELIVER_TASK, celery_config
+from delivery.broker import DELIVER_BATCH_TASK, DELIVER_TASK, celery_config
 from delivery.errors import PublishError
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Namespace for delivery ids derived from ``(channel, idempotency_key)``.
 DELIVERY_NAMESPACE = uuid.UUID("6f0c8d52-3f0e-4a59-9d1c-6c2b4e1a7d30")
-#: Messages per broker round trip in ``send_many``.
-BATCH_SIZE = 500
+#: Task messages per broker round trip.
+PIPELINE_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    name: str
+    args: list[Any]
+    task_id: str
+    countdown: float | None = None
+
+
+def batches(items: Sequence[T], *, size: int, spread: int) -> list[Sequence[T]]:
+    """``items`` in consecutive groups of at most ``size``, evenly filled, and at least
+    ``spread`` groups (when there are that many items), so a small bulk send still keeps
+    a worker's threads busy instead of queueing behind one of them."""
+    if not items:
+        return []
+    count = max(-(-len(items) // size), min(len(items), spread))
+    step, extra = divmod(len(items), count)
+    groups: list[Sequence[T]] = []
+    start = 0
+    for index in range(count):
+        end = start + step + (1 if index < extra else 0)
+        groups.append(items[start:end])
+        start = end
+    return groups
 
 
 def delivery_id(channel: str, idempotency_key: str | None) -> str:
@@ -66,31 +90,37 @@ class Publisher:
             m.countdown if not e.not_before else None
             for m, e in zip(messages, envelopes, strict=True)
         ]
-        self.publish_envelopes(envelopes, countdowns)
+        self.publish_envelopes(envelopes, countdowns, batch=True)
         return [
             Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key)
             for e in envelopes
         ]
 
     def publish_envelopes(
-        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None] | None = None
+        self,
+        envelopes: Sequence[Envelope],
+        countdowns: Sequence[float | None] | None = None,
+        *,
+        batch: bool = False,
     ) -> None:
-        """Publish task messages, retrying the whole batch until ``publish_timeout``.
+        """Publish task messages, retrying the whole lot until ``publish_timeout``.
 
-        Retrying is safe: ids are fixed before the first try, so a copy that did reach
-        the broker is recognised by the workers and sent once.
+        With ``batch``, deliveries due now travel ``batch_size`` to a task message (see
+        ``batches``); each one with a countdown gets a task of its own, as it waits in the
+        broker. Retrying is safe: ids are fixed before the first try, so a copy that did
+        reach the broker is recognised by the workers and sent once.
 
         Raises:
             PublishError: the broker stayed unreachable.
         """
         delays = list(countdowns) if countdowns is not None else [None] * len(envelopes)
+        tasks = self._tasks(envelopes, delays, batch=batch)
         deadline = time.monotonic() + self.settings.publish_timeout
         pause = 0.1
         while True:
             try:
-                for start in range(0, len(envelopes), BATCH_SIZE):
-                    end = start + BATCH_SIZE
-                    self._publish_batch(envelopes[start:end], delays[start:end])
+                for start in range(0, len(tasks), PIPELINE_SIZE):
+                    self._publish_tasks(tasks[start : start + PIPELINE_SIZE])
                 return
             except Exception as exc:  # noqa: BLE001 - each transport raises its own errors
                 if not _is_connection_error(exc) or time.monotonic() + pause > deadline:
@@ -104,24 +134,43 @@ class Publisher:
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
-    def _publish_batch(
-        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None]
-    ) -> None:
-        with self.app.producer_or_acquire() as producer:
-            if len(envelopes) == 1:
-                self._send_one(producer, envelopes[0], countdowns[0])
-                return
-            # One pipelined round trip per batch where the transport supports it (Redis).
-            with producer.batch(max_size=len(envelopes)):
-                for envelope, countdown in zip(envelopes, countdowns, strict=True):
-                    self._send_one(producer, envelope, countdown)
+    def _tasks(
+        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None], *, batch: bool
+    ) -> list["_Task"]:
+        singles = [
+            _Task(DELIVER_TASK, [e.model_dump(mode="json")], e.id, c)
+            for e, c in zip(envelopes, countdowns, strict=True)
+            if not batch or c
+        ]
+        if not batch:
+            return singles
+        due = [e for e, c in zip(envelopes, countdowns, strict=True) if not c]
+        for group in batches(
+            due, size=self.settings.batch_size, spread=self.settings.worker_concurrency
+        ):
+            if len(group) == 1:
+                singles.append(_Task(DELIVER_TASK, [group[0].model_dump(mode="json")], group[0].id))
+            else:
+                body = [e.model_dump(mode="json") for e in group]
+                singles.append(_Task(DELIVER_BATCH_TASK, [body], str(uuid.uuid4())))
+        return singles
 
-    def _send_one(self, producer: Any, envelope: Envelope, countdown: float | None) -> None:
+    def _publish_tasks(self, tasks: Sequence["_Task"]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            if len(tasks) == 1:
+                self._send(producer, tasks[0])
+                return
+            # One pipelined round trip where the transport supports it (Redis).
+            with producer.batch(max_size=len(tasks)):
+                for task in tasks:
+                    self._send(producer, task)
+
+    def _send(self, producer: Any, task: "_Task") -> None:
         self.app.send_task(
-            DELIVER_TASK,
-            args=[envelope.model_dump(mode="json")],
-            task_id=envelope.id,
-            countdown=countdown,
+            task.name,
+            args=task.args,
+            task_id=task.task_id,
+            countdown=task.countdown,
             producer=producer,
             retry=False,
         )

@@ -98,6 +98,19 @@ class Channel(kombu_redis.Channel):
         self._alive_at = 0.0
         #: The item being delivered and its in-flight list, for QoS.append to clear.
         self.taken_item: tuple[str, bytes] | None = None
+        self._sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis client for every publish, acknowledgement and event;
+        # the client is thread-safe and costs nothing to keep, but a good deal to build.
+        # It is rebuilt when kombu replaces the connection pool (after a reconnect).
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
 
     # -- taking messages -------------------------------------------------------------
 

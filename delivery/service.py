@@ -7,6 +7,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -22,7 +23,7 @@ from delivery.errors import (
     UnknownChannel,
     UnknownDispatcher,
 )
-from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, utcnow
+from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished, utcnow
 from delivery.models import Outcome
 from delivery.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.registry import DispatcherRegistry
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 MAX_RATE_WAIT = 2.0
 #: How long a worker trusts its cached copy of a channel before checking for changes.
 CHANNEL_TTL = 5.0
+#: Longest a batch of deliveries runs before the rest goes one task each.
+BATCH_BUDGET = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,19 @@ class Decision:
     action: Literal["done", "requeue"]
     countdown: float = 0.0
     outcome: Outcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An attempt that has ended, with what deciding and recording it needs."""
+
+    envelope: Envelope
+    ended: Finished
+    channel: Channel | None
+    #: A failure that counts towards the channel's circuit breaker.
+    breaker_failure: bool
+    #: For a retry: seconds until it is due.
+    countdown: float
 
 
 class Dispatchers:
@@ -114,6 +130,9 @@ class DeliveryService:
         self.limiter = limiter or LocalRateLimiter()
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        #: Seconds a batch may run before handing the rest back as single tasks: well
+        #: inside the lease, and short enough that a slow provider delays few others.
+        self.batch_budget = min(BATCH_BUDGET, settings.lease_seconds / 4)
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -126,14 +145,54 @@ class DeliveryService:
     def deliver(self, envelope: Envelope) -> Decision:
         """Send one delivery unless it is done or held elsewhere, and record the attempt."""
         claim = self.log.claim(envelope, lease=self.settings.lease_seconds)
+        if claim.state is not ClaimState.CLAIMED:
+            return self._unclaimed(envelope, claim)
+        ended = self._attempt(envelope, claim)
+        if isinstance(ended, Decision):
+            return ended
+        return self._record([ended])[0]
+
+    def deliver_many(self, envelopes: Sequence[Envelope]) -> list[Decision]:
+        """Deliver a batch: claimed in one transaction, sent one after another, recorded
+        in one transaction.
+
+        Batching is for the common case only. After a retryable failure on a channel, and
+        once the batch has run for ``batch_budget`` seconds, the rest is handed back
+        unspent (``requeue`` at once) to go one task each, where a slow or failing
+        provider holds up no other delivery and the circuit breaker sees every attempt.
+        """
+        claims = self.log.claim_many(envelopes, lease=self.settings.lease_seconds)
+        decisions: list[Decision | None] = [None] * len(envelopes)
+        ended: list[tuple[int, Attempt]] = []
+        troubled: set[str] = set()
+        tried = False
+        deadline = time.monotonic() + self.batch_budget
+        for index, (envelope, claim) in enumerate(zip(envelopes, claims, strict=True)):
+            if claim.state is not ClaimState.CLAIMED:
+                decisions[index] = self._unclaimed(envelope, claim)
+            elif envelope.channel in troubled or (tried and time.monotonic() > deadline):
+                decisions[index] = self._release(claim, utcnow())
+            else:
+                # However slow the provider, each batch sends at least one: progress.
+                tried = True
+                outcome = self._attempt(envelope, claim)
+                if isinstance(outcome, Decision):
+                    decisions[index] = outcome
+                else:
+                    ended.append((index, outcome))
+                    if outcome.breaker_failure:
+                        troubled.add(envelope.channel)
+        for (index, _), decision in zip(ended, self._record([a for _, a in ended]), strict=True):
+            decisions[index] = decision
+        return [d if d is not None else Decision("done") for d in decisions]
+
+    def _unclaimed(self, envelope: Envelope, claim: Claim) -> Decision:
         if claim.state is ClaimState.DONE:
             logger.info("delivery %s is already %s; skipping", envelope.id, claim.status)
             return Decision("done")
-        if claim.state is not ClaimState.CLAIMED:
-            # Held by another worker, or not due yet: look again then if that is soon;
-            # otherwise the sweep re-enqueues it when the time comes.
-            return self._later(_seconds_until(claim.wake_at))
-        return self._attempt(envelope, claim)
+        # Held by another worker, or not due yet: look again then if that is soon;
+        # otherwise the sweep re-enqueues it when the time comes.
+        return self._later(_seconds_until(claim.wake_at))
 
     def _later(self, countdown: float) -> Decision:
         if countdown <= self.settings.delay_limit:
@@ -176,7 +235,8 @@ class DeliveryService:
         )
         return self._later(_seconds_until(until))
 
-    def _attempt(self, envelope: Envelope, claim: Claim) -> Decision:
+    def _attempt(self, envelope: Envelope, claim: Claim) -> "Attempt | Decision":
+        """Send once; the ended attempt, or a decision to wait if the channel holds it."""
         started = utcnow()
         clock = time.perf_counter()
         channel: Channel | None = None
@@ -211,48 +271,69 @@ class DeliveryService:
                 provider_ref=sent.provider_ref,
                 detail=sent.detail,
             )
-        return self._record(envelope, claim, result, channel, breaker_failure)
-
-    def _record(
-        self,
-        envelope: Envelope,
-        claim: Claim,
-        result: AttemptResult,
-        channel: Channel | None,
-        breaker_failure: bool,
-    ) -> Decision:
-        health = None
-        if channel is not None and result.outcome is Outcome.DELIVERED:
-            health = record_success(channel.name)
-        elif channel is not None and breaker_failure:
-            health = record_failure(
-                channel.name,
-                now=utcnow(),
-                threshold=self.settings.breaker_threshold,
-                probe_interval=self.settings.breaker_probe_interval,
-            )
         countdown = _seconds_until(result.next_attempt_at) if result.next_attempt_at else 0.0
-        parked = result.outcome is Outcome.RETRY and countdown <= self.settings.delay_limit
-        recorded = self.log.finish(
-            claim,
-            result,
-            dispatcher=channel.dispatcher if channel else None,
-            worker=self.worker_name,
-            health=health,
-            parked=parked,
+        return Attempt(
+            envelope=envelope,
+            ended=Finished(
+                claim,
+                result,
+                dispatcher=channel.dispatcher if channel else None,
+                parked=result.outcome is Outcome.RETRY and countdown <= self.settings.delay_limit,
+            ),
+            channel=channel,
+            breaker_failure=breaker_failure,
+            countdown=countdown,
         )
-        if not recorded:
+
+    def _record(self, attempts: Sequence["Attempt"]) -> list[Decision]:
+        """Record ended attempts in one transaction, with the breakers' bookkeeping."""
+        if not attempts:
+            return []
+        health = []
+        succeeded: set[str] = set()
+        for attempt in attempts:
+            if attempt.channel is None:
+                continue
+            name = attempt.channel.name
+            if attempt.ended.result.outcome is Outcome.DELIVERED:
+                # One reset per channel and batch closes the breaker as well as many.
+                if name not in succeeded:
+                    succeeded.add(name)
+                    health.append(record_success(name))
+            elif attempt.breaker_failure:
+                health.append(
+                    record_failure(
+                        name,
+                        now=utcnow(),
+                        threshold=self.settings.breaker_threshold,
+                        probe_interval=self.settings.breaker_probe_interval,
+                    )
+                )
+        moved = self.log.finish_many(
+            [a.ended for a in attempts], worker=self.worker_name, health=health
+        )
+        if moved < len(attempts):
             logger.warning(
-                "delivery %s: lease lost before attempt %s was recorded", envelope.id, claim.attempt
+                "%d of %d attempts ended after their lease was lost (delivery %s%s)",
+                len(attempts) - moved,
+                len(attempts),
+                attempts[0].envelope.id,
+                " and others" if len(attempts) > 1 else "",
             )
-        logger.info("delivery %s attempt %s: %s", envelope.id, claim.attempt, result.outcome.value)
-        if result.outcome is Outcome.RETRY:
-            return (
-                Decision("requeue", countdown=countdown, outcome=result.outcome)
-                if parked
-                else Decision("done", outcome=result.outcome)
+        decisions = []
+        for attempt in attempts:
+            outcome = attempt.ended.result.outcome
+            logger.info(
+                "delivery %s attempt %s: %s",
+                attempt.envelope.id,
+                attempt.ended.claim.attempt,
+                outcome.value,
             )
-        return Decision("done", outcome=result.outcome)
+            if outcome is Outcome.RETRY and attempt.ended.parked:
+                decisions.append(Decision("requeue", countdown=attempt.countdown, outcome=outcome))
+            else:
+                decisions.append(Decision("done", outcome=outcome))
+        return decisions
 
     def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:
         return AttemptResult(

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     task_events: bool = True
     worker_concurrency: int = Field(default=16, ge=1, le=1000)
     queue: str = "delivery"
+    #: Deliveries per task message from ``send_many`` (1: one task each). A batch is
+    #: claimed and recorded in one transaction each and costs the broker one message;
+    #: small sends are still spread over ``worker_concurrency`` tasks.
+    batch_size: int = Field(default=25, ge=1, le=500)
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -2,13 +2,13 @@
 
 import logging
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.broker import DELIVER_TASK, SWEEP_TASK
+from delivery.broker import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.channels import ChannelStore
 from delivery.crypto import SecretBox
 from delivery.log import DeliveryLog, utcnow
@@ -16,7 +16,7 @@ from delivery.producer import get_publisher
 from delivery.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from delivery.registry import DispatcherRegistry
 from delivery.retry import backoff
-from delivery.service import DeliveryService, Dispatchers
+from delivery.service import Decision, DeliveryService, Dispatchers
 from schemas import Envelope, Settings, get_settings
 from workers.app import app
 
@@ -62,27 +62,70 @@ def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) ->
     if extra or unexpected:
         _reject(envelope, "task called with unexpected arguments")
         return "rejected"
-    try:
-        request = Envelope.model_validate(envelope)
-    except ValidationError as exc:
-        _reject(envelope, f"malformed task message: {_summarise(exc)}")
+    request = _validated(envelope)
+    if request is None:
         return "rejected"
     try:
         decision = get_service().deliver(request)
     except SQLAlchemyError as exc:
-        # The log is unreachable: the attempt is not recorded, so the message is not done.
-        # Publish it again for later rather than acknowledging it as handled.
-        countdown = backoff(self.request.retries, base=1.0, cap=30.0)
-        logger.warning(
-            "delivery log unavailable (%s); %s again in %.1fs",
-            type(exc).__name__,
-            request.id,
-            countdown,
-        )
-        raise self.retry(countdown=countdown, max_retries=None) from None
+        _retry_later(self, exc, request.id)
     if decision.action == "requeue":
         raise self.retry(countdown=decision.countdown, max_retries=None)
     return decision.outcome.value if decision.outcome else "skipped"
+
+
+@app.task(name=DELIVER_BATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def deliver_batch(self: Task, envelopes: Any = None, *extra: Any, **unexpected: Any) -> str:
+    """Deliver a batch of envelopes (what ``send_many`` publishes). A malformed one is
+    recorded as failed on its own; the rest go ahead."""
+    if extra or unexpected or not isinstance(envelopes, list):
+        _reject(None, "batch task called with unexpected arguments")
+        return "rejected"
+    requests = [r for r in map(_validated, envelopes) if r is not None]
+    if not requests:
+        return "rejected"
+    try:
+        decisions = get_service().deliver_many(requests)
+    except SQLAlchemyError as exc:
+        _retry_later(self, exc, requests[0].id)
+    later = [(r, d) for r, d in zip(requests, decisions, strict=True) if d.action == "requeue"]
+    for request, decision in later:
+        # Each one that must wait goes on as a task of its own, the way a single send does.
+        deliver.apply_async(
+            args=[request.model_dump(mode="json")],
+            task_id=request.id,
+            countdown=decision.countdown or None,
+        )
+    return _tally(decisions)
+
+
+def _validated(raw: Any) -> Envelope | None:
+    try:
+        return Envelope.model_validate(raw)
+    except ValidationError as exc:
+        _reject(raw, f"malformed task message: {_summarise(exc)}")
+        return None
+
+
+def _retry_later(task: Task, exc: SQLAlchemyError, delivery_id: str) -> NoReturn:
+    """The log is unreachable: the attempt is not recorded, so the message is not done.
+    Publish it again for later rather than acknowledging it as handled."""
+    countdown = backoff(task.request.retries, base=1.0, cap=30.0)
+    logger.warning(
+        "delivery log unavailable (%s); %s again in %.1fs",
+        type(exc).__name__,
+        delivery_id,
+        countdown,
+    )
+    raise task.retry(countdown=countdown, max_retries=None) from None
+
+
+def _tally(decisions: list[Decision]) -> str:
+    counts: dict[str, int] = {}
+    for decision in decisions:
+        key = decision.outcome.value if decision.outcome else decision.action
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items()))
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)

@@ -5,6 +5,7 @@ measurement), one message per delivery. Then the import cost, each figure from a
 interpreter: ``import delivery`` alone, and up to the first ``send`` (which imports Celery).
 """
 
+import base64
 import json
 import subprocess
 import sys
@@ -122,11 +123,22 @@ def _envelope(delivery_id: str, i: int) -> dict[str, Any]:
 
 
 def _empty_sink(broker_url: str) -> int:
+    """Deliveries queued on the sink (a batch task message counts as its deliveries), which
+    is then emptied."""
     import redis
+
+    from delivery.broker import DELIVER_BATCH_TASK
 
     client = redis.Redis.from_url(broker_url)
     try:
-        queued = int(client.llen(SINK))
+        queued = 0
+        for item in client.lrange(SINK, 0, -1):
+            message = json.loads(item)
+            if message["headers"].get("task") == DELIVER_BATCH_TASK:
+                args = json.loads(base64.b64decode(message["body"]))[0]
+                queued += len(args[0])
+            else:
+                queued += 1
         client.delete(SINK)
         return queued
     finally:

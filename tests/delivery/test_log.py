@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from delivery.log import AttemptResult, ClaimState, DeliveryLog, utcnow
+from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished, utcnow
 from delivery.models import Outcome
 from schemas import Envelope, Payload, Settings
 
@@ -138,3 +138,47 @@ def test_a_deferred_delivery_waits_in_the_log_until_the_sweep_sends_it(log: Deli
         now=due - timedelta(seconds=5), horizon=15, grace=30, resweep=60
     )
     assert swept.id == "d1" and swept.not_before is None and 4 <= countdown <= 5
+
+
+def test_claim_many_claims_new_ones_and_each_id_once(log: DeliveryLog) -> None:
+    done = log.claim(envelope("old"), lease=60)
+    log.finish(done, result(Outcome.DELIVERED), dispatcher=None, worker=None)
+    log.claim(envelope("held"), lease=60)
+    batch = [envelope("a"), envelope("old"), envelope("b"), envelope("a"), envelope("held")]
+    claims = log.claim_many(batch, lease=60)
+    assert [(c.delivery_id, c.state) for c in claims] == [
+        ("a", ClaimState.CLAIMED),
+        ("old", ClaimState.DONE),
+        ("b", ClaimState.CLAIMED),
+        ("a", ClaimState.DONE),  # the first copy sends
+        ("held", ClaimState.BUSY),
+    ]
+    assert log.count_by_status() == {"delivered": 1, "sending": 3}
+
+
+def test_claim_many_leaves_a_deferred_delivery_waiting(log: DeliveryLog) -> None:
+    later = envelope("later").model_copy(update={"not_before": utcnow() + timedelta(hours=1)})
+    claims = log.claim_many([envelope("now"), later], lease=60)
+    assert [c.state for c in claims] == [ClaimState.CLAIMED, ClaimState.NOT_DUE]
+    record = log.get("later")
+    assert record is not None and (record.status, record.attempt_count) == ("retrying", 0)
+
+
+def test_finish_many_records_every_attempt_and_counts_lost_leases(log: DeliveryLog) -> None:
+    fresh, stale = log.claim_many([envelope("fresh"), envelope("stale")], lease=1)
+    log.claim(envelope("stale"), lease=60, now=utcnow() + timedelta(seconds=5))  # taken over
+    moved = log.finish_many(
+        [
+            Finished(fresh, result(Outcome.DELIVERED, status_code=204), dispatcher="webhook"),
+            Finished(stale, result(Outcome.RETRY, error="503"), parked=True),
+        ],
+        worker="w",
+    )
+    assert moved == 1
+    delivered, taken_over = log.get("fresh"), log.get("stale")
+    assert delivered is not None and taken_over is not None
+    assert (delivered.status, delivered.dispatcher) == ("delivered", "webhook")
+    assert [(a.number, a.outcome, a.worker) for a in delivered.attempts] == [(1, "delivered", "w")]
+    # the late outcome is still recorded against its attempt; the new holder keeps the row
+    assert taken_over.status == "sending"
+    assert [(a.number, a.outcome) for a in taken_over.attempts] == [(1, "retry")]

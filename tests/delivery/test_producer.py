@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 import delivery
 from delivery.errors import PublishError
-from delivery.producer import delivery_id
+from delivery.producer import batches, delivery_id
 from schemas import Message, Payload, Settings, get_settings
 
 
@@ -112,3 +112,46 @@ def test_a_countdown_longer_than_the_broker_may_hold_is_scheduled_from_the_log()
     # a long one goes now, carrying the time it may be sent
     assert by_id[long.id]["headers"]["eta"] is None
     assert by_id[long.id]["args"][0]["not_before"] is not None
+
+
+def test_send_many_batches_deliveries_into_fewer_task_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DELIVERY_BATCH_SIZE", "10")
+    monkeypatch.setenv("DELIVERY_WORKER_CONCURRENCY", "2")
+    get_settings.cache_clear()
+    good = {"channel": "hooks", "address": "https://a", "payload": {"message": "x"}}
+    receipts = delivery.send_many([good] * 25 + [{**good, "countdown": 5}])
+    messages = _drain()
+    batches = [m for m in messages if m["headers"]["task"] == "delivery.deliver_batch"]
+    singles = [m for m in messages if m["headers"]["task"] == "delivery.deliver"]
+    # 25 due now in 3 batches of 9, 8, 8; the one with a countdown waits in the broker alone
+    assert [len(m["args"][0]) for m in batches] == [9, 8, 8]
+    assert len(singles) == 1 and singles[0]["headers"]["eta"] is not None
+    batched_ids = [e["id"] for m in batches for e in m["args"][0]]
+    assert [*batched_ids, singles[0]["args"][0]["id"]] == [r.id for r in receipts]
+
+
+def test_a_small_send_many_still_spreads_over_the_worker_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DELIVERY_WORKER_CONCURRENCY", "16")
+    get_settings.cache_clear()
+    good = {"channel": "hooks", "address": "https://a", "payload": {"message": "x"}}
+    delivery.send_many([good] * 10)
+    assert [m["headers"]["task"] for m in _drain()] == ["delivery.deliver"] * 10
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "spread"),
+    [(1, 25, 16), (7, 25, 16), (100, 25, 16), (1000, 25, 4), (51, 5, 1)],
+)
+def test_batches_cover_every_item_in_order_within_the_size(
+    count: int, size: int, spread: int
+) -> None:
+    items = list(range(count))
+    groups = batches(items, size=size, spread=spread)
+    assert [i for g in groups for i in g] == items
+    assert all(1 <= len(g) <= size for g in groups)
+    assert len(groups) >= min(count, spread)
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1  # evenly filled

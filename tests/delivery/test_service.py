@@ -205,3 +205,67 @@ def test_a_failed_probe_does_not_spend_the_deliverys_attempts(
     assert record is not None and record.status == "retrying", decision
     assert [a.outcome for a in record.attempts] == ["retry", "retry"]
     assert len(httpserver.log) == 2
+
+
+def test_a_batch_is_delivered_and_recorded_like_single_deliveries(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    url = httpserver.url_for("/h")
+    batch = [envelope(url, delivery_id=f"b{i}") for i in range(5)]
+    decisions = service.deliver_many([*batch, batch[0]])
+    assert [(d.action, d.outcome) for d in decisions] == [("done", "delivered")] * 5 + [
+        ("done", None)  # the copy of b0 in the same batch is not sent again
+    ]
+    assert len(httpserver.log) == 5
+    assert service.log.count_by_status() == {"delivered": 5}
+    record = service.log.get("b3")
+    assert record is not None and [a.outcome for a in record.attempts] == ["delivered"]
+    # a redelivered batch (the worker died before acknowledging it) sends nothing again
+    assert {d.action for d in service.deliver_many(batch)} == {"done"}
+    assert len(httpserver.log) == 5
+
+
+def test_after_a_failure_the_rest_of_the_batch_goes_one_task_each(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    # Given a provider that is down, and a second channel that is fine
+    service.dispatchers.channels.add("other", "webhook", {"secret": webhook_secret()})
+    httpserver.expect_request("/down").respond_with_data("", status=503)
+    httpserver.expect_request("/up").respond_with_data("", status=204)
+    down, up = httpserver.url_for("/down"), httpserver.url_for("/up")
+    batch = [envelope(down, delivery_id=f"d{i}") for i in range(4)]
+    batch.insert(2, envelope(up, delivery_id="fine", channel="other"))
+    decisions = service.deliver_many(batch)
+    # Then only the first delivery to the failing channel was tried; the rest were handed
+    # back unspent, to be requeued at once, while the other channel went ahead
+    assert [r.path for r in (req for req, _ in httpserver.log)] == ["/down", "/up"]
+    assert decisions[0].action == "requeue" and decisions[0].outcome == "retry"
+    assert (decisions[2].action, decisions[2].outcome) == ("done", "delivered")
+    for later in (decisions[1], decisions[3], decisions[4]):
+        assert (later.action, later.countdown, later.outcome) == ("requeue", 0.0, None)
+    handed_back = service.log.get("d3")
+    assert handed_back is not None
+    assert (handed_back.status, handed_back.attempt_count, handed_back.attempts) == (
+        "retrying",
+        0,
+        [],
+    )
+    # and a handed-back delivery is claimed again as its first attempt
+    retried = service.deliver(envelope(down, delivery_id="d3"))
+    assert retried.outcome == "retry"
+    record = service.log.get("d3")
+    assert record is not None and [a.number for a in record.attempts] == [1]
+
+
+def test_a_batch_past_its_time_budget_hands_the_rest_back(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    url = httpserver.url_for("/h")
+    service.batch_budget = 0.0
+    decisions = service.deliver_many([envelope(url, delivery_id=f"t{i}") for i in range(3)])
+    # the first is always sent, so a batch makes progress however slow its provider
+    assert [d.outcome for d in decisions] == ["delivered", None, None]
+    assert [d.action for d in decisions[1:]] == ["requeue", "requeue"]
+    assert len(httpserver.log) == 1

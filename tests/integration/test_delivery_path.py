@@ -10,7 +10,7 @@ import pytest
 
 import delivery
 from delivery.producer import get_publisher
-from schemas import Message, Payload
+from schemas import Envelope, Message, Payload
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
 from tests.support.receiver import Answer, Receiver
@@ -122,6 +122,44 @@ def test_malformed_messages_are_recorded_and_the_worker_goes_on(redis_stack: Sta
     assert "no channel named 'no-such-channel'" in unknown_record.last_error
     assert len(unknown_record.attempts) == 1  # never retried
     assert "rejected task message" in redis_stack.workers[0].output()
+
+
+def test_a_batch_survives_bad_entries_and_a_failing_provider(redis_stack: Stack) -> None:
+    # Given a batch task message (what send_many publishes) holding a malformed entry and
+    # a delivery whose provider fails once
+    secret = _webhook_channel(redis_stack, schedule=(0, 1, 1))
+    redis_stack.worker()
+    with Receiver(secret) as receiver:
+        receiver.script("/flaky", Answer(503))
+
+        def entry(delivery_id: str, path: str) -> dict[str, object]:
+            return Envelope(
+                id=delivery_id, channel="hooks", address=receiver.url(path),
+                payload=Payload(message=delivery_id),
+            ).model_dump(mode="json")  # fmt: skip
+
+        batch = [
+            entry("first", "/ok"),
+            {"id": "bad-in-batch", "channel": "hooks"},
+            entry("flaky", "/flaky"),
+            entry("after-flaky", "/flaky"),
+            entry("last", "/ok"),
+        ]
+        get_publisher().app.send_task("delivery.deliver_batch", args=[batch])
+        ids = ["first", "flaky", "after-flaky", "last"]
+        # Then the malformed entry is failed on its own, and everything else is delivered:
+        # the failure and the one behind it on the same channel as tasks of their own
+        counts = redis_stack.wait_until([*ids, "bad-in-batch"], {"delivered", "failed"})
+        assert counts == {"delivered": 4, "failed": 1}
+        assert receiver.count_by_id() == {"first": 1, "flaky": 2, "after-flaky": 1, "last": 1}
+    flaky = redis_stack.log.get("flaky")
+    assert flaky is not None and [a.outcome for a in flaky.attempts] == ["retry", "delivered"]
+    after = redis_stack.log.get("after-flaky")
+    assert after is not None and [(a.number, a.outcome) for a in after.attempts] == [
+        (1, "delivered")  # handed back unspent, not counted as a failed attempt
+    ]
+    bad = redis_stack.log.get("bad-in-batch")
+    assert bad is not None and "malformed task message" in (bad.last_error or "")
 
 
 def test_same_idempotency_key_delivers_once_on_postgres(postgres_stack: Stack) -> None:
