@@ -338,23 +338,28 @@ class DeliveryLog:
         """
         now = now or utcnow()
         lease_until = now + timedelta(seconds=lease)
-        rows = [self._new_row(e, now, lease_until) for e in envelopes]
-        claims: list[Claim] = []
+        # Rows are written in id order, so two batches that share deliveries lock them in
+        # the same order and cannot deadlock each other (PostgreSQL). The sort is stable:
+        # of two copies of one id, the first given is the first claimed.
+        order = sorted(range(len(envelopes)), key=lambda i: envelopes[i].id)
+        rows = [self._new_row(envelopes[i], now, lease_until) for i in order]
+        claims: list[Claim | None] = [None] * len(envelopes)
         seen: set[str] = set()
         with self._write() as connection:
             # One multi-row INSERT; a conflicting id (a copy seen before) returns nothing.
             inserted = set(connection.execute(self._insert_claimed_ids, rows).scalars())
-            for envelope, row in zip(envelopes, rows, strict=True):
-                if envelope.id in seen:
-                    claims.append(Claim(ClaimState.DONE, envelope.id, status="duplicate"))
-                elif envelope.id in inserted and row["p_status"] == Status.SENDING:
-                    claims.append(
-                        Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
+            for index, row in zip(order, rows, strict=True):
+                delivery_id = envelopes[index].id
+                if delivery_id in seen:
+                    claims[index] = Claim(ClaimState.DONE, delivery_id, status="duplicate")
+                elif delivery_id in inserted and row["p_status"] == Status.SENDING:
+                    claims[index] = Claim(
+                        ClaimState.CLAIMED, delivery_id, 1, 0, status=Status.SENDING
                     )
                 else:
-                    claims.append(self._claim_existing(connection, envelope.id, now, lease_until))
-                seen.add(envelope.id)
-        return claims
+                    claims[index] = self._claim_existing(connection, delivery_id, now, lease_until)
+                seen.add(delivery_id)
+        return [c for c in claims if c is not None]
 
     @staticmethod
     def _new_row(envelope: Envelope, now: datetime, lease_until: datetime) -> dict[str, Any]:
@@ -448,7 +453,8 @@ class DeliveryLog:
         health: Sequence[Callable[[Connection], None]] = (),
     ) -> int:
         """``finish`` for a batch in one transaction. Returns how many deliveries moved on
-        (fewer than given if some leases were lost meanwhile)."""
+        (fewer than given if some leases were lost meanwhile). ``health`` runs in the given
+        order: give it sorted by channel, so concurrent batches lock channels in one order."""
         if not finished:
             return 0
         attempts: list[dict[str, Any]] = []
@@ -486,6 +492,9 @@ class DeliveryLog:
                     "p_provider_ref": result.provider_ref if delivered else None,
                 }
             )
+        # In id order, like claim_many, so concurrent batches lock rows in one order.
+        attempts.sort(key=lambda row: (row["p_id"], row["p_number"]))
+        moves.sort(key=lambda row: (row["p_id"], row["p_number"]))
         with self._write() as connection:
             connection.execute(self._record_attempt, attempts)
             for apply in health:

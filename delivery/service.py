@@ -7,10 +7,12 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+
+from sqlalchemy import Connection
 
 from delivery.breaker import record_failure, record_success
 from delivery.channels import Channel, ChannelStore, parse_rate_limit, parse_retry_schedule
@@ -289,7 +291,7 @@ class DeliveryService:
         """Record ended attempts in one transaction, with the breakers' bookkeeping."""
         if not attempts:
             return []
-        health = []
+        health: list[tuple[str, Callable[[Connection], None]]] = []
         succeeded: set[str] = set()
         for attempt in attempts:
             if attempt.channel is None:
@@ -299,18 +301,18 @@ class DeliveryService:
                 # One reset per channel and batch closes the breaker as well as many.
                 if name not in succeeded:
                     succeeded.add(name)
-                    health.append(record_success(name))
+                    health.append((name, record_success(name)))
             elif attempt.breaker_failure:
-                health.append(
-                    record_failure(
-                        name,
-                        now=utcnow(),
-                        threshold=self.settings.breaker_threshold,
-                        probe_interval=self.settings.breaker_probe_interval,
-                    )
+                failure = record_failure(
+                    name,
+                    now=utcnow(),
+                    threshold=self.settings.breaker_threshold,
+                    probe_interval=self.settings.breaker_probe_interval,
                 )
+                health.append((name, failure))
+        health.sort(key=lambda pair: pair[0])  # stable: a channel's own order is kept
         moved = self.log.finish_many(
-            [a.ended for a in attempts], worker=self.worker_name, health=health
+            [a.ended for a in attempts], worker=self.worker_name, health=[h for _, h in health]
         )
         if moved < len(attempts):
             logger.warning(

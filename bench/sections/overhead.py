@@ -130,7 +130,8 @@ def _instrumented(channel: str) -> Iterator[tuple[Callable[[Any], Any], _Timers,
     log = service.log
     dispatchers = service.dispatchers
     setattr(log, "claim", timers.wrap("claim", log.claim))  # noqa: B010 - instance only
-    setattr(log, "finish", timers.wrap("record", log.finish))  # noqa: B010
+    # The service records through finish_many (a batch of one for a single delivery).
+    setattr(log, "finish_many", timers.wrap("record", log.finish_many))  # noqa: B010
     setattr(dispatchers, "get", timers.wrap("channel lookup", dispatchers.get))  # noqa: B010
     _, dispatcher = dispatchers.get(channel)
     setattr(dispatcher, "send", timers.wrap("dispatch (sign + POST)", dispatcher.send))  # noqa: B010
