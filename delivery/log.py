@@ -351,7 +351,8 @@ class DeliveryLog:
             for index, row in zip(order, rows, strict=True):
                 delivery_id = envelopes[index].id
                 if delivery_id in seen:
-                    claims[index] = Claim(ClaimState.DONE, delivery_id, status="duplicate")
+                    # Another copy in this batch holds it.
+                    claims[index] = Claim(ClaimState.DONE, delivery_id, status=Status.SENDING)
                 elif delivery_id in inserted and row["p_status"] == Status.SENDING:
                     claims[index] = Claim(
                         ClaimState.CLAIMED, delivery_id, 1, 0, status=Status.SENDING
@@ -447,7 +448,7 @@ class DeliveryLog:
 
     def finish_many(
         self,
-        finished: Sequence["Finished"],
+        finished: Sequence[Finished],
         *,
         worker: str | None,
         health: Sequence[Callable[[Connection], None]] = (),

@@ -33,6 +33,11 @@ class _Task:
     countdown: float | None = None
 
 
+def _single(envelope: Envelope, countdown: float | None) -> _Task:
+    # The task id is the delivery id, so Flower finds a single delivery by its id.
+    return _Task(DELIVER_TASK, [envelope.model_dump(mode="json")], envelope.id, countdown)
+
+
 def batches(items: Sequence[T], *, size: int, spread: int) -> list[Sequence[T]]:
     """``items`` in consecutive groups of at most ``size``, evenly filled, and at least
     ``spread`` groups (when there are that many items), so a small bulk send still keeps
@@ -136,26 +141,22 @@ class Publisher:
 
     def _tasks(
         self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None], *, batch: bool
-    ) -> list["_Task"]:
-        singles = [
-            _Task(DELIVER_TASK, [e.model_dump(mode="json")], e.id, c)
-            for e, c in zip(envelopes, countdowns, strict=True)
-            if not batch or c
-        ]
-        if not batch:
-            return singles
-        due = [e for e, c in zip(envelopes, countdowns, strict=True) if not c]
-        for group in batches(
-            due, size=self.settings.batch_size, spread=self.settings.worker_concurrency
-        ):
-            if len(group) == 1:
-                singles.append(_Task(DELIVER_TASK, [group[0].model_dump(mode="json")], group[0].id))
-            else:
-                body = [e.model_dump(mode="json") for e in group]
-                singles.append(_Task(DELIVER_BATCH_TASK, [body], str(uuid.uuid4())))
-        return singles
+    ) -> list[_Task]:
+        """The task messages for ``envelopes``: one each, or batches of those due now."""
+        pairs = list(zip(envelopes, countdowns, strict=True))
+        tasks = [_single(e, c) for e, c in pairs if not batch or c]
+        if batch:
+            due = [e for e, c in pairs if not c]
+            size, spread = self.settings.batch_size, self.settings.worker_concurrency
+            for group in batches(due, size=size, spread=spread):
+                if len(group) == 1:
+                    tasks.append(_single(group[0], None))
+                else:
+                    body = [e.model_dump(mode="json") for e in group]
+                    tasks.append(_Task(DELIVER_BATCH_TASK, [body], str(uuid.uuid4())))
+        return tasks
 
-    def _publish_tasks(self, tasks: Sequence["_Task"]) -> None:
+    def _publish_tasks(self, tasks: Sequence[_Task]) -> None:
         with self.app.producer_or_acquire() as producer:
             if len(tasks) == 1:
                 self._send(producer, tasks[0])
@@ -165,7 +166,7 @@ class Publisher:
                 for task in tasks:
                     self._send(producer, task)
 
-    def _send(self, producer: Any, task: "_Task") -> None:
+    def _send(self, producer: Any, task: _Task) -> None:
         self.app.send_task(
             task.name,
             args=task.args,

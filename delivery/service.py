@@ -315,12 +315,13 @@ class DeliveryService:
             [a.ended for a in attempts], worker=self.worker_name, health=[h for _, h in health]
         )
         if moved < len(attempts):
+            # Another worker took these over (their lease ran out); its attempt counts.
             logger.warning(
-                "%d of %d attempts ended after their lease was lost (delivery %s%s)",
+                "%d of %d attempts recorded after their lease was lost (%s)",
                 len(attempts) - moved,
                 len(attempts),
-                attempts[0].envelope.id,
-                " and others" if len(attempts) > 1 else "",
+                ", ".join(a.envelope.id for a in attempts[:3])
+                + (" and others" if len(attempts) > 3 else ""),
             )
         decisions = []
         for attempt in attempts:
