@@ -139,8 +139,9 @@ def sweep() -> int:
         now=utcnow(), horizon=interval, grace=grace, resweep=settings.delay_limit + 2 * grace
     )
     if found:
+        # Those due now travel in batches, like send_many's: after an outage there are many.
         get_publisher(settings).publish_envelopes(
-            [e for e, _ in found], [c or None for _, c in found]
+            [e for e, _ in found], [c or None for _, c in found], batch=True
         )
         logger.info("sweep re-enqueued %d deliveries", len(found))
     return len(found)

@@ -1,10 +1,13 @@
 """The task adapter's mapping of bad input. (The worker itself is tested in the integration
 tier with real worker processes; eager mode is no test of a worker.)"""
 
+from datetime import timedelta
+
 import pytest
 
-from delivery.log import DeliveryLog
-from schemas import Settings
+from delivery.log import AttemptResult, DeliveryLog, utcnow
+from delivery.models import Outcome
+from schemas import Envelope, Payload, Settings
 
 
 @pytest.fixture
@@ -34,3 +37,62 @@ def test_garbage_without_an_id_is_logged_and_dropped(
 
 def test_unexpected_arguments_are_rejected(deliver) -> None:
     assert deliver.apply(args=[{"id": "m2"}, "extra"]).get() == "rejected"
+
+
+@pytest.fixture
+def tasks_module(settings: Settings):
+    from workers import tasks
+
+    tasks.close_service()
+    yield tasks
+    tasks.close_service()
+
+
+@pytest.mark.parametrize("args", [[], ["garbage"], [{"id": "x"}], [[{"id": "b1"}], "extra"]])
+def test_a_batch_of_the_wrong_shape_is_rejected(
+    tasks_module, args: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert tasks_module.deliver_batch.apply(args=args).get() == "rejected"
+    assert "rejected task message" in caplog.text
+
+
+def test_every_malformed_entry_of_a_batch_is_recorded(tasks_module, settings: Settings) -> None:
+    batch = [{"id": "e1", "channel": "hooks"}, {"id": "e2", "address": "x"}, "garbage"]
+    assert tasks_module.deliver_batch.apply(args=[batch]).get() == "rejected"
+    log = DeliveryLog.from_settings(settings)
+    for delivery_id in ("e1", "e2"):
+        record = log.get(delivery_id)
+        assert record is not None and record.status == "failed"
+        assert "malformed task message" in (record.last_error or "")
+
+
+def test_the_sweep_sends_what_is_due_in_batches(tasks_module, settings: Settings) -> None:
+    from kombu.connection import Connection
+
+    # Given 40 retries that came due while nothing held them in the broker
+    log = DeliveryLog.from_settings(settings)
+    past = utcnow() - timedelta(minutes=5)
+    for i in range(40):
+        envelope = Envelope(
+            id=f"s{i}", channel="hooks", address="https://a", payload=Payload(message="m")
+        )
+        claim = log.claim(envelope, lease=60)
+        failed = AttemptResult(
+            outcome=Outcome.RETRY, started_at=past, duration_ms=1.0, next_attempt_at=past
+        )
+        log.finish(claim, failed, dispatcher="webhook", worker="w")
+    # When the sweep runs
+    assert tasks_module.sweep.apply().get() == 40
+    # Then they go out as batch task messages, each delivery once
+    with Connection("memory://") as conn, conn.SimpleQueue(settings.queue) as queue:
+        names, ids = [], []
+        while True:
+            try:
+                message = queue.get(timeout=0.2)
+            except queue.Empty:
+                break
+            names.append(message.headers["task"])
+            ids += [e["id"] for e in message.decode()[0][0]]
+            message.ack()
+    assert set(names) == {"delivery.deliver_batch"} and len(names) == 16
+    assert sorted(ids) == sorted(f"s{i}" for i in range(40))
