@@ -2,9 +2,11 @@
 
 import email.utils
 import time
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from delivery.errors import PermanentError, RateLimited, RetryableError
 
@@ -12,9 +14,9 @@ from delivery.errors import PermanentError, RateLimited, RetryableError
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
-def retry_after(response: requests.Response) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait; providers send seconds or an HTTP date."""
-    value = response.headers.get("Retry-After")
+    value = headers.get("Retry-After")
     if not value:
         return None
     value = value.strip()
@@ -28,6 +30,19 @@ def retry_after(response: requests.Response) -> float | None:
 
 
 def raise_for_delivery(response: requests.Response, *, dispatcher: str) -> None:
+    """``raise_for_status`` for a ``requests`` response."""
+    raise_for_status(
+        response.status_code,
+        reason=response.reason,
+        headers=response.headers,
+        url=response.url,
+        dispatcher=dispatcher,
+    )
+
+
+def raise_for_status(
+    status: int, *, reason: str | None, headers: Mapping[str, str], url: str, dispatcher: str
+) -> None:
     """Raise the delivery error a non-2xx response means.
 
     Raises:
@@ -35,20 +50,19 @@ def raise_for_delivery(response: requests.Response, *, dispatcher: str) -> None:
         RetryableError: 408, 425 or 5xx.
         PermanentError: any other status outside 2xx.
     """
-    status = response.status_code
     if 200 <= status < 300:
         return
-    host = urlsplit(response.url).hostname
-    reason = f"{status} {response.reason or ''} from {host}".replace("  ", " ")
+    host = urlsplit(url).hostname
+    text = f"{status} {reason or ''} from {host}".replace("  ", " ")
     if status == 429:
         raise RateLimited(
-            reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response)
+            text, dispatcher=dispatcher, status=status, retry_after=retry_after(headers)
         )
     if status in RETRYABLE_STATUSES or status >= 500:
         raise RetryableError(
-            reason, dispatcher=dispatcher, status=status, retry_after=retry_after(response)
+            text, dispatcher=dispatcher, status=status, retry_after=retry_after(headers)
         )
-    raise PermanentError(reason, dispatcher=dispatcher, status=status)
+    raise PermanentError(text, dispatcher=dispatcher, status=status)
 
 
 def raise_for_transport(
@@ -71,4 +85,30 @@ def raise_for_transport(
         raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
     raise RetryableError(
         f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher
+    ) from exc
+
+
+def raise_for_urllib3(
+    exc: urllib3.exceptions.HTTPError, *, dispatcher: str, host: str | None
+) -> None:
+    """``raise_for_transport`` for urllib3's errors.
+
+    Raises:
+        PermanentError: too many redirects, or a URL that cannot be sent to.
+        RetryableError: timeouts and connection failures.
+    """
+    reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
+        reason, urllib3.exceptions.ResponseError
+    ):
+        raise PermanentError(f"TooManyRedirects for {host}", dispatcher=dispatcher) from exc
+    if isinstance(reason, urllib3.exceptions.LocationValueError):
+        raise PermanentError(f"{type(reason).__name__} for {host}", dispatcher=dispatcher) from exc
+    # NewConnectionError subclasses ConnectTimeoutError, but a refusal is no timeout.
+    if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+        reason, urllib3.exceptions.NewConnectionError
+    ):
+        raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
+    raise RetryableError(
+        f"cannot reach {host}: {type(reason).__name__}", dispatcher=dispatcher
     ) from exc

@@ -240,7 +240,7 @@ class SmsDispatcher(Dispatcher):
         code: int | None = exc.code
         status: int = exc.status
         what = f"Twilio error {code}: {' '.join(str(exc.msg).split())[:200]}" if code else ""
-        wait = retry_after(response) if response is not None else None
+        wait = retry_after(response.headers) if response is not None else None
         if code in RECIPIENT_CODES:
             raise RecipientRejected(what, dispatcher=self.slug, status=status)
         if status == 429 or code == 20429:

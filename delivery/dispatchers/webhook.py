@@ -7,14 +7,14 @@ from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
-import requests
+import urllib3
 from pydantic import Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
 from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
 from delivery.errors import InvalidAddress
-from delivery.http import raise_for_delivery, raise_for_transport
-from delivery.netguard import make_session
+from delivery.http import raise_for_status, raise_for_urllib3
+from delivery.netguard import GuardedPoolManager, make_pool_manager
 from delivery.protocol import WEBHOOK, AddressType
 from schemas import Payload, get_settings
 
@@ -70,8 +70,8 @@ class WebhookDispatcher(Dispatcher):
             raise InvalidAddress("webhook URLs may not carry credentials", dispatcher=self.slug)
         return address
 
-    def _session(self) -> requests.Session:
-        return make_session(allow_private_networks=self._allow_private)
+    def _pool(self) -> GuardedPoolManager:
+        return make_pool_manager(allow_private_networks=self._allow_private)
 
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
         # Only the payload is posted: channel config and secrets never reach the endpoint.
@@ -87,17 +87,21 @@ class WebhookDispatcher(Dispatcher):
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self._signer.sign(context.delivery_id, now, body),
         }
-        session = self.get_local("session", self._session)
+        pool = self.get_local("http", self._pool)
         host = urlsplit(address).hostname
         try:
-            response = session.post(
-                address, data=body.encode(), headers=headers, timeout=self.config.timeout
+            response = pool.request(
+                "POST", address, body=body.encode(), headers=headers, timeout=self.config.timeout
             )
-        except requests.RequestException as exc:
-            raise_for_transport(exc, dispatcher=self.slug, host=host)
-            raise  # unreachable: raise_for_transport always raises
-        with response:
-            raise_for_delivery(response, dispatcher=self.slug)
-            return SendResult(
-                provider_ref=response.headers.get("x-request-id"), status=response.status_code
-            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise_for_urllib3(exc, dispatcher=self.slug, host=host)
+            raise  # unreachable: raise_for_urllib3 always raises
+        # The body was read whole (preload), so the connection is back in the pool.
+        raise_for_status(
+            response.status,
+            reason=response.reason,
+            headers=response.headers,
+            url=response.url or address,
+            dispatcher=self.slug,
+        )
+        return SendResult(provider_ref=response.headers.get("x-request-id"), status=response.status)
