@@ -77,7 +77,7 @@ def run(ctx: BenchContext) -> SectionResult:
         "ours: WebhookDispatcher.send, sequential",
         f"{ours_rate:,.0f}",
         f"{ours_rate / apprise_rate:.2f}x",
-        f"{ours_requests} requests; signed, keep-alive session; no log",
+        f"{ours_requests} requests; signed, keep-alive connections; no log",
     )
     rows: list[tuple[str, Any, str]] = [
         ("ours: send_many (enqueue only)", ctx.shared.get("send_many_rate"), "section 2"),
