@@ -4,7 +4,6 @@ import threading
 import time
 
 import pytest
-import requests
 from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
@@ -18,7 +17,7 @@ from delivery.errors import (
     RateLimited,
     RetryableError,
 )
-from delivery.netguard import is_forbidden, resolve_public
+from delivery.netguard import GuardedPoolManager, is_forbidden, resolve_public
 from schemas import Payload, Settings, get_settings
 from tests.conftest import webhook_secret
 
@@ -127,17 +126,28 @@ def test_bad_addresses_are_refused(dispatcher: WebhookDispatcher, address: str) 
         dispatcher.send(address, Payload(message="m"), context=CONTEXT)
 
 
-def test_one_session_per_thread_is_reused(dispatcher: WebhookDispatcher) -> None:
-    mine = dispatcher.get_local("session", requests.Session)
-    assert dispatcher.get_local("session", requests.Session) is mine
-    theirs: list[requests.Session] = []
-    thread = threading.Thread(
-        target=lambda: theirs.append(dispatcher.get_local("session", requests.Session))
-    )
+def test_each_thread_keeps_its_connections_alive(
+    httpserver: HTTPServer, dispatcher: WebhookDispatcher
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    url = httpserver.url_for("/h")
+
+    def send_three() -> GuardedPoolManager:
+        for _ in range(3):
+            dispatcher.send(url, Payload(message="m"), context=CONTEXT)
+        return dispatcher.get_local("http", GuardedPoolManager)
+
+    mine = send_three()
+    theirs: list[GuardedPoolManager] = []
+    thread = threading.Thread(target=lambda: theirs.append(send_three()))
     thread.start()
     thread.join()
+    # one pool per thread, and three requests over one connection in each
     assert theirs[0] is not mine
+    for manager in (mine, theirs[0]):
+        assert manager.connection_from_url(url).num_connections == 1
     dispatcher.close()
+    assert len(mine.pools) == 0  # closing the dispatcher closed every thread's pool
 
 
 class TestSSRF:
