@@ -1,7 +1,7 @@
 """Refuse outbound HTTP to loopback, private and link-local networks (SSRF).
 
 The check runs on the IP address actually connected to, after DNS resolution, for every
-connection a session opens — redirects included — so a public name that resolves to
+connection a pool opens — redirects included — so a public name that resolves to
 127.0.0.1, or a redirect to 169.254.169.254, is refused before a byte is sent.
 """
 
@@ -9,8 +9,6 @@ import ipaddress
 import socket
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -94,49 +92,21 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class GuardedAdapter(HTTPAdapter):
-    """An adapter whose connections refuse non-public addresses."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _GuardedHTTPPool,
-            "https": _GuardedHTTPSPool,
-        }
-
-
-def make_session(*, allow_private_networks: bool, pool_size: int = 4) -> requests.Session:
-    """A session for calling user-supplied URLs.
-
-    Proxies from the environment are ignored: a proxy would make every target look like
-    the proxy's address, and the SSRF check would mean nothing.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.max_redirects = MAX_REDIRECTS
-    adapter: HTTPAdapter = (
-        HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-        if allow_private_networks
-        else GuardedAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-    )
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 class GuardedPoolManager(PoolManager):
-    """urllib3's pool manager, closable like a session (``Dispatcher.close`` calls it)."""
+    """urllib3's pool manager with ``close``, which ``Dispatcher.close`` calls on its clients."""
 
     def close(self) -> None:
         self.clear()
 
 
 def make_pool_manager(*, allow_private_networks: bool, pool_size: int = 4) -> GuardedPoolManager:
-    """Keep-alive connections for calling user-supplied URLs, for a hot path where
-    ``requests``' per-call work (merging settings, cookies, hooks) costs more than the
-    call itself. The same guard as ``make_session``: every connection, redirects included,
-    is checked; urllib3 reads no proxy settings from the environment. No retries here
-    (the delivery's own schedule retries); redirects are followed ``MAX_REDIRECTS`` times.
+    """Keep-alive connections for calling user-supplied URLs. urllib3 rather than
+    ``requests``: on this hot path ``requests``' per-call work (merging settings, cookies,
+    hooks) cost more than the call itself. Unless private networks are allowed, every
+    connection, redirects included, goes only to a checked public address; urllib3 reads
+    no proxy settings from the environment (a proxy would make every target look alike).
+    No retries here (the delivery's own schedule retries); redirects are followed
+    ``MAX_REDIRECTS`` times.
     """
     manager = GuardedPoolManager(
         num_pools=pool_size,

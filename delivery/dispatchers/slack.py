@@ -13,7 +13,6 @@ from typing import Annotated, Any, ClassVar, NoReturn
 from urllib.error import URLError
 from urllib.parse import urlsplit
 
-import requests
 from pydantic import Field, SecretStr, field_validator, model_validator
 from requests.structures import CaseInsensitiveDict
 from slack_sdk import WebClient
@@ -28,7 +27,7 @@ from delivery.errors import (
     RecipientRejected,
     RetryableError,
 )
-from delivery.http import raise_for_delivery
+from delivery.http import raise_for_status
 from delivery.protocol import SLACK, AddressType
 from schemas import Payload
 
@@ -190,24 +189,20 @@ class SlackDispatcher(Dispatcher):
         reason = f"Slack said {error or 'nothing'} ({status})"
         if error in _RECIPIENT_ERRORS and 400 <= status < 500 and status != 429:
             raise RecipientRejected(reason, dispatcher=self.slug, status=status)
-        raise_for_delivery(_http_view(status, headers, host, error), dispatcher=self.slug)
+        raise_for_status(
+            status,
+            reason=error,
+            # slack-sdk's headers are a plain dict, sometimes with a name in two cases:
+            # look Retry-After up case-insensitively, keeping one of the values.
+            headers=CaseInsensitiveDict({str(k): str(v) for k, v in headers.items()}),
+            url=f"https://{host}/",  # the host alone: a webhook URL's path is its secret
+            dispatcher=self.slug,
+        )
         if error in _RETRYABLE_ERRORS:
             raise RetryableError(reason, dispatcher=self.slug, status=status)
         if error in _RECIPIENT_ERRORS:
             raise RecipientRejected(reason, dispatcher=self.slug, status=status)
         raise PermanentError(reason, dispatcher=self.slug, status=status)
-
-
-def _http_view(status: int, headers: Mapping[str, Any], host: str, error: str) -> requests.Response:
-    """Slack's answer as a ``requests.Response``, so the shared mapping in ``delivery.http``
-    (statuses, Retry-After) applies unchanged. slack-sdk speaks urllib, not requests."""
-    view = requests.Response()
-    view.status_code = status
-    view.headers = CaseInsensitiveDict({str(k): str(v) for k, v in headers.items()})
-    # The host alone: a webhook URL's path is its secret.
-    view.url = f"https://{host}/"
-    view.reason = error
-    return view
 
 
 def _cause(exc: OSError) -> str:
