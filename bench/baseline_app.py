@@ -6,7 +6,7 @@ Run by the bench as::
         --queues bench-baseline --hostname baseline@bench
 
 It shares the broker (the same redis-server, its own queue), the pool, the concurrency and
-the acknowledgement settings of ``delivery worker`` (``delivery.broker.celery_config``), so
+the acknowledgement settings of ``delivery worker`` (``delivery.producer.celery_config``), so
 the difference measured is what our task does per message: validate, claim in the log,
 sign, POST, record. Everything else is Celery's default: kombu's own Redis transport and
 no task events (ours turns events on and uses its own transport; the bench prints both
@@ -28,7 +28,7 @@ BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("BENCH_BASELINE_QUEUE", "bench-baseline")
 VISIBILITY_TIMEOUT = float(os.environ.get("BENCH_VISIBILITY_TIMEOUT", "3600"))
 
-#: The settings that make the comparison fair: the same as ``delivery.broker.celery_config``.
+#: The settings that make the comparison fair: the same as ``delivery.producer.celery_config``.
 MATCHED: dict[str, Any] = {
     "task_serializer": "json",
     "accept_content": ["json"],

@@ -1,6 +1,6 @@
 """The delivery stack under test: settings, the log, channels, workers and their control.
 
-Everything goes through the real paths a user takes: ``delivery.migrate.upgrade`` (what
+Everything goes through the real paths a user takes: ``delivery.log.migrate.upgrade`` (what
 ``delivery db upgrade`` runs), a ``webhook`` channel stored with ``ChannelStore``,
 ``delivery worker`` as a subprocess, and ``delivery.send_many`` in this process.
 """
@@ -93,7 +93,7 @@ class DeliveryStack:
         database_url: str,
         queue: str = "bench-delivery",
     ) -> None:
-        from delivery.crypto import generate_key
+        from delivery.engine.crypto import generate_key
 
         self.processes = processes
         self.workdir = workdir
@@ -115,11 +115,11 @@ class DeliveryStack:
         self._saved = {k: os.environ.get(k) for k in self.env if k.startswith("DELIVERY_")}
         self._activate()
 
-        from delivery.channels import ChannelStore
-        from delivery.crypto import SecretBox
+        from delivery.dispatchers.registry import DispatcherRegistry
+        from delivery.engine.channels import ChannelStore
+        from delivery.engine.crypto import SecretBox
         from delivery.log import DeliveryLog
-        from delivery.migrate import upgrade
-        from delivery.registry import DispatcherRegistry
+        from delivery.log.migrate import upgrade
         from schemas import get_settings
 
         upgrade(database_url)
@@ -141,7 +141,7 @@ class DeliveryStack:
         get_settings.cache_clear()
 
     def close(self) -> None:
-        from delivery.db import dispose_engines
+        from delivery.log.database import dispose_engines
         from schemas import get_settings
 
         self.control.close()
@@ -223,7 +223,7 @@ class DeliveryStack:
         """Deliveries of one channel by status."""
         from sqlalchemy import func, select
 
-        from delivery.models import DeliveryRow
+        from delivery.log.tables import DeliveryRow
 
         query = (
             select(DeliveryRow.status, func.count())
@@ -236,7 +236,7 @@ class DeliveryStack:
     def last_delivered_at(self, channel: str) -> datetime | None:
         from sqlalchemy import func, select
 
-        from delivery.models import DeliveryRow
+        from delivery.log.tables import DeliveryRow
 
         with self.log.engine.connect() as conn:
             # max() keeps the column's type, so the log's UTC-aware conversion applies.

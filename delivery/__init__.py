@@ -5,7 +5,7 @@ nor any provider SDK.
 """
 
 from delivery.errors import DeliveryError, PermanentError, PublishError, RetryableError
-from delivery.producer import send, send_many
+from delivery.producer.publisher import send, send_many
 from schemas import Message, Payload, Receipt
 
 __all__ = [

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from delivery.db import make_engine
-from delivery.models import Base
+from delivery.log.database import make_engine
+from delivery.log.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

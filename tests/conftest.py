@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from delivery import producer
-from delivery.crypto import generate_key
-from delivery.db import dispose_engines
-from delivery.migrate import upgrade
+from delivery.engine.crypto import generate_key
+from delivery.log.database import dispose_engines
+from delivery.log.migrate import upgrade
+from delivery.producer import reset_publisher
 from schemas import Settings, get_settings
 
 
@@ -32,4 +32,4 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     yield current
     dispose_engines()
     get_settings.cache_clear()
-    producer._current = None
+    reset_publisher()

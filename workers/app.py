@@ -7,8 +7,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_shutdown
 
-from delivery.broker import celery_config
-from delivery.db import dispose_engines
+from delivery.log.database import dispose_engines
+from delivery.producer.celery_config import celery_config
 from schemas import get_settings
 
 logger = logging.getLogger(__name__)

@@ -8,15 +8,16 @@ from celery import Task
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.broker import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
-from delivery.channels import ChannelStore
-from delivery.crypto import SecretBox
-from delivery.log import DeliveryLog, utcnow
-from delivery.producer import get_publisher
-from delivery.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
-from delivery.registry import DispatcherRegistry
-from delivery.retry import backoff
-from delivery.service import Decision, DeliveryService, Dispatchers
+from delivery.clock import utcnow
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.channels import ChannelStore
+from delivery.engine.crypto import SecretBox
+from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from delivery.engine.retry import backoff
+from delivery.engine.service import Decision, DeliveryService, Dispatchers
+from delivery.log import DeliveryLog
+from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
+from delivery.producer.publisher import get_publisher
 from schemas import Envelope, Settings, get_settings
 from workers.app import app
 

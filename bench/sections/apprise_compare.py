@@ -33,7 +33,7 @@ def _apprise(url: str, count: int) -> tuple[float, int]:
 
 
 def _dispatcher(ctx: BenchContext, url: str, count: int) -> float:
-    from delivery.dispatcher import SendContext
+    from delivery.dispatchers.base import SendContext
     from schemas import Payload
 
     with delivery_stack(

@@ -17,7 +17,7 @@ from bench import baseline_app
 from bench.context import BenchContext, payload
 from bench.report import SectionResult, Spread, Target
 from bench.stack import DeliveryStack, Worker, delivery_stack
-from delivery.broker import DELIVER_BATCH_TASK, DELIVER_TASK
+from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK
 
 TITLE = "1. End-to-end throughput (webhook, SQLite log)"
 
@@ -56,7 +56,7 @@ class _Runner:
         self.client = Celery("bench-baseline-client", broker=ctx.redis.url, set_as_current=False)
         self.client.conf.update(baseline_app.MATCHED)
         self.url = ctx.receiver.url("/e2e")
-        from delivery.producer import Publisher
+        from delivery.producer.publisher import Publisher
         from schemas import get_settings
 
         # The path a delivery takes on its own (delivery.send, retries): no batching.
@@ -214,7 +214,7 @@ _SHOWN = (
 
 def _our_settings() -> dict[str, Any]:
     """Our worker's Celery settings, from the same function ``delivery worker`` uses."""
-    from delivery.broker import celery_config
+    from delivery.producer.celery_config import celery_config
     from schemas import get_settings
 
     config = celery_config(get_settings())
@@ -267,7 +267,7 @@ def _summarise(
         f"--concurrency {cfg.concurrency}, task_acks_late, task_reject_on_worker_lost, "
         "worker_prefetch_multiplier=1, JSON, ignore_result; own queues "
         f"(bench-delivery, {BASELINE_QUEUE}).",
-        f"ours, from delivery.broker.celery_config: {_describe(ours_config)}.",
+        f"ours, from delivery.producer.celery_config: {_describe(ours_config)}.",
         f"ours: send_many publishes {DELIVER_BATCH_TASK} task messages of up to "
         f"DELIVERY_BATCH_SIZE={_batch_size()} deliveries, each claimed and recorded in one "
         f"transaction; '{SINGLE}' publishes one {DELIVER_TASK} per delivery, the path "

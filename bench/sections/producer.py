@@ -57,7 +57,7 @@ class _Contenders:
     def __init__(self, broker_url: str) -> None:
         from celery import Celery
 
-        from delivery.broker import celery_config
+        from delivery.producer.celery_config import celery_config
         from schemas import get_settings
 
         self.app = Celery("bench-raw-producer", set_as_current=False)
@@ -91,7 +91,7 @@ class _Contenders:
         return time.perf_counter() - started
 
     def send_task(self, count: int) -> float:
-        from delivery.broker import DELIVER_TASK
+        from delivery.producer.celery_config import DELIVER_TASK
 
         started = time.perf_counter()
         for i in range(count):
@@ -127,7 +127,7 @@ def _empty_sink(broker_url: str) -> int:
     is then emptied."""
     import redis
 
-    from delivery.broker import DELIVER_BATCH_TASK
+    from delivery.producer.celery_config import DELIVER_BATCH_TASK
 
     client = redis.Redis.from_url(broker_url)
     try:

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from delivery.cli import app, fail, out, print_json
 from delivery.cli.context import registry
-from delivery.crypto import generate_key
-from delivery.db import get_engine
-from delivery.migrate import upgrade
+from delivery.engine.crypto import generate_key
+from delivery.log.database import get_engine
+from delivery.log.migrate import upgrade
 from schemas import Envelope, Message, Payload, get_settings
 
 db = typer.Typer(help="The delivery log's database.", no_args_is_help=True)

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from delivery.channels import parse_retry_schedule
 from delivery.cli import app, fail, out, print_json, user_errors
 from delivery.cli.context import channel_store
+from delivery.engine.channels import parse_retry_schedule
 
 channels = typer.Typer(help="Named, configured dispatchers.", no_args_is_help=True)
 app.add_typer(channels, name="channels")

@@ -2,11 +2,11 @@
 
 from functools import lru_cache
 
-from delivery.channels import ChannelStore
-from delivery.crypto import SecretBox
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.channels import ChannelStore
+from delivery.engine.crypto import SecretBox
 from delivery.log import DeliveryLog
-from delivery.migrate import is_current
-from delivery.registry import DispatcherRegistry
+from delivery.log.migrate import is_current
 from schemas import get_settings
 
 

@@ -9,7 +9,7 @@ from rich.table import Table
 from delivery.cli import app, fail, out, print_json, user_errors
 from delivery.cli.context import delivery_log
 from delivery.log import DeliveryRecord
-from delivery.producer import get_publisher, send
+from delivery.producer.publisher import get_publisher, send
 from schemas import Payload
 
 

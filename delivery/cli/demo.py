@@ -17,13 +17,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from delivery.channels import parse_retry_schedule
 from delivery.cli import app, fail, out, user_errors
 from delivery.cli.admin import write_key_file
 from delivery.cli.context import channel_store, delivery_log
-from delivery.crypto import generate_key, load_secret_key
-from delivery.migrate import upgrade
-from delivery.producer import send_many
+from delivery.engine.channels import parse_retry_schedule
+from delivery.engine.crypto import generate_key, load_secret_key
+from delivery.log.migrate import upgrade
+from delivery.producer.publisher import send_many
 from schemas import Message, Payload, get_settings
 
 DEMO_CHANNEL = "demo-webhook"

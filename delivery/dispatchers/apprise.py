@@ -26,7 +26,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.http import RETRYABLE_STATUSES
+from delivery.dispatchers.netguard import resolve_public
+from delivery.dispatchers.protocol import APPRISE, AddressType
 from delivery.errors import (
     ConfigurationError,
     ForbiddenTarget,
@@ -34,9 +37,6 @@ from delivery.errors import (
     PermanentError,
     RetryableError,
 )
-from delivery.http import RETRYABLE_STATUSES
-from delivery.netguard import resolve_public
-from delivery.protocol import APPRISE, AddressType
 from schemas import Payload, get_settings
 
 #: The address that means "the channel's configured URL".

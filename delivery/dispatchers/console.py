@@ -4,8 +4,8 @@ import sys
 import threading
 from typing import ClassVar
 
-from delivery.dispatcher import Dispatcher, SendContext, SendResult
-from delivery.protocol import CONSOLE, AddressType
+from delivery.dispatchers.base import Dispatcher, SendContext, SendResult
+from delivery.dispatchers.protocol import CONSOLE, AddressType
 from schemas import Payload
 
 _print_lock = threading.Lock()

@@ -17,7 +17,8 @@ from typing import Annotated, ClassVar, Literal, NoReturn
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.protocol import EMAIL, AddressType
 from delivery.errors import (
     ConfigurationError,
     DeliveryError,
@@ -26,7 +27,6 @@ from delivery.errors import (
     RecipientRejected,
     RetryableError,
 )
-from delivery.protocol import EMAIL, AddressType
 from schemas import Payload
 
 TlsMode = Literal["none", "starttls", "implicit"]

@@ -19,7 +19,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.http import raise_for_status
+from delivery.dispatchers.protocol import SLACK, AddressType
 from delivery.errors import (
     InvalidAddress,
     PayloadRejected,
@@ -27,8 +29,6 @@ from delivery.errors import (
     RecipientRejected,
     RetryableError,
 )
-from delivery.http import raise_for_status
-from delivery.protocol import SLACK, AddressType
 from schemas import Payload
 
 #: The address of a webhook channel: the webhook already knows where it posts.

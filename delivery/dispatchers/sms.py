@@ -2,9 +2,10 @@
 
 Addresses are normalised to E.164 with ``phonenumbers``. Long texts go whole (Twilio splits
 them into segments) and the segment count is recorded: Twilio's when it gives one, else our
-own count from ``delivery.protocol.sms_segments``. The SDK talks through ``_Transport``, its
-documented custom-HTTP-client hook: a ``requests`` session per thread, an optional base URL
-(``api_base_url``) and the last response kept for its Retry-After header.
+own count from ``delivery.dispatchers.protocol.sms_segments``. The SDK talks through
+``_Transport``, its documented custom-HTTP-client hook: a ``requests`` session per thread,
+an optional base URL (``api_base_url``) and the last response kept for its Retry-After
+header.
 """
 
 import logging
@@ -21,7 +22,9 @@ from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.http import raise_for_delivery, raise_for_transport, retry_after
+from delivery.dispatchers.protocol import SMS, AddressType, sms_segments
 from delivery.errors import (
     InvalidAddress,
     PermanentError,
@@ -29,8 +32,6 @@ from delivery.errors import (
     RecipientRejected,
     RetryableError,
 )
-from delivery.http import raise_for_delivery, raise_for_transport, retry_after
-from delivery.protocol import SMS, AddressType, sms_segments
 from schemas import Payload
 
 logger = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ import urllib3
 from pydantic import Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.http import raise_for_status, raise_for_urllib3
+from delivery.dispatchers.netguard import GuardedPoolManager, make_pool_manager
+from delivery.dispatchers.protocol import WEBHOOK, AddressType
 from delivery.errors import InvalidAddress
-from delivery.http import raise_for_status, raise_for_urllib3
-from delivery.netguard import GuardedPoolManager, make_pool_manager
-from delivery.protocol import WEBHOOK, AddressType
 from schemas import Payload, get_settings
 
 USER_AGENT = "delivery-webhook/1"

@@ -3,11 +3,11 @@ import json
 import pytest
 from sqlalchemy import text
 
-from delivery.channels import ChannelStore, parse_rate_limit, parse_retry_schedule
-from delivery.crypto import SecretBox, generate_key
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.channels import ChannelStore, parse_rate_limit, parse_retry_schedule
+from delivery.engine.crypto import SecretBox, generate_key
 from delivery.errors import ConfigurationError, SecretKeyMissing, UnknownChannel
 from delivery.log import DeliveryLog
-from delivery.registry import DispatcherRegistry
 from schemas import Settings
 from tests.conftest import webhook_secret
 

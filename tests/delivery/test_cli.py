@@ -131,8 +131,9 @@ def test_retry_sends_a_failed_delivery_again_keeping_its_attempts(settings: Sett
     log = DeliveryLog.from_settings(settings)
     envelope = Envelope(id="f1", channel="hooks", address="https://a", payload=Payload(message="m"))
     claim = log.claim(envelope, lease=60)
-    from delivery.log import AttemptResult, utcnow
-    from delivery.models import Outcome
+    from delivery.clock import utcnow
+    from delivery.log import AttemptResult
+    from delivery.log.tables import Outcome
 
     log.finish(
         claim,
@@ -153,7 +154,7 @@ def test_retry_sends_a_failed_delivery_again_keeping_its_attempts(settings: Sett
 
 
 def test_commands_refuse_an_out_of_date_log(settings: Settings, tmp_path, monkeypatch) -> None:
-    from delivery.migrate import upgrade
+    from delivery.log.migrate import upgrade
     from schemas import get_settings
 
     stale = f"sqlite:///{tmp_path / 'old.sqlite3'}"

@@ -2,8 +2,9 @@ from datetime import timedelta
 
 import pytest
 
-from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished, utcnow
-from delivery.models import Outcome
+from delivery.clock import utcnow
+from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished
+from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
 
 

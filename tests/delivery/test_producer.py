@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 import delivery
 from delivery.errors import PublishError
-from delivery.producer import batches, delivery_id
+from delivery.producer.publisher import batches, delivery_id
 from schemas import Message, Payload, Settings, get_settings
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from delivery.ratelimit import LocalRateLimiter
+from delivery.engine.ratelimit import LocalRateLimiter
 
 
 def test_local_limiter_spaces_reservations() -> None:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from delivery.redis_transport import decode
+from delivery.transport.redis import decode
 
 
 def kombu_message(**overrides: object) -> bytes:

@@ -2,9 +2,9 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
+from delivery.dispatchers.registry import GROUP, DispatcherRegistry
 from delivery.dispatchers.webhook import WebhookDispatcher
 from delivery.errors import DispatcherLoadError, UnknownDispatcher
-from delivery.registry import GROUP, DispatcherRegistry
 
 
 def ep(name: str, value: str) -> EntryPoint:

@@ -1,6 +1,6 @@
 import pytest
 
-from delivery.retry import RETRY_AFTER_CAP, RetryPolicy, backoff
+from delivery.engine.retry import RETRY_AFTER_CAP, RetryPolicy, backoff
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:

@@ -3,11 +3,12 @@ from datetime import timedelta
 import pytest
 from pytest_httpserver import HTTPServer
 
-from delivery.channels import ChannelStore
-from delivery.crypto import SecretBox
-from delivery.log import DeliveryLog, utcnow
-from delivery.registry import DispatcherRegistry
-from delivery.service import DeliveryService, Dispatchers
+from delivery.clock import utcnow
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.channels import ChannelStore
+from delivery.engine.crypto import SecretBox
+from delivery.engine.service import DeliveryService, Dispatchers
+from delivery.log import DeliveryLog
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
 

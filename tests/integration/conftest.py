@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from delivery.channels import ChannelStore
-from delivery.crypto import SecretBox, generate_key
-from delivery.db import dispose_engines
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.channels import ChannelStore
+from delivery.engine.crypto import SecretBox, generate_key
 from delivery.log import DeliveryLog
-from delivery.migrate import upgrade
-from delivery.registry import DispatcherRegistry
+from delivery.log.database import dispose_engines
+from delivery.log.migrate import upgrade
 from schemas import get_settings
 from tests.support.servers import PostgresServer, RedisServer, WorkerProcess
 
@@ -118,9 +118,9 @@ class Stack:
             if key.startswith("DELIVERY_"):
                 os.environ.pop(key, None)
         get_settings.cache_clear()
-        from delivery import producer
+        from delivery.producer import reset_publisher
 
-        producer._current = None
+        reset_publisher()
 
 
 @pytest.fixture

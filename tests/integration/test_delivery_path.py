@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 import delivery
-from delivery.producer import get_publisher
+from delivery.producer.publisher import get_publisher
 from schemas import Envelope, Message, Payload
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
@@ -245,7 +245,7 @@ def test_db_upgrade_command_on_postgresql(postgres_server, tmp_path) -> None:
         assert {"deliveries", "attempts", "channels", "alembic_version"} <= set(
             inspect(engine).get_table_names()
         )
-        from delivery.migrate import is_current
+        from delivery.log.migrate import is_current
 
         assert is_current(engine)
     finally:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import delivery
-from delivery.producer import get_publisher
+from delivery.producer.publisher import get_publisher
 from schemas import MAX_PAYLOAD_BYTES, Message, Payload
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack

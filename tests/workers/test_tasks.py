@@ -5,8 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from delivery.log import AttemptResult, DeliveryLog, utcnow
-from delivery.models import Outcome
+from delivery.clock import utcnow
+from delivery.log import AttemptResult, DeliveryLog
+from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
 
 

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
 
-from delivery.dispatcher import SendContext
 from delivery.dispatchers.apprise import AppriseConfig, AppriseDispatcher
+from delivery.dispatchers.base import SendContext
 from delivery.errors import (
     DeliveryError,
     ForbiddenTarget,

@@ -16,10 +16,10 @@ import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 from pytest_httpserver import HTTPServer
 
-from delivery.dispatcher import Dispatcher, DispatcherConfig, SendContext
+from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext
+from delivery.dispatchers.protocol import AddressType, Protocol
+from delivery.dispatchers.registry import DispatcherRegistry
 from delivery.errors import PermanentError, RetryableError
-from delivery.protocol import AddressType, Protocol
-from delivery.registry import DispatcherRegistry
 from schemas import Payload, Settings
 from tests.conftest import webhook_secret
 from tests.support.servers import free_port

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from delivery.dispatcher import SendContext
+from delivery.dispatchers.base import SendContext
 from delivery.dispatchers.email import EmailConfig, EmailDispatcher
 from delivery.errors import (
     ConfigurationError,

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
 
-from delivery.dispatcher import SendContext
+from delivery.dispatchers.base import SendContext
 from delivery.dispatchers.slack import SlackConfig, SlackDispatcher
 from delivery.errors import (
     DeliveryError,

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
 
-from delivery.dispatcher import SendContext
+from delivery.dispatchers.base import SendContext
+from delivery.dispatchers.protocol import sms_segments
 from delivery.dispatchers.sms import SmsConfig, SmsDispatcher
 from delivery.errors import (
     DeliveryError,
@@ -19,7 +20,6 @@ from delivery.errors import (
     RecipientRejected,
     RetryableError,
 )
-from delivery.protocol import sms_segments
 from schemas import Payload
 from tests.support.servers import free_port
 

@@ -8,7 +8,8 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
-from delivery.dispatcher import SendContext
+from delivery.dispatchers.base import SendContext
+from delivery.dispatchers.netguard import GuardedPoolManager, is_forbidden, resolve_public
 from delivery.dispatchers.webhook import WebhookConfig, WebhookDispatcher
 from delivery.errors import (
     ForbiddenTarget,
@@ -17,7 +18,6 @@ from delivery.errors import (
     RateLimited,
     RetryableError,
 )
-from delivery.netguard import GuardedPoolManager, is_forbidden, resolve_public
 from schemas import Payload, Settings, get_settings
 from tests.conftest import webhook_secret
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, or_, update
 
-from delivery.models import ChannelRow
+from delivery.log.tables import ChannelRow
 
 # Built once: these run with every attempt.
 _RESET = (

@@ -67,7 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
         # Our subclass of kombu's Redis transport: garbage on the queue cannot stop a worker.
-        config["broker_transport"] = "delivery.redis_transport:Transport"
+        config["broker_transport"] = "delivery.transport.redis:Transport"
         config["broker_transport_options"] = {
             "visibility_timeout": settings.visibility_timeout,
             "socket_connect_timeout": 5,

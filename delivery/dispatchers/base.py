@@ -11,10 +11,13 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from delivery.protocol import AddressType, Protocol
+from delivery.dispatchers.protocol import AddressType, Protocol
 from schemas import Payload
 
 T = TypeVar("T")
+
+#: How a secret value is shown wherever a person may see it.
+MASK = "********"
 
 
 class DispatcherConfig(BaseModel):
@@ -66,7 +69,7 @@ def _type_name(annotation: object) -> str:
 
 def _jsonable(value: object) -> object:
     if isinstance(value, SecretStr):
-        return "********"
+        return MASK
     if value is None or isinstance(value, str | int | float | bool | dict | list):
         return value
     return str(value)

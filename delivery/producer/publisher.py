@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from delivery.broker import DELIVER_BATCH_TASK, DELIVER_TASK, celery_config
 from delivery.errors import PublishError
+from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, celery_config
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,13 @@ def get_publisher(settings: Settings | None = None) -> Publisher:
         if _current is None or _current[0] is not settings:
             _current = (settings, Publisher(settings))
         return _current[1]
+
+
+def reset_publisher() -> None:
+    """Forget the process's publisher, so the next send reads the settings afresh (tests)."""
+    global _current
+    with _current_lock:
+        _current = None
 
 
 def send(

@@ -14,9 +14,13 @@ from typing import Literal
 
 from sqlalchemy import Connection
 
-from delivery.breaker import record_failure, record_success
-from delivery.channels import Channel, ChannelStore, parse_rate_limit, parse_retry_schedule
-from delivery.dispatcher import Dispatcher, SendContext
+from delivery.clock import utcnow
+from delivery.dispatchers.base import Dispatcher, SendContext
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.breaker import record_failure, record_success
+from delivery.engine.channels import Channel, ChannelStore, parse_rate_limit, parse_retry_schedule
+from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
+from delivery.engine.retry import RetryPolicy
 from delivery.errors import (
     ConfigurationError,
     PermanentError,
@@ -25,11 +29,8 @@ from delivery.errors import (
     UnknownChannel,
     UnknownDispatcher,
 )
-from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished, utcnow
-from delivery.models import Outcome
-from delivery.ratelimit import LocalRateLimiter, RateLimiter
-from delivery.registry import DispatcherRegistry
-from delivery.retry import RetryPolicy
+from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
+from delivery.log.tables import Outcome
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Self
 
-from delivery.dispatcher import Dispatcher
+from delivery.dispatchers.base import Dispatcher
 from delivery.errors import DispatcherLoadError, UnknownDispatcher
 
 GROUP = "delivery.dispatchers"

@@ -10,14 +10,13 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
-from delivery.crypto import SecretBox
-from delivery.dispatcher import DispatcherConfig
+from delivery.dispatchers.base import MASK, DispatcherConfig
+from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.engine.crypto import SecretBox
 from delivery.errors import ConfigurationError, UnknownChannel
-from delivery.models import ChannelRow
-from delivery.registry import DispatcherRegistry
+from delivery.log.tables import ChannelRow
 from schemas import CHANNEL_NAME_PATTERN
 
-MASK = "********"
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
 #: Longest retry schedule a channel may have (attempts after the first).
 MAX_SCHEDULE = 50

@@ -1,0 +1,7 @@
+"""The sending engine: deliver one message, from claim to recorded attempt.
+
+``service`` (claim, send, record, decide), ``instances`` (a dispatcher per channel, rebuilt
+when the channel changes), ``channels`` (the channel store), ``breaker`` (the per-channel
+circuit breaker), ``ratelimit``, ``retry`` (the retry policy), ``crypto`` (channel secrets at
+rest), and ``assembly``: the one place that builds all of it from settings.
+"""

@@ -1,0 +1,39 @@
+"""What every part of the delivery log shares: the engine, sessions and the write lock."""
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import sessionmaker
+
+from delivery.log.database import get_engine
+from schemas import Settings
+
+
+class LogBase:
+    """The connection to the log. ``DeliveryLog`` combines the parts built on it: the hot
+    path (``store``), the read models (``records``), the sweep and the admin writes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sqlite = engine.dialect.name == "sqlite"
+        # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
+        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        # SQLite has one writer at a time; threads of one process queue here instead of in
+        # SQLite's busy handler, which sleeps in growing steps and wastes the wait.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self._sqlite else contextlib.nullcontext()
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(get_engine(settings.resolved_database_url))
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection

@@ -1,0 +1,71 @@
+"""The sweep: what the log says is due and the broker does not hold."""
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from delivery.log.base import LogBase
+from delivery.log.records import DeliveryRecord
+from delivery.log.tables import DeliveryRow, Status
+from schemas import Envelope
+
+
+class DeliverySweep(LogBase):
+    def sweep(
+        self, *, now: datetime, horizon: float, grace: float, resweep: float, limit: int = 1000
+    ) -> list[tuple[Envelope, float]]:
+        """Deliveries the broker does not hold a message for, with seconds until each is due.
+
+        Picks retries due within ``horizon`` seconds that were scheduled here rather than
+        parked in the broker; retries parked in the broker ``grace`` seconds past due (their
+        message was lost); leases expired ``grace`` seconds ago (their worker died); and
+        queued deliveries idle that long (replayed, then the publish failed). Each is marked,
+        so it is not picked again for ``resweep`` seconds.
+        """
+        overdue = now - timedelta(seconds=grace)
+        candidates = and_(
+            DeliveryRow.payload.is_not(None),
+            or_(
+                DeliveryRow.swept_at.is_(None),
+                DeliveryRow.swept_at <= now - timedelta(seconds=resweep),
+            ),
+            or_(
+                and_(
+                    DeliveryRow.status == Status.RETRYING,
+                    DeliveryRow.next_attempt_at <= now + timedelta(seconds=horizon),
+                    or_(DeliveryRow.swept_at.is_(None), DeliveryRow.next_attempt_at <= overdue),
+                ),
+                and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until <= overdue),
+                and_(DeliveryRow.status == Status.QUEUED, DeliveryRow.updated_at <= overdue),
+            ),
+        )
+        with self._write_lock, self._sessions.begin() as session:
+            rows = session.scalars(
+                select(DeliveryRow)
+                .where(candidates)
+                .order_by(DeliveryRow.next_attempt_at)
+                .limit(limit)
+            ).all()
+            if not rows:
+                return []
+            # Only what this sweep marked: another sweeper may have taken some meanwhile.
+            marked = set(
+                session.scalars(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id.in_([r.id for r in rows]), candidates)
+                    .values(swept_at=now)
+                    .returning(DeliveryRow.id)
+                    .execution_options(synchronize_session=False)
+                ).all()
+            )
+            found = [
+                (
+                    DeliveryRecord.from_row(row).envelope(),
+                    max(0.0, (row.next_attempt_at - now).total_seconds())
+                    if row.status == Status.RETRYING and row.next_attempt_at
+                    else 0.0,
+                )
+                for row in rows
+                if row.id in marked
+            ]
+        return found

@@ -1,0 +1,1 @@
+"""Broker transports hardened for at-least-once delivery (kombu subclasses)."""
