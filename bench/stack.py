@@ -115,20 +115,13 @@ class DeliveryStack:
         self._saved = {k: os.environ.get(k) for k in self.env if k.startswith("DELIVERY_")}
         self._activate()
 
-        from delivery.dispatchers.registry import DispatcherRegistry
-        from delivery.engine.channels import ChannelStore
-        from delivery.engine.crypto import SecretBox
-        from delivery.log import DeliveryLog
+        from delivery.engine.assembly import assemble
         from delivery.log.migrate import upgrade
         from schemas import get_settings
 
         upgrade(database_url)
-        settings = get_settings()
-        self.log = DeliveryLog.from_settings(settings)
-        self.registry = DispatcherRegistry.from_installed()
-        self.channels = ChannelStore(
-            self.log.engine, self.registry, lambda: SecretBox.from_settings(settings)
-        )
+        self.engine = assemble(get_settings())
+        self.log, self.channels = self.engine.log, self.engine.channels
         self.control = Control(broker_url)
         self._workers = 0
 

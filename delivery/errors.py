@@ -12,9 +12,9 @@
     - UnknownChannel
     - SecretKeyMissing
   + PublishError              the producer could not reach the broker in time
-* RegistryError
-  + UnknownDispatcher
-  + DispatcherLoadError
+  + RegistryError             a plugin (dispatcher, inbound kind, handler) cannot be used
+    - UnknownDispatcher
+    - DispatcherLoadError
 
 Every class keeps ``args == (message,)`` and takes its context as keyword-only arguments,
 so Celery can pickle and unpickle it.
@@ -83,7 +83,7 @@ class PublishError(DeliveryError):
     pass
 
 
-class RegistryError(Exception):
+class RegistryError(DeliveryError):
     pass
 
 

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     secret_key: SecretStr | None = None
     allow_private_networks: bool = False
+    #: Where providers reach ``delivery serve`` (status callbacks, signature checks behind
+    #: a proxy), e.g. ``https://delivery.example.com``. Empty: nowhere.
+    public_url: str | None = None
     #: Seconds before a Redis broker hands an unacknowledged task to another worker.
     visibility_timeout: float = Field(default=3600.0, gt=0)
     #: Delay before each attempt, the first included, for channels without their own:
@@ -64,6 +67,10 @@ class Settings(BaseSettings):
     @property
     def is_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def is_redis_broker(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://"))
 
     @property
     def delay_limit(self) -> float:

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import worker_init, worker_process_init
 
 from delivery.log.database import dispose_engines
 from delivery.producer.celery_config import celery_config
@@ -41,10 +41,3 @@ def _tidy_embedded_broker(**_: Any) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database connections.
     dispose_engines()
-
-
-@worker_shutdown.connect
-def _close_clients(**_: Any) -> None:
-    from workers.tasks import close_service
-
-    close_service()

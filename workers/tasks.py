@@ -5,56 +5,48 @@ import threading
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.signals import worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.clock import utcnow
-from delivery.dispatchers.registry import DispatcherRegistry
-from delivery.engine.channels import ChannelStore
-from delivery.engine.crypto import SecretBox
-from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from delivery.engine.assembly import Assembly, assemble
 from delivery.engine.retry import backoff
-from delivery.engine.service import Decision, DeliveryService, Dispatchers
-from delivery.log import DeliveryLog
+from delivery.engine.service import Decision, DeliveryService
+from delivery.errors import PublishError
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
-from schemas import Envelope, Settings, get_settings
+from schemas import Envelope, get_settings
+from schemas.validation import explain
 from workers.app import app
 
 logger = logging.getLogger(__name__)
 
-_service: DeliveryService | None = None
-_service_lock = threading.Lock()
+_assembly: Assembly | None = None
+_assembly_lock = threading.Lock()
 
 
-def _rate_limiter(settings: Settings) -> RateLimiter:
-    # Through Redis a limit holds across every worker; otherwise within this process.
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        return RedisRateLimiter(settings.broker_url)
-    return LocalRateLimiter()
+def get_assembly() -> Assembly:
+    """This process's engine, assembled on first use."""
+    global _assembly
+    with _assembly_lock:
+        if _assembly is None:
+            _assembly = assemble(get_settings())
+        return _assembly
 
 
 def get_service() -> DeliveryService:
-    """This process's delivery service, built on first use."""
-    global _service
-    with _service_lock:
-        if _service is None:
-            settings = get_settings()
-            log = DeliveryLog.from_settings(settings)
-            registry = DispatcherRegistry.from_installed()
-            channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
-            _service = DeliveryService(
-                settings, log, Dispatchers(channels, registry), _rate_limiter(settings)
-            )
-        return _service
+    return get_assembly().service
 
 
-def close_service() -> None:
-    global _service
-    with _service_lock:
-        if _service is not None:
-            _service.dispatchers.close()
-            _service = None
+@worker_shutdown.connect
+def close_service(**_: Any) -> None:
+    """Close the dispatchers' clients and forget the engine (at shutdown, and in tests)."""
+    global _assembly
+    with _assembly_lock:
+        if _assembly is not None:
+            _assembly.close()
+            _assembly = None
 
 
 @app.task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
@@ -89,14 +81,18 @@ def deliver_batch(self: Task, envelopes: Any = None, *extra: Any, **unexpected: 
         decisions = get_service().deliver_many(requests)
     except SQLAlchemyError as exc:
         _retry_later(self, exc, requests[0].id)
-    later = [(r, d) for r, d in zip(requests, decisions, strict=True) if d.action == "requeue"]
-    for request, decision in later:
+    later = [
+        (r, d.countdown or None)
+        for r, d in zip(requests, decisions, strict=True)
+        if d.action == "requeue"
+    ]
+    if later:
         # Each one that must wait goes on as a task of its own, the way a single send does.
-        deliver.apply_async(
-            args=[request.model_dump(mode="json")],
-            task_id=request.id,
-            countdown=decision.countdown or None,
-        )
+        try:
+            get_publisher().publish_envelopes(later)
+        except PublishError:
+            # Their claims were handed back: the sweep re-enqueues them from the log.
+            logger.warning("could not requeue %d deliveries; the sweep will", len(later))
     return _tally(decisions)
 
 
@@ -104,7 +100,7 @@ def _validated(raw: Any) -> Envelope | None:
     try:
         return Envelope.model_validate(raw)
     except ValidationError as exc:
-        _reject(raw, f"malformed task message: {_summarise(exc)}")
+        _reject(raw, f"malformed task message: {'; '.join(explain(exc, limit=5))}")
         return None
 
 
@@ -141,9 +137,7 @@ def sweep() -> int:
     )
     if found:
         # Those due now travel in batches, like send_many's: after an outage there are many.
-        get_publisher(settings).publish_envelopes(
-            [e for e, _ in found], [c or None for _, c in found], batch=True
-        )
+        get_publisher(settings).publish_envelopes(found, batch=True)
         logger.info("sweep re-enqueued %d deliveries", len(found))
     return len(found)
 
@@ -163,11 +157,3 @@ def _reject(raw: Any, reason: str) -> None:
         except SQLAlchemyError:
             logger.exception("could not record rejected delivery %s", delivery_id)
     logger.error("rejected task message (id %r): %s", delivery_id, reason)
-
-
-def _summarise(exc: ValidationError) -> str:
-    # Field locations and messages only: the input values may be large or sensitive.
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}"
-        for err in exc.errors()[:5]
-    )

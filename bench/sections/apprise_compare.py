@@ -43,8 +43,8 @@ def _dispatcher(ctx: BenchContext, url: str, count: int) -> float:
         database_url=ctx.sqlite_url("apprise"),
         queue="bench-apprise",
     ) as stack:
-        channel = stack.channels.get(stack.add_channel("apprise"))
-        dispatcher = stack.registry.get(channel.dispatcher)(channel.config)
+        # Built as the worker builds it, in the stack's environment (loopback allowed).
+        _, dispatcher = stack.engine.dispatchers.get(stack.add_channel("apprise"))
         payloads = [Payload.model_validate(payload(i)) for i in range(count)]
         try:
             started = time.perf_counter()

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from delivery.errors import DeliveryError, RegistryError
+from schemas.validation import explain
 
 app = typer.Typer(
     name="delivery",
@@ -38,13 +39,11 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        fail(
-            "\n".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
-            )
-        )
-    except (DeliveryError, RegistryError) as exc:
-        fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, RegistryError) else str(exc))
+        fail("\n".join(explain(exc)))
+    except RegistryError as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    except DeliveryError as exc:
+        fail(str(exc))
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
-"""What the commands share: settings, the log, the registry, the channel store."""
+"""What the commands share: the engine assembled from settings, checked to be migrated."""
 
 from functools import lru_cache
 
-from delivery.dispatchers.registry import DispatcherRegistry
+from delivery.dispatchers import DispatcherRegistry
+from delivery.engine.assembly import Assembly, assemble
 from delivery.engine.channels import ChannelStore
-from delivery.engine.crypto import SecretBox
 from delivery.log import DeliveryLog
 from delivery.log.migrate import is_current
 from schemas import get_settings
@@ -15,18 +15,18 @@ def registry() -> DispatcherRegistry:
     return DispatcherRegistry.from_installed()
 
 
-def delivery_log(*, must_exist: bool = True) -> DeliveryLog:
+def engine(*, must_exist: bool = True) -> Assembly:
     from delivery.cli import fail
 
-    settings = get_settings()
-    log = DeliveryLog.from_settings(settings)
-    if must_exist and not is_current(log.engine):
+    assembly = assemble(get_settings(), registry=registry())
+    if must_exist and not is_current(assembly.log.engine):
         fail("the delivery log is missing or out of date: run `delivery db upgrade` first")
-    return log
+    return assembly
+
+
+def delivery_log(*, must_exist: bool = True) -> DeliveryLog:
+    return engine(must_exist=must_exist).log
 
 
 def channel_store() -> ChannelStore:
-    settings = get_settings()
-    return ChannelStore(
-        delivery_log().engine, registry(), lambda: SecretBox.from_settings(settings)
-    )
+    return engine().channels

@@ -133,5 +133,5 @@ def retry(
             else f"{delivery_id} is {current.status}, not failed"
         )
     with user_errors():
-        get_publisher().publish_envelopes([r.envelope() for r in reopened], batch=True)
+        get_publisher().publish_envelopes([(r.envelope(), None) for r in reopened], batch=True)
     out.print(f"{len(reopened)} deliveries queued again")

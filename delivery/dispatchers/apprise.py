@@ -26,7 +26,13 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    SendContext,
+    SendResult,
+)
 from delivery.dispatchers.http import RETRYABLE_STATUSES
 from delivery.dispatchers.netguard import resolve_public
 from delivery.dispatchers.protocol import APPRISE, AddressType
@@ -37,7 +43,7 @@ from delivery.errors import (
     PermanentError,
     RetryableError,
 )
-from schemas import Payload, get_settings
+from schemas import Payload
 
 #: The address that means "the channel's configured URL".
 CONFIG_ADDRESS = "-"
@@ -87,9 +93,10 @@ class AppriseDispatcher(Dispatcher):
 
     config: AppriseConfig
 
-    def __init__(self, config: AppriseConfig) -> None:
-        super().__init__(config)
-        self._allow_private = get_settings().allow_private_networks
+    def __init__(
+        self, config: AppriseConfig, *, environment: DispatcherEnvironment | None = None
+    ) -> None:
+        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         address = address.strip()
@@ -113,15 +120,17 @@ class AppriseDispatcher(Dispatcher):
         if address == CONFIG_ADDRESS and self.config.url is not None:
             url = self.config.url.get_secret_value()
         where = _describe(url)
-        if not self._allow_private:
+        if not self.environment.allow_private_networks:
             self._guard(url, where)
         asset = apprise.AppriseAsset()
-        if not self._allow_private and hasattr(asset, "http_redirects"):
+        if not self.environment.allow_private_networks and hasattr(asset, "http_redirects"):
             asset.http_redirects = False  # a redirect could lead anywhere, 169.254.169.254 too
         notifier = apprise.Apprise(asset=asset)
         if not notifier.add(url):
             raise InvalidAddress(f"Apprise cannot use {where}", dispatcher=self.slug)
-        if not self._allow_private and any(getattr(s, "redirects", False) for s in notifier):
+        if not self.environment.allow_private_networks and any(
+            getattr(s, "redirects", False) for s in notifier
+        ):
             raise ForbiddenTarget(
                 f"{where} asks to follow redirects, which could lead to private networks",
                 dispatcher=self.slug,

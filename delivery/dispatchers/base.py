@@ -80,6 +80,17 @@ class EmptyConfig(DispatcherConfig):
 
 
 @dataclass(frozen=True, slots=True)
+class DispatcherEnvironment:
+    """What a dispatcher may know of the deployment, handed to it by whoever builds it
+    (the worker builds it from settings), never read from global settings."""
+
+    #: Outbound HTTP may reach loopback, private and link-local targets (tests, sinks).
+    allow_private_networks: bool = False
+    #: Where providers reach ``delivery serve`` (status callbacks), if anywhere.
+    public_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SendContext:
     """What the worker knows about the delivery being sent."""
 
@@ -114,8 +125,15 @@ class Dispatcher(ABC):
     config_class: ClassVar[type[DispatcherConfig]] = EmptyConfig
     address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.ANY})
 
-    def __init__(self, config: DispatcherConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DispatcherConfig | None = None,
+        *,
+        environment: DispatcherEnvironment | None = None,
+    ) -> None:
         self.config = config if config is not None else self.config_class()
+        #: The safe default refuses private networks.
+        self.environment = environment if environment is not None else DispatcherEnvironment()
         self._local = threading.local()
         self._clients: list[object] = []
         self._clients_lock = threading.Lock()

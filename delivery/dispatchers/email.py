@@ -17,7 +17,13 @@ from typing import Annotated, ClassVar, Literal, NoReturn
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
+from delivery.dispatchers.base import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    SendContext,
+    SendResult,
+)
 from delivery.dispatchers.protocol import EMAIL, AddressType
 from delivery.errors import (
     ConfigurationError,
@@ -115,8 +121,10 @@ class EmailDispatcher(Dispatcher):
 
     config: EmailConfig
 
-    def __init__(self, config: EmailConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: EmailConfig, *, environment: DispatcherEnvironment | None = None
+    ) -> None:
+        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         try:

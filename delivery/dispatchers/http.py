@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from delivery.errors import PermanentError, RateLimited, RetryableError
+from delivery.errors import DeliveryError, PermanentError, RateLimited, RetryableError
 
 #: Statuses that mean "not now" rather than "never".
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -65,50 +65,44 @@ def raise_for_status(
     raise PermanentError(text, dispatcher=dispatcher, status=status)
 
 
-def raise_for_transport(
-    exc: requests.RequestException, *, dispatcher: str, host: str | None
-) -> None:
-    """Raise the delivery error a failed request means (no response at all).
+def is_http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL with a host."""
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
-    Raises:
-        PermanentError: too many redirects, or a URL that cannot be sent to.
-        RetryableError: timeouts and connection failures.
-    """
+
+def transport_error(
+    exc: requests.RequestException, *, dispatcher: str, host: str | None
+) -> DeliveryError:
+    """The delivery error a failed request means (no response at all), to raise
+    ``from exc``: a PermanentError for too many redirects or a URL that cannot be sent
+    to, a RetryableError for timeouts and connection failures."""
     if isinstance(
         exc,
         requests.TooManyRedirects
         | requests.exceptions.InvalidURL
         | requests.exceptions.MissingSchema,
     ):
-        raise PermanentError(f"{type(exc).__name__} for {host}", dispatcher=dispatcher) from exc
+        return PermanentError(f"{type(exc).__name__} for {host}", dispatcher=dispatcher)
     if isinstance(exc, requests.Timeout):
-        raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
-    raise RetryableError(
-        f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher
-    ) from exc
+        return RetryableError(f"timed out talking to {host}", dispatcher=dispatcher)
+    return RetryableError(f"cannot reach {host}: {type(exc).__name__}", dispatcher=dispatcher)
 
 
-def raise_for_urllib3(
+def urllib3_error(
     exc: urllib3.exceptions.HTTPError, *, dispatcher: str, host: str | None
-) -> None:
-    """``raise_for_transport`` for urllib3's errors.
-
-    Raises:
-        PermanentError: too many redirects, or a URL that cannot be sent to.
-        RetryableError: timeouts and connection failures.
-    """
+) -> DeliveryError:
+    """``transport_error`` for urllib3's errors."""
     reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
         reason, urllib3.exceptions.ResponseError
     ):
-        raise PermanentError(f"TooManyRedirects for {host}", dispatcher=dispatcher) from exc
+        return PermanentError(f"TooManyRedirects for {host}", dispatcher=dispatcher)
     if isinstance(reason, urllib3.exceptions.LocationValueError):
-        raise PermanentError(f"{type(reason).__name__} for {host}", dispatcher=dispatcher) from exc
+        return PermanentError(f"{type(reason).__name__} for {host}", dispatcher=dispatcher)
     # NewConnectionError subclasses ConnectTimeoutError, but a refusal is no timeout.
     if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
         reason, urllib3.exceptions.NewConnectionError
     ):
-        raise RetryableError(f"timed out talking to {host}", dispatcher=dispatcher) from exc
-    raise RetryableError(
-        f"cannot reach {host}: {type(reason).__name__}", dispatcher=dispatcher
-    ) from exc
+        return RetryableError(f"timed out talking to {host}", dispatcher=dispatcher)
+    return RetryableError(f"cannot reach {host}: {type(reason).__name__}", dispatcher=dispatcher)

@@ -19,8 +19,14 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
-from delivery.dispatchers.http import raise_for_status
+from delivery.dispatchers.base import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    SendContext,
+    SendResult,
+)
+from delivery.dispatchers.http import is_http_url, raise_for_status
 from delivery.dispatchers.protocol import SLACK, AddressType
 from delivery.errors import (
     InvalidAddress,
@@ -50,8 +56,7 @@ _RECIPIENT_ERRORS = frozenset(
 
 
 def _http_url(value: str, *, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(value):
         raise ValueError(f"{what} must be an http(s) URL")
     return value
 
@@ -100,8 +105,10 @@ class SlackDispatcher(Dispatcher):
 
     config: SlackConfig
 
-    def __init__(self, config: SlackConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: SlackConfig, *, environment: DispatcherEnvironment | None = None
+    ) -> None:
+        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         address = address.strip()

@@ -22,8 +22,14 @@ from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
-from delivery.dispatchers.http import raise_for_delivery, raise_for_transport, retry_after
+from delivery.dispatchers.base import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    SendContext,
+    SendResult,
+)
+from delivery.dispatchers.http import is_http_url, raise_for_delivery, retry_after, transport_error
 from delivery.dispatchers.protocol import SMS, AddressType, sms_segments
 from delivery.errors import (
     InvalidAddress,
@@ -94,10 +100,8 @@ class SmsConfig(DispatcherConfig):
     @field_validator("status_callback", "api_base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http(s) URL")
+        if value is not None and not is_http_url(value):
+            raise ValueError("must be an http(s) URL")
         return value
 
     @model_validator(mode="after")
@@ -179,8 +183,10 @@ class SmsDispatcher(Dispatcher):
 
     config: SmsConfig
 
-    def __init__(self, config: SmsConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: SmsConfig, *, environment: DispatcherEnvironment | None = None
+    ) -> None:
+        super().__init__(config, environment=environment)
         self._host = urlsplit(config.api_base_url or "https://api.twilio.com").hostname
 
     def validate_address(self, address: str) -> str:
@@ -212,8 +218,7 @@ class SmsDispatcher(Dispatcher):
         except TwilioRestException as exc:
             self._raise(exc, twilio.transport.last_response)
         except requests.RequestException as exc:
-            raise_for_transport(exc, dispatcher=self.slug, host=self._host)
-            raise  # unreachable: raise_for_transport always raises
+            raise transport_error(exc, dispatcher=self.slug, host=self._host) from exc
         counted = sms_segments(payload.message)
         # Twilio says 0 until a Messaging Service has picked a sender.
         reported = int(message.num_segments or 0)

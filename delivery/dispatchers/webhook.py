@@ -11,12 +11,18 @@ import urllib3
 from pydantic import Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext, SendResult
-from delivery.dispatchers.http import raise_for_status, raise_for_urllib3
+from delivery.dispatchers.base import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    SendContext,
+    SendResult,
+)
+from delivery.dispatchers.http import is_http_url, raise_for_status, urllib3_error
 from delivery.dispatchers.netguard import GuardedPoolManager, make_pool_manager
 from delivery.dispatchers.protocol import WEBHOOK, AddressType
 from delivery.errors import InvalidAddress
-from schemas import Payload, get_settings
+from schemas import Payload
 
 USER_AGENT = "delivery-webhook/1"
 
@@ -56,22 +62,23 @@ class WebhookDispatcher(Dispatcher):
 
     config: WebhookConfig
 
-    def __init__(self, config: WebhookConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: WebhookConfig, *, environment: DispatcherEnvironment | None = None
+    ) -> None:
+        super().__init__(config, environment=environment)
         self._signer = Webhook(config.secret.get_secret_value())
-        self._allow_private = get_settings().allow_private_networks
 
     def validate_address(self, address: str) -> str:
         address = address.strip()
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not is_http_url(address):
             raise InvalidAddress(f"{address!r} is not an http(s) URL", dispatcher=self.slug)
+        parts = urlsplit(address)
         if parts.username or parts.password:
             raise InvalidAddress("webhook URLs may not carry credentials", dispatcher=self.slug)
         return address
 
     def _pool(self) -> GuardedPoolManager:
-        return make_pool_manager(allow_private_networks=self._allow_private)
+        return make_pool_manager(allow_private_networks=self.environment.allow_private_networks)
 
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
         # Only the payload is posted: channel config and secrets never reach the endpoint.
@@ -94,8 +101,7 @@ class WebhookDispatcher(Dispatcher):
                 "POST", address, body=body.encode(), headers=headers, timeout=self.config.timeout
             )
         except urllib3.exceptions.HTTPError as exc:
-            raise_for_urllib3(exc, dispatcher=self.slug, host=host)
-            raise  # unreachable: raise_for_urllib3 always raises
+            raise urllib3_error(exc, dispatcher=self.slug, host=host) from exc
         # The body was read whole (preload), so the connection is back in the pool.
         raise_for_status(
             response.status,

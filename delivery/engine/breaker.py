@@ -1,16 +1,22 @@
-"""The per-channel circuit breaker's bookkeeping, run inside the attempt's transaction.
+"""The per-channel circuit breaker, in one place: the gate a delivery passes before sending,
+and the bookkeeping each attempt's outcome adds to the transaction that records it.
 
 After ``threshold`` failed attempts in a row the breaker opens: deliveries on the channel
 wait instead of spending their attempts, and one probe is let through per interval. The
-first success closes it.
+first success closes it. A channel paused by a person waits at the same gate.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy import Connection, Engine, bindparam, or_, update
+from sqlalchemy.orm import sessionmaker
 
 from delivery.log.tables import ChannelRow
+
+#: A write run inside the transaction that records an attempt.
+Bookkeeping = Callable[[Connection], None]
 
 # Built once: these run with every attempt.
 _RESET = (
@@ -38,22 +44,74 @@ _OPEN = (
 )
 
 
-def record_success(channel: str) -> Callable[[Connection], None]:
-    def apply(connection: Connection) -> None:
-        connection.execute(_RESET, {"p_name": channel})
+@dataclass(frozen=True, slots=True)
+class AttemptHealth:
+    """What one attempt says about its channel's health."""
 
-    return apply
+    channel: str
+    delivered: bool
+    #: A provider-side failure (retryable, unexpected); a bad address says nothing.
+    failed: bool
 
 
-def record_failure(
-    channel: str, *, now: datetime, threshold: int, probe_interval: float
-) -> Callable[[Connection], None]:
-    def apply(connection: Connection) -> None:
-        connection.execute(_COUNT, {"p_name": channel})
-        if threshold > 0:
-            until = now + timedelta(seconds=probe_interval)
-            connection.execute(
-                _OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until}
-            )
+class Breaker:
+    def __init__(self, engine: Engine, *, threshold: int, probe_interval: float) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.threshold = threshold
+        self.probe_interval = probe_interval
 
-    return apply
+    def gate(self, name: str, *, now: datetime) -> tuple[datetime | None, bool]:
+        """When to look again (None: send now), and whether this send is the breaker's probe."""
+        with self._sessions.begin() as session:
+            row = session.get(ChannelRow, name)
+            if row is None:
+                return None, False  # removed meanwhile: sending will say so
+            if row.paused:
+                return now + timedelta(seconds=self.probe_interval), False
+            if row.breaker_open_until is None:
+                return None, False
+            if row.breaker_open_until > now:
+                return row.breaker_open_until, False
+            # Due for a probe: whoever moves the deadline on first sends it.
+            probe = session.execute(
+                update(ChannelRow)
+                .where(ChannelRow.name == name, ChannelRow.breaker_open_until <= now)
+                .values(breaker_open_until=now + timedelta(seconds=self.probe_interval))
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            return (None, True) if probe else (now + timedelta(seconds=self.probe_interval), False)
+
+    def bookkeeping(self, health: Iterable[AttemptHealth], *, now: datetime) -> list[Bookkeeping]:
+        """The writes that keep the breakers up to date with these attempts, in channel
+        order, so concurrent batches lock channel rows in one order (no deadlocks)."""
+        writes: list[tuple[str, Bookkeeping]] = []
+        succeeded: set[str] = set()
+        for attempt in health:
+            if attempt.delivered:
+                # One reset per channel and batch closes the breaker as well as many.
+                if attempt.channel not in succeeded:
+                    succeeded.add(attempt.channel)
+                    writes.append((attempt.channel, self._success(attempt.channel)))
+            elif attempt.failed:
+                writes.append((attempt.channel, self._failure(attempt.channel, now)))
+        writes.sort(key=lambda pair: pair[0])  # stable: a channel's own order is kept
+        return [write for _, write in writes]
+
+    @staticmethod
+    def _success(channel: str) -> Bookkeeping:
+        def apply(connection: Connection) -> None:
+            connection.execute(_RESET, {"p_name": channel})
+
+        return apply
+
+    def _failure(self, channel: str, now: datetime) -> Bookkeeping:
+        threshold, until = self.threshold, now + timedelta(seconds=self.probe_interval)
+
+        def apply(connection: Connection) -> None:
+            connection.execute(_COUNT, {"p_name": channel})
+            if threshold > 0:
+                connection.execute(
+                    _OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until}
+                )
+
+        return apply

@@ -3,10 +3,10 @@
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -16,6 +16,7 @@ from delivery.engine.crypto import SecretBox
 from delivery.errors import ConfigurationError, UnknownChannel
 from delivery.log.tables import ChannelRow
 from schemas import CHANNEL_NAME_PATTERN
+from schemas.validation import explain
 
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
 #: Longest retry schedule a channel may have (attempts after the first).
@@ -70,21 +71,6 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
     return delays
 
 
-def explain_config_error(exc: ValidationError, config_class: type[BaseModel]) -> str:
-    """One line per problem, naming the field and what is allowed."""
-    allowed = ", ".join(config_class.model_fields) or "none"
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "config"
-        if error["type"] == "extra_forbidden":
-            lines.append(f"unknown field {where!r}; allowed fields: {allowed}")
-        elif error["type"] == "missing":
-            lines.append(f"{where}: required")
-        else:
-            lines.append(f"{where}: {error['msg']}")
-    return "\n".join(lines)
-
-
 class ChannelStore:
     def __init__(
         self, engine: Engine, registry: DispatcherRegistry, box: Callable[[], SecretBox]
@@ -105,7 +91,7 @@ class ChannelStore:
         try:
             return config_class.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigurationError(explain_config_error(exc, config_class)) from None
+            raise ConfigurationError("\n".join(explain(exc, model=config_class))) from None
 
     def add(
         self,
@@ -174,29 +160,6 @@ class ChannelStore:
             updated_at=row.updated_at,
             breaker_open_until=row.breaker_open_until,
         )
-
-    def gate(
-        self, name: str, *, now: datetime, probe_interval: float
-    ) -> tuple[datetime | None, bool]:
-        """When to look again (None: send now), and whether this send is the breaker's probe."""
-        with self._sessions.begin() as session:
-            row = session.get(ChannelRow, name)
-            if row is None:
-                return None, False  # removed meanwhile: sending will say so
-            if row.paused:
-                return now + timedelta(seconds=probe_interval), False
-            if row.breaker_open_until is None:
-                return None, False
-            if row.breaker_open_until > now:
-                return row.breaker_open_until, False
-            # Due for a probe: whoever moves the deadline on first sends it.
-            probe = session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.name == name, ChannelRow.breaker_open_until <= now)
-                .values(breaker_open_until=now + timedelta(seconds=probe_interval))
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            return (None, True) if probe else (now + timedelta(seconds=probe_interval), False)
 
     def set_paused(self, name: str, paused: bool) -> bool:
         """Pause or resume a channel; resuming also closes its breaker. False if unknown."""

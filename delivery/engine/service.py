@@ -5,20 +5,17 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Connection
-
 from delivery.clock import utcnow
-from delivery.dispatchers.base import Dispatcher, SendContext
-from delivery.dispatchers.registry import DispatcherRegistry
-from delivery.engine.breaker import record_failure, record_success
-from delivery.engine.channels import Channel, ChannelStore, parse_rate_limit, parse_retry_schedule
+from delivery.dispatchers.base import SendContext
+from delivery.engine.breaker import AttemptHealth, Breaker
+from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_schedule
+from delivery.engine.instances import DispatcherCache
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.engine.retry import RetryPolicy
 from delivery.errors import (
@@ -38,8 +35,6 @@ logger = logging.getLogger(__name__)
 #: Longest a worker thread sleeps for a rate-limit slot; further slots are waited for in
 #: the broker or the log instead.
 MAX_RATE_WAIT = 2.0
-#: How long a worker trusts its cached copy of a channel before checking for changes.
-CHANNEL_TTL = 5.0
 #: Longest a batch of deliveries runs before the rest goes one task each.
 BATCH_BUDGET = 30.0
 
@@ -57,66 +52,18 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """An attempt that has ended, with what deciding and recording it needs."""
+    """An attempt that has ended (what the log records) and the channel it was on."""
 
-    envelope: Envelope
     ended: Finished
     channel: Channel | None
     #: A failure that counts towards the channel's circuit breaker.
     breaker_failure: bool
-    #: For a retry: seconds until it is due.
-    countdown: float
 
-
-class Dispatchers:
-    """Dispatcher instances per channel, rebuilt when the channel changes.
-
-    Instances live as long as their channel is unchanged, so the per-thread clients they
-    hold (HTTP sessions, SMTP connections) are reused across deliveries.
-    """
-
-    def __init__(
-        self, channels: ChannelStore, registry: DispatcherRegistry, ttl: float = CHANNEL_TTL
-    ) -> None:
-        self.channels = channels
-        self.registry = registry
-        self.ttl = ttl
-        self._entries: dict[str, tuple[float, Channel, Dispatcher]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> tuple[Channel, Dispatcher]:
-        """Raises: UnknownChannel, RegistryError, ConfigurationError."""
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(name)
-        if entry is not None and now - entry[0] < self.ttl:
-            return entry[1], entry[2]
-        try:
-            channel = self.channels.get(name)
-        except UnknownChannel:
-            self._drop(name)
-            raise
-        if entry is not None and entry[1].updated_at == channel.updated_at:
-            dispatcher = entry[2]
-        else:
-            dispatcher = self.registry.get(channel.dispatcher)(channel.config)
-            if entry is not None:
-                entry[2].close()
-        with self._lock:
-            self._entries[name] = (now, channel, dispatcher)
-        return channel, dispatcher
-
-    def _drop(self, name: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(name, None)
-        if entry is not None:
-            entry[2].close()
-
-    def close(self) -> None:
-        with self._lock:
-            entries, self._entries = list(self._entries.values()), {}
-        for _, _, dispatcher in entries:
-            dispatcher.close()
+    @property
+    def countdown(self) -> float:
+        """For a retry: seconds until it is due."""
+        due = self.ended.result.next_attempt_at
+        return _seconds_until(due) if due else 0.0
 
 
 class DeliveryService:
@@ -124,12 +71,17 @@ class DeliveryService:
         self,
         settings: Settings,
         log: DeliveryLog,
-        dispatchers: Dispatchers,
+        dispatchers: DispatcherCache,
         limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
         self.dispatchers = dispatchers
+        self.breaker = Breaker(
+            log.engine,
+            threshold=settings.breaker_threshold,
+            probe_interval=settings.breaker_probe_interval,
+        )
         self.limiter = limiter or LocalRateLimiter()
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -209,9 +161,7 @@ class DeliveryService:
         # The cached channel may be seconds old; a retry means the provider has been
         # failing, so ask the log whether the breaker has opened meanwhile.
         if channel.may_be_held or claim.attempt - claim.attempt_base > 1:
-            until, probe = self.dispatchers.channels.gate(
-                channel.name, now=now, probe_interval=self.settings.breaker_probe_interval
-            )
+            until, probe = self.breaker.gate(channel.name, now=now)
             if probe:
                 # The probe tests the provider for everyone: it does not spend one of this
                 # delivery's attempts, so a failed probe never fails the delivery.
@@ -276,7 +226,6 @@ class DeliveryService:
             )
         countdown = _seconds_until(result.next_attempt_at) if result.next_attempt_at else 0.0
         return Attempt(
-            envelope=envelope,
             ended=Finished(
                 claim,
                 result,
@@ -285,35 +234,26 @@ class DeliveryService:
             ),
             channel=channel,
             breaker_failure=breaker_failure,
-            countdown=countdown,
         )
 
     def _record(self, attempts: Sequence["Attempt"]) -> list[Decision]:
         """Record ended attempts in one transaction, with the breakers' bookkeeping."""
         if not attempts:
             return []
-        health: list[tuple[str, Callable[[Connection], None]]] = []
-        succeeded: set[str] = set()
-        for attempt in attempts:
-            if attempt.channel is None:
-                continue
-            name = attempt.channel.name
-            if attempt.ended.result.outcome is Outcome.DELIVERED:
-                # One reset per channel and batch closes the breaker as well as many.
-                if name not in succeeded:
-                    succeeded.add(name)
-                    health.append((name, record_success(name)))
-            elif attempt.breaker_failure:
-                failure = record_failure(
-                    name,
-                    now=utcnow(),
-                    threshold=self.settings.breaker_threshold,
-                    probe_interval=self.settings.breaker_probe_interval,
+        health = self.breaker.bookkeeping(
+            (
+                AttemptHealth(
+                    a.channel.name,
+                    delivered=a.ended.result.outcome is Outcome.DELIVERED,
+                    failed=a.breaker_failure,
                 )
-                health.append((name, failure))
-        health.sort(key=lambda pair: pair[0])  # stable: a channel's own order is kept
+                for a in attempts
+                if a.channel is not None
+            ),
+            now=utcnow(),
+        )
         moved = self.log.finish_many(
-            [a.ended for a in attempts], worker=self.worker_name, health=[h for _, h in health]
+            [a.ended for a in attempts], worker=self.worker_name, health=health
         )
         if moved < len(attempts):
             # Another worker took these over (their lease ran out); its attempt counts.
@@ -321,7 +261,7 @@ class DeliveryService:
                 "%d of %d attempts recorded after their lease was lost (%s)",
                 len(attempts) - moved,
                 len(attempts),
-                ", ".join(a.envelope.id for a in attempts[:3])
+                ", ".join(a.ended.claim.delivery_id for a in attempts[:3])
                 + (" and others" if len(attempts) > 3 else ""),
             )
         decisions = []
@@ -329,7 +269,7 @@ class DeliveryService:
             outcome = attempt.ended.result.outcome
             logger.info(
                 "delivery %s attempt %s: %s",
-                attempt.envelope.id,
+                attempt.ended.claim.delivery_id,
                 attempt.ended.claim.attempt,
                 outcome.value,
             )

@@ -1,17 +1,22 @@
 """Applying the Alembic migrations in ``migrations/`` to a delivery log."""
 
+import importlib.util
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from delivery.errors import ConfigurationError
+
 
 def alembic_config(url: str) -> Config:
-    import migrations
-
+    # Found, not imported: the migrations import ``delivery``, and imports point one way.
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or spec.origin is None:
+        raise ConfigurationError("the `migrations` package is not installed beside `delivery`")
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(Path(spec.origin).parent))
     # Alembic's config is an INI file underneath; a literal % in a password must be escaped.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config

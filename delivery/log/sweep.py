@@ -13,8 +13,9 @@ from schemas import Envelope
 class DeliverySweep(LogBase):
     def sweep(
         self, *, now: datetime, horizon: float, grace: float, resweep: float, limit: int = 1000
-    ) -> list[tuple[Envelope, float]]:
-        """Deliveries the broker does not hold a message for, with seconds until each is due.
+    ) -> list[tuple[Envelope, float | None]]:
+        """Deliveries the broker does not hold a message for, with seconds until each is due
+        (None: due now), ready for ``Publisher.publish_envelopes``.
 
         Picks retries due within ``horizon`` seconds that were scheduled here rather than
         parked in the broker; retries parked in the broker ``grace`` seconds past due (their
@@ -59,13 +60,14 @@ class DeliverySweep(LogBase):
                 ).all()
             )
             found = [
-                (
-                    DeliveryRecord.from_row(row).envelope(),
-                    max(0.0, (row.next_attempt_at - now).total_seconds())
-                    if row.status == Status.RETRYING and row.next_attempt_at
-                    else 0.0,
-                )
+                (DeliveryRecord.from_row(row).envelope(), _wait(row, now))
                 for row in rows
                 if row.id in marked
             ]
         return found
+
+
+def _wait(row: DeliveryRow, now: datetime) -> float | None:
+    if row.status == Status.RETRYING and row.next_attempt_at and row.next_attempt_at > now:
+        return (row.next_attempt_at - now).total_seconds()
+    return None

@@ -43,7 +43,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Status(enum.StrEnum):
-    QUEUED = "queued"  # received by a worker, not yet tried
+    QUEUED = "queued"  # reopened by `delivery retry`, waiting for a worker to claim it
     SENDING = "sending"  # claimed by a worker, attempt under way
     RETRYING = "retrying"  # an attempt failed; another is scheduled
     DELIVERED = "delivered"
@@ -51,7 +51,10 @@ class Status(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
-    SENDING = "sending"  # recorded when the attempt starts, so a crash leaves a trace
+    """How an attempt ended. An attempt is recorded when it ends; the claim counts it as
+    it starts, so one a crash cut short is recorded as ``interrupted`` by the worker that
+    takes the delivery over."""
+
     DELIVERED = "delivered"
     RETRY = "retry"
     FAILED = "failed"

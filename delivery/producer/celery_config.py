@@ -65,7 +65,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "polling_interval": 0.1,
         }
-    elif settings.broker_url.startswith(("redis://", "rediss://")):
+    elif settings.is_redis_broker:
         # Our subclass of kombu's Redis transport: garbage on the queue cannot stop a worker.
         config["broker_transport"] = "delivery.transport.redis:Transport"
         config["broker_transport_options"] = {

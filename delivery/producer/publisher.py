@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 #: Namespace for delivery ids derived from ``(channel, idempotency_key)``.
 DELIVERY_NAMESPACE = uuid.UUID("6f0c8d52-3f0e-4a59-9d1c-6c2b4e1a7d30")
+#: An envelope to publish and the seconds it waits in the broker first (None: none).
+Outgoing = tuple[Envelope, float | None]
 #: Task messages per broker round trip.
 PIPELINE_SIZE = 500
 
@@ -91,23 +93,19 @@ class Publisher:
         envelopes = [
             _envelope(m, defer=bool(m.countdown and m.countdown > limit)) for m in messages
         ]
-        countdowns = [
-            m.countdown if not e.not_before else None
-            for m, e in zip(messages, envelopes, strict=True)
-        ]
-        self.publish_envelopes(envelopes, countdowns, batch=True)
+        self.publish_envelopes(
+            [
+                (e, m.countdown if not e.not_before else None)
+                for m, e in zip(messages, envelopes, strict=True)
+            ],
+            batch=True,
+        )
         return [
             Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key)
             for e in envelopes
         ]
 
-    def publish_envelopes(
-        self,
-        envelopes: Sequence[Envelope],
-        countdowns: Sequence[float | None] | None = None,
-        *,
-        batch: bool = False,
-    ) -> None:
+    def publish_envelopes(self, outgoing: Sequence[Outgoing], *, batch: bool = False) -> None:
         """Publish task messages, retrying the whole lot until ``publish_timeout``.
 
         With ``batch``, deliveries due now travel ``batch_size`` to a task message (see
@@ -118,8 +116,7 @@ class Publisher:
         Raises:
             PublishError: the broker stayed unreachable.
         """
-        delays = list(countdowns) if countdowns is not None else [None] * len(envelopes)
-        tasks = self._tasks(envelopes, delays, batch=batch)
+        tasks = self._tasks(outgoing, batch=batch)
         deadline = time.monotonic() + self.settings.publish_timeout
         pause = 0.1
         while True:
@@ -139,11 +136,8 @@ class Publisher:
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
-    def _tasks(
-        self, envelopes: Sequence[Envelope], countdowns: Sequence[float | None], *, batch: bool
-    ) -> list[_Task]:
-        """The task messages for ``envelopes``: one each, or batches of those due now."""
-        pairs = list(zip(envelopes, countdowns, strict=True))
+    def _tasks(self, pairs: Sequence[Outgoing], *, batch: bool) -> list[_Task]:
+        """The task messages for ``pairs``: one each, or batches of those due now."""
         tasks = [_single(e, c) for e, c in pairs if not batch or c]
         if batch:
             due = [e for e, c in pairs if not c]

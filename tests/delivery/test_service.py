@@ -4,22 +4,19 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from delivery.clock import utcnow
-from delivery.dispatchers.registry import DispatcherRegistry
-from delivery.engine.channels import ChannelStore
-from delivery.engine.crypto import SecretBox
-from delivery.engine.service import DeliveryService, Dispatchers
-from delivery.log import DeliveryLog
+from delivery.engine.assembly import assemble
+from delivery.engine.service import DeliveryService
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
 
 
 @pytest.fixture
 def service(settings: Settings) -> DeliveryService:
-    log = DeliveryLog.from_settings(settings)
-    registry = DispatcherRegistry.from_installed()
-    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
-    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 10, 10))
-    return DeliveryService(settings, log, Dispatchers(channels, registry, ttl=0))
+    engine = assemble(settings, channel_ttl=0)
+    engine.channels.add(
+        "hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 10, 10)
+    )
+    return engine.service
 
 
 def envelope(url: str, delivery_id: str = "d1", channel: str = "hooks") -> Envelope:
@@ -129,12 +126,11 @@ def test_a_parked_retry_is_rescued_only_when_overdue(
 def test_breaker_opens_after_consecutive_failures_and_closes_on_success(
     settings: Settings, httpserver: HTTPServer
 ) -> None:
-    log = DeliveryLog.from_settings(settings)
-    registry = DispatcherRegistry.from_installed()
-    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
-    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1, 1, 1, 1))
     tight = settings.model_copy(update={"breaker_threshold": 2, "breaker_probe_interval": 1000})
-    service = DeliveryService(tight, log, Dispatchers(channels, registry, ttl=0))
+    engine = assemble(tight, channel_ttl=0)
+    log, channels = engine.log, engine.channels
+    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1, 1, 1, 1))
+    service = engine.service
     httpserver.expect_request("/h").respond_with_data("", status=503)
     url = httpserver.url_for("/h")
     for i in range(2):
@@ -164,11 +160,10 @@ def test_paused_channel_holds_deliveries(service: DeliveryService, httpserver: H
 
 
 def test_rate_limit_spaces_sends(settings: Settings, httpserver: HTTPServer) -> None:
-    log = DeliveryLog.from_settings(settings)
-    registry = DispatcherRegistry.from_installed()
-    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
+    engine = assemble(settings, channel_ttl=0)
+    log, channels = engine.log, engine.channels
     channels.add("hooks", "webhook", {"secret": webhook_secret()}, rate_limit="1/h")
-    service = DeliveryService(settings, log, Dispatchers(channels, registry, ttl=0))
+    service = engine.service
     httpserver.expect_request("/h").respond_with_data("", status=200)
     url = httpserver.url_for("/h")
     assert service.deliver(envelope(url, delivery_id="r1")).outcome == "delivered"
@@ -186,12 +181,11 @@ def test_rate_limit_spaces_sends(settings: Settings, httpserver: HTTPServer) -> 
 def test_a_failed_probe_does_not_spend_the_deliverys_attempts(
     settings: Settings, httpserver: HTTPServer
 ) -> None:
-    log = DeliveryLog.from_settings(settings)
-    registry = DispatcherRegistry.from_installed()
-    channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
-    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1))
     tight = settings.model_copy(update={"breaker_threshold": 1, "breaker_probe_interval": 1000})
-    service = DeliveryService(tight, log, Dispatchers(channels, registry, ttl=0))
+    engine = assemble(tight, channel_ttl=0)
+    log, channels = engine.log, engine.channels
+    channels.add("hooks", "webhook", {"secret": webhook_secret()}, retry_schedule=(0, 1))
+    service = engine.service
     httpserver.expect_request("/h").respond_with_data("", status=503)
     url = httpserver.url_for("/h")
     # Given a delivery whose first attempt opened the breaker

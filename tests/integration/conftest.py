@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery.dispatchers.registry import DispatcherRegistry
-from delivery.engine.channels import ChannelStore
-from delivery.engine.crypto import SecretBox, generate_key
-from delivery.log import DeliveryLog
+from delivery.engine.assembly import assemble
+from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from schemas import get_settings
@@ -64,11 +62,11 @@ class Stack:
         self.workers: list[WorkerProcess] = []
         self._apply_env()
         upgrade(database_url)
-        settings = get_settings()
-        self.log = DeliveryLog.from_settings(settings)
-        self.registry = DispatcherRegistry.from_installed()
-        self.channels = ChannelStore(
-            self.log.engine, self.registry, lambda: SecretBox.from_settings(settings)
+        self.engine = assemble(get_settings())
+        self.log, self.registry, self.channels = (
+            self.engine.log,
+            self.engine.registry,
+            self.engine.channels,
         )
 
     def _apply_env(self) -> None:

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
 
+from delivery.dispatchers import DispatcherEnvironment
 from delivery.dispatchers.apprise import AppriseConfig, AppriseDispatcher
 from delivery.dispatchers.base import SendContext
 from delivery.errors import (
@@ -16,7 +17,8 @@ from delivery.errors import (
     PermanentError,
     RetryableError,
 )
-from schemas import Payload, Settings, get_settings
+from schemas import Payload, Settings
+from tests.support.environment import LOCAL
 from tests.support.servers import free_port
 
 # apprise imports the standard library's deprecated imghdr (for PGPy) on Python < 3.13.
@@ -27,12 +29,13 @@ CONTEXT = SendContext(delivery_id="d-1")
 Factory = Callable[..., AppriseDispatcher]
 
 
-@pytest.fixture
-def dispatcher(settings: Settings) -> Iterator[Factory]:
+def _factory(environment: DispatcherEnvironment) -> Iterator[Factory]:
     made: list[AppriseDispatcher] = []
 
     def make(**config: Any) -> AppriseDispatcher:
-        made.append(AppriseDispatcher(AppriseConfig.model_validate(config)))
+        made.append(
+            AppriseDispatcher(AppriseConfig.model_validate(config), environment=environment)
+        )
         return made[-1]
 
     yield make
@@ -41,12 +44,14 @@ def dispatcher(settings: Settings) -> Iterator[Factory]:
 
 
 @pytest.fixture
-def guarded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Production's default: private, loopback and link-local targets are refused."""
-    monkeypatch.setenv("DELIVERY_ALLOW_PRIVATE_NETWORKS", "false")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def dispatcher(settings: Settings) -> Iterator[Factory]:
+    yield from _factory(LOCAL)
+
+
+@pytest.fixture
+def guarded(settings: Settings) -> Iterator[Factory]:
+    """Production's default environment: private, loopback and link-local targets refused."""
+    yield from _factory(DispatcherEnvironment())
 
 
 def json_url(httpserver: HTTPServer, path: str = "/notify") -> str:
@@ -125,20 +130,18 @@ def test_addresses_must_be_urls(dispatcher: Factory, address: str) -> None:
         dispatcher().validate_address(address)
 
 
-@pytest.mark.usefixtures("guarded")
 def test_private_targets_are_refused_before_sending(
-    httpserver: HTTPServer, dispatcher: Factory
+    httpserver: HTTPServer, guarded: Factory
 ) -> None:
     with pytest.raises(ForbiddenTarget, match=r"127\.0\.0\.1"):
-        dispatcher().send(json_url(httpserver), Payload(message="hi"), context=CONTEXT)
+        guarded().send(json_url(httpserver), Payload(message="hi"), context=CONTEXT)
     assert httpserver.log == []
 
 
-@pytest.mark.usefixtures("guarded")
-def test_redirects_are_refused_when_guarded(dispatcher: Factory) -> None:
+def test_redirects_are_refused_when_guarded(guarded: Factory) -> None:
     # ntfy's host is not checked (ntfy://topic means ntfy.sh), so no DNS is needed here.
     with pytest.raises(ForbiddenTarget, match="redirects"):
-        dispatcher().send("ntfy://mytopic?redirect=yes", Payload(message="hi"), context=CONTEXT)
+        guarded().send("ntfy://mytopic?redirect=yes", Payload(message="hi"), context=CONTEXT)
 
 
 def test_config_url_must_look_like_a_url() -> None:

@@ -22,6 +22,7 @@ from delivery.dispatchers.registry import DispatcherRegistry
 from delivery.errors import PermanentError, RetryableError
 from schemas import Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.environment import LOCAL
 from tests.support.servers import free_port
 
 # apprise imports the standard library's deprecated imghdr (for PGPy) on Python < 3.13.
@@ -106,7 +107,7 @@ def make(settings: Settings) -> Iterator[Callable[[str, dict[str, Any]], Dispatc
 
     def build(name: str, raw: dict[str, Any]) -> Dispatcher:
         cls = REGISTRY.get(name)
-        made.append(cls(cls.config_class.model_validate(raw)))
+        made.append(cls(cls.config_class.model_validate(raw), environment=LOCAL))
         return made[-1]
 
     yield build

@@ -17,6 +17,7 @@ from delivery.errors import (
 )
 from schemas import Payload
 from tests.delivery.dispatchers.conftest import Certificate, SmtpFactory, accept_user
+from tests.support.environment import LOCAL
 from tests.support.servers import free_port
 
 CONTEXT = SendContext(delivery_id="d-1")
@@ -39,7 +40,7 @@ def dispatcher() -> Iterator[Factory]:
             "timeout": 5,
             **overrides,
         }
-        made.append(EmailDispatcher(EmailConfig.model_validate(config)))
+        made.append(EmailDispatcher(EmailConfig.model_validate(config), environment=LOCAL))
         return made[-1]
 
     yield make

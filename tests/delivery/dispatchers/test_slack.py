@@ -20,6 +20,7 @@ from delivery.errors import (
     RetryableError,
 )
 from schemas import Payload
+from tests.support.environment import LOCAL
 from tests.support.servers import free_port
 
 CONTEXT = SendContext(delivery_id="d-1")
@@ -37,7 +38,9 @@ def slack(httpserver: HTTPServer) -> Iterator[Factory]:
     def make(**config: Any) -> SlackDispatcher:
         if "webhook_url" not in config:
             config = {"bot_token": TOKEN, "api_base_url": httpserver.url_for("/api/"), **config}
-        made.append(SlackDispatcher(SlackConfig.model_validate({"timeout": 5, **config})))
+        made.append(
+            SlackDispatcher(SlackConfig.model_validate({"timeout": 5, **config}), environment=LOCAL)
+        )
         return made[-1]
 
     yield make

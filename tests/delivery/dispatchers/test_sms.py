@@ -21,6 +21,7 @@ from delivery.errors import (
     RetryableError,
 )
 from schemas import Payload
+from tests.support.environment import LOCAL
 from tests.support.servers import free_port
 
 CONTEXT = SendContext(delivery_id="d-1")
@@ -46,7 +47,7 @@ def sms(httpserver: HTTPServer) -> Iterator[Factory]:
             "timeout": 5,
             **overrides,
         }
-        made.append(SmsDispatcher(SmsConfig.model_validate(config)))
+        made.append(SmsDispatcher(SmsConfig.model_validate(config), environment=LOCAL))
         return made[-1]
 
     yield make

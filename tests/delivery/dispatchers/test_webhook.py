@@ -18,8 +18,9 @@ from delivery.errors import (
     RateLimited,
     RetryableError,
 )
-from schemas import Payload, Settings, get_settings
+from schemas import Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.environment import LOCAL
 
 CONTEXT = SendContext(
     delivery_id="7b0c5a2e-1111-4222-8333-444455556666", attempt=1, channel="hooks"
@@ -33,7 +34,9 @@ def secret() -> str:
 
 @pytest.fixture
 def dispatcher(settings: Settings, secret: str) -> WebhookDispatcher:
-    return WebhookDispatcher(WebhookConfig(secret=secret, timeout=1, headers={"x-tenant": "acme"}))
+    return WebhookDispatcher(
+        WebhookConfig(secret=secret, timeout=1, headers={"x-tenant": "acme"}), environment=LOCAL
+    )
 
 
 def test_request_is_signed_per_standard_webhooks(
@@ -152,11 +155,8 @@ def test_each_thread_keeps_its_connections_alive(
 
 class TestSSRF:
     @pytest.fixture
-    def guarded(
-        self, monkeypatch: pytest.MonkeyPatch, secret: str, settings: Settings
-    ) -> WebhookDispatcher:
-        monkeypatch.setenv("DELIVERY_ALLOW_PRIVATE_NETWORKS", "false")
-        get_settings.cache_clear()
+    def guarded(self, secret: str) -> WebhookDispatcher:
+        # Production's default environment: private networks refused.
         return WebhookDispatcher(WebhookConfig(secret=secret))
 
     @pytest.mark.parametrize(
