@@ -11,6 +11,9 @@ from delivery.log.migrate import upgrade
 from delivery.producer import reset_publisher
 from schemas import Settings, get_settings
 
+#: A third party's package and its own tests, built and run by tests/integration/test_plugins.py.
+collect_ignore = ["fixtures"]
+
 
 def webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

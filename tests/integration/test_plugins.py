@@ -48,4 +48,30 @@ def test_installed_plugin_is_listed_with_its_version(tmp_path: Path) -> None:
     assert [(f["name"], f["secret"]) for f in fax["config_fields"]] == [
         ("gateway", False),
         ("token", True),
+        ("timeout", False),
     ]
+
+
+def test_plugin_suite_passes_the_conformance_checks(tmp_path: Path) -> None:
+    # Given the plugin installed as a third party installs it, with its own tests
+    target = tmp_path / "site"
+    source = tmp_path / "src"
+    shutil.copytree(PLUGIN, source)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--target", str(target), str(source)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    # When its suite runs delivery.testing's checks, from its own folder and config
+    env = {**os.environ, "PYTHONPATH": str(target), "DELIVERY_HOME": str(tmp_path / "home")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "plugin_tests"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    # Then every check ran and passed, the HTTP ones against real loopback servers
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "10 passed" in run.stdout, run.stdout

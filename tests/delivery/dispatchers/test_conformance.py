@@ -1,36 +1,33 @@
 """What every registered dispatcher must do (apprise's harness idea, with real servers).
 
-Parametrized over ``DispatcherRegistry.from_installed()``, so a new dispatcher is checked as
-soon as its entry point exists. HTTP dispatchers also get a row in ``HTTP_CASES``: how to
-point a config at a base URL, which address to send to and which path answers.
+Each built-in runs ``delivery.testing.DispatcherConformance``, the same checks a
+third-party dispatcher's suite imports; HTTP ones get a row in ``HTTP_CASES`` (how to point
+a config at a base URL, which address to send to and which path answers). The registry-wide
+checks below are parametrized over ``DispatcherRegistry.from_installed()``, so a new
+dispatcher is checked as soon as its entry point exists.
 """
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import BaseModel, SecretStr, ValidationError
-from pytest_httpserver import HTTPServer
+from pydantic import ValidationError
 
-from delivery.dispatchers.base import Dispatcher, DispatcherConfig, SendContext
+from delivery.dispatchers.base import DispatcherConfig
 from delivery.dispatchers.protocol import AddressType, Protocol
 from delivery.dispatchers.registry import DispatcherRegistry
-from delivery.errors import PermanentError, RetryableError
-from schemas import Payload, Settings
+from delivery.testing import DispatcherConformance, HttpTarget
 from tests.conftest import webhook_secret
-from tests.support.environment import LOCAL
-from tests.support.servers import free_port
 
 # apprise imports the standard library's deprecated imghdr (for PGPy) on Python < 3.13.
 pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 
 REGISTRY = DispatcherRegistry.from_installed()
 NAMES = REGISTRY.names()
-CONTEXT = SendContext(delivery_id="conformance-1")
 TWILIO_SID = "AC" + "0" * 32
 
 #: Field names that must be ``SecretStr`` wherever they appear.
@@ -101,20 +98,6 @@ def example_config(name: str) -> dict[str, Any]:
     return OTHER_CONFIGS[name]
 
 
-@pytest.fixture
-def make(settings: Settings) -> Iterator[Callable[[str, dict[str, Any]], Dispatcher]]:
-    made: list[Dispatcher] = []
-
-    def build(name: str, raw: dict[str, Any]) -> Dispatcher:
-        cls = REGISTRY.get(name)
-        made.append(cls(cls.config_class.model_validate(raw), environment=LOCAL))
-        return made[-1]
-
-    yield build
-    for dispatcher in made:
-        dispatcher.close()
-
-
 def test_every_built_in_is_installed() -> None:
     # Catches typos in pyproject.toml's entry points.
     assert set(BUILT_IN_SECRETS) <= set(NAMES)
@@ -158,50 +141,39 @@ def test_secret_fields_are_secret_str(name: str) -> None:
         assert secrets == BUILT_IN_SECRETS[name]
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) & (set(HTTP_CASES) | set(OTHER_CONFIGS))))
-def test_secrets_do_not_show(name: str) -> None:
-    config: BaseModel = REGISTRY.get(name).config_class.model_validate(example_config(name))
-    values = [
-        value.get_secret_value()
-        for field in config.model_fields_set
-        if isinstance(value := getattr(config, field), SecretStr)
-    ]
-    for shown in (repr(config), str(config), config.model_dump_json()):
-        for value in values:
-            assert value not in shown
+def _conformance(name: str) -> type[DispatcherConformance]:
+    http = HTTP_CASES.get(name)
+    attributes = {
+        "dispatcher_class": REGISTRY.get(name),
+        "entry_point": name,
+        "example_config": example_config(name),
+        "valid_addresses": VALID_ADDRESSES[name],
+        "invalid_addresses": INVALID_ADDRESSES[name],
+        "http": HttpTarget(http.config, http.address, http.path) if http else None,
+    }
+    return type(f"Test{name.title()}Conformance", (DispatcherConformance,), attributes)
 
 
-HTTP_NAMES = sorted(set(NAMES) & set(HTTP_CASES))
+VALID_ADDRESSES: dict[str, list[str]] = {
+    "webhook": ["https://example.com/hook"],
+    "console": ["anyone"],
+    "email": ["oncall@example.com"],
+    "slack": ["#ops", "C0123ABCD"],
+    "sms": ["+14155552671"],
+    "apprise": ["json://example.com/notify"],
+}
+INVALID_ADDRESSES: dict[str, list[str]] = {
+    "webhook": ["ftp://example.com/x", "not a url", "https://user:pw@example.com/"],
+    "console": [],
+    "email": ["not an address", "a@"],
+    "slack": [""],
+    "sms": ["not a number", "+1"],
+    "apprise": [""],
+}
 
-
-@pytest.mark.parametrize("name", HTTP_NAMES)
-def test_503_is_retryable(name: str, httpserver: HTTPServer, make: Any) -> None:
-    case = HTTP_CASES[name]
-    base = httpserver.url_for("").rstrip("/")
-    httpserver.expect_request(case.path, method="POST").respond_with_data("", status=503)
-    dispatcher = make(name, case.config(base))
-    with pytest.raises(RetryableError):
-        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
-    assert len(httpserver.log) == 1
-
-
-@pytest.mark.parametrize("name", HTTP_NAMES)
-def test_400_is_permanent(name: str, httpserver: HTTPServer, make: Any) -> None:
-    case = HTTP_CASES[name]
-    base = httpserver.url_for("").rstrip("/")
-    httpserver.expect_request(case.path, method="POST").respond_with_json(
-        {"error": "bad_request"}, status=400
-    )
-    dispatcher = make(name, case.config(base))
-    with pytest.raises(PermanentError):
-        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
-    assert len(httpserver.log) == 1
-
-
-@pytest.mark.parametrize("name", HTTP_NAMES)
-def test_connection_refused_is_retryable(name: str, make: Any) -> None:
-    case = HTTP_CASES[name]
-    base = f"http://127.0.0.1:{free_port()}"
-    dispatcher = make(name, case.config(base))
-    with pytest.raises(RetryableError):
-        dispatcher.send(case.address(base), Payload(message="hi"), context=CONTEXT)
+TestWebhookConformance = _conformance("webhook")
+TestConsoleConformance = _conformance("console")
+TestEmailConformance = _conformance("email")
+TestSlackConformance = _conformance("slack")
+TestSmsConformance = _conformance("sms")
+TestAppriseConformance = _conformance("apprise")
