@@ -29,7 +29,6 @@ from pydantic import Field, SecretStr, field_validator
 from delivery.dispatchers.base import (
     Dispatcher,
     DispatcherConfig,
-    DispatcherEnvironment,
     SendContext,
     SendResult,
 )
@@ -92,11 +91,6 @@ class AppriseDispatcher(Dispatcher):
     address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.APPRISE_URL})
 
     config: AppriseConfig
-
-    def __init__(
-        self, config: AppriseConfig, *, environment: DispatcherEnvironment | None = None
-    ) -> None:
-        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         address = address.strip()

@@ -20,7 +20,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from delivery.dispatchers.base import (
     Dispatcher,
     DispatcherConfig,
-    DispatcherEnvironment,
     SendContext,
     SendResult,
 )
@@ -120,11 +119,6 @@ class EmailDispatcher(Dispatcher):
     address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.EMAIL})
 
     config: EmailConfig
-
-    def __init__(
-        self, config: EmailConfig, *, environment: DispatcherEnvironment | None = None
-    ) -> None:
-        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         try:

@@ -22,7 +22,6 @@ from slack_sdk.webhook import WebhookClient
 from delivery.dispatchers.base import (
     Dispatcher,
     DispatcherConfig,
-    DispatcherEnvironment,
     SendContext,
     SendResult,
 )
@@ -104,11 +103,6 @@ class SlackDispatcher(Dispatcher):
     address_types: ClassVar[frozenset[AddressType]] = frozenset({AddressType.SLACK_CHANNEL})
 
     config: SlackConfig
-
-    def __init__(
-        self, config: SlackConfig, *, environment: DispatcherEnvironment | None = None
-    ) -> None:
-        super().__init__(config, environment=environment)
 
     def validate_address(self, address: str) -> str:
         address = address.strip()
