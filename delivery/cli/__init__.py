@@ -13,6 +13,8 @@ from rich.console import Console
 from delivery.errors import DeliveryError, RegistryError
 from schemas.validation import explain
 
+__all__ = ["app", "err", "fail", "main", "out", "print_json", "user_errors"]
+
 app = typer.Typer(
     name="delivery",
     help="Queued, retried and logged deliveries: webhooks, email, Slack, SMS.",
