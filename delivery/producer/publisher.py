@@ -3,6 +3,7 @@
 Imports neither SQLAlchemy nor any provider SDK; Celery itself is imported on first use.
 """
 
+import contextlib
 import logging
 import threading
 import time
@@ -155,8 +156,10 @@ class Publisher:
             if len(tasks) == 1:
                 self._send(producer, tasks[0])
                 return
-            # One pipelined round trip where the transport supports it (Redis).
-            with producer.batch(max_size=len(tasks)):
+            # One pipelined round trip where the transport supports it (Redis); kombu
+            # before 5.7 has no batches, and publishes one by one.
+            batch = getattr(producer, "batch", None)
+            with batch(max_size=len(tasks)) if batch else contextlib.nullcontext():
                 for task in tasks:
                     self._send(producer, task)
 
