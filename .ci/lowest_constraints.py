@@ -11,4 +11,4 @@ project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_t
 for requirement in project["dependencies"]:
     match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*>=\s*([^,;\s]+)", requirement)
     if match:
-        print(f"{match.group(1)}=={match.group(2)}")
+        print(f"{match.group(1)}=={match.group(2)}")  # noqa: T201 - the output is the point
