@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
-SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise")
+SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise", "latency")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class BenchConfig:
     #: Seconds of concurrent load when measuring the receiver's ceiling.
     ceiling_seconds: float = 3.0
     receiver_processes: int = 2
+    #: Section 6: messages per second, seconds per turn, and turns of each contender.
+    latency_rate: float = 100.0
+    latency_seconds: float = 20.0
+    latency_runs: int = 3
     quick: bool = False
 
     @classmethod
@@ -47,6 +51,8 @@ class BenchConfig:
             overhead_deliveries=150,
             memory_checkpoints=(200, 1000),
             ceiling_seconds=1.0,
+            latency_seconds=2.0,
+            latency_runs=1,
             quick=True,
         )
 

@@ -1,11 +1,12 @@
 """The Celery app: ``celery -A workers.app worker`` and ``celery -A workers.app flower``."""
 
+import gc
 import logging
 import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from delivery.log.database import dispose_engines
 from delivery.producer.celery_config import celery_config
@@ -41,3 +42,23 @@ def _tidy_embedded_broker(**_: Any) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database connections.
     dispose_engines()
+    _freeze_startup_objects()
+
+
+@worker_ready.connect
+def _ready(**_: Any) -> None:
+    _freeze_startup_objects()
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after start-up out of the garbage collector's sight.
+
+    A full (generation 2) collection walks every tracked object: in a worker that has
+    imported Celery, SQLAlchemy, pydantic and the SDKs, that is a stop-the-world pause of
+    about 100 ms, which every thread's delivery in flight waits out (measured: it was the
+    latency tail at a steady 100 messages/s, bench section 6). Start-up objects live as
+    long as the process, so collecting them is wasted work; afterwards a full collection
+    walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()

@@ -30,4 +30,8 @@ def load(name: str) -> tuple[str, Section]:
         from bench.sections import apprise_compare
 
         return apprise_compare.TITLE, apprise_compare.run
+    if name == "latency":
+        from bench.sections import latency
+
+        return latency.TITLE, latency.run
     raise KeyError(name)
