@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
-SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise", "latency")
+SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres")
 
 
 @dataclass(frozen=True)

@@ -34,4 +34,8 @@ def load(name: str) -> tuple[str, Section]:
         from bench.sections import latency
 
         return latency.TITLE, latency.run
+    if name == "postgres":
+        from bench.sections import postgres
+
+        return postgres.TITLE, postgres.run
     raise KeyError(name)
