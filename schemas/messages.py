@@ -1,8 +1,16 @@
-"""What a producer sends and what travels in a task message."""
+"""What a producer sends and what travels in a task message.
 
-from typing import Annotated, Literal
+Every value is one the delivery log can store and a provider can take, so a bad one is
+refused where it enters: no NUL characters (PostgreSQL text and JSON hold none), no lone
+surrogates (they have no UTF-8 form), strict JSON in ``data`` (no NaN or Infinity), sizes
+counted in UTF-8 bytes, and finite, bounded countdowns.
+"""
+
+import math
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -19,9 +27,58 @@ CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: place for bulk data, and one huge message must not stall a worker.
 MAX_PAYLOAD_BYTES = 256 * 1024
 
+#: The longest a producer may ask a delivery to wait: a year.
+MAX_COUNTDOWN = 366 * 24 * 3600.0
+
+
+def storable_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored in the log or sent to a provider, or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\x00)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate at position {exc.start}, which has no UTF-8 form"
+    return None
+
+
+def _storable(text: str) -> str:
+    problem = storable_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+def _strict_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what JSON cannot carry: NaN and Infinity, unstorable strings (keys too)."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, nested in item.items():
+                _storable(key)
+                pending.append(nested)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            _storable(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{item} is not JSON (only finite numbers are)")
+    return value
+
+
+#: A string the log can store: no NUL, no lone surrogate.
+Text = Annotated[str, AfterValidator(_storable)]
 ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL_NAME_PATTERN)]
-Address = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
-IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Address = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2048),
+    AfterValidator(_storable),
+]
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), AfterValidator(_storable)
+]
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_strict_json)]
 
 
 class Model(BaseModel):
@@ -31,14 +88,15 @@ class Model(BaseModel):
 class Payload(Model):
     """What to say. Dispatchers adapt it to what their protocol can carry."""
 
-    message: str
-    subject: str | None = None
-    html_message: str | None = None
-    data: dict[str, JsonValue] = Field(default_factory=dict)
+    message: Text
+    subject: Text | None = None
+    html_message: Text | None = None
+    data: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _not_too_large(self) -> "Payload":
-        size = len(self.model_dump_json())
+        # In UTF-8 bytes, as the broker, the log and the provider count them.
+        size = len(self.model_dump_json().encode())
         if size > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload is {size} bytes once encoded; the limit is {MAX_PAYLOAD_BYTES}"
@@ -53,14 +111,15 @@ class Message(Model):
     address: Address
     payload: Payload
     idempotency_key: IdempotencyKey | None = None
-    countdown: Annotated[float, Field(ge=0)] | None = None
+    #: Seconds to wait before sending: finite, at most a year.
+    countdown: Annotated[float, Field(ge=0, le=MAX_COUNTDOWN, allow_inf_nan=False)] | None = None
 
 
 class Envelope(Model):
     """The task message. Carries the channel's *name*; its config stays on the worker side."""
 
     schema_version: Literal[1] = 1
-    id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
     channel: ChannelName
     address: Address
     payload: Payload

@@ -1,11 +1,12 @@
 """Thin task adapters: validate the message, call ``delivery``, map the outcome to Celery."""
 
+import json
 import logging
 import threading
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 from celery import Task
-from celery.signals import worker_shutdown
+from celery.signals import task_rejected, task_unknown, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -16,7 +17,9 @@ from delivery.engine.service import Decision, DeliveryService
 from delivery.errors import PublishError
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
+from delivery.transport.redis import set_aside
 from schemas import Envelope, get_settings
+from schemas.messages import storable_problem
 from schemas.validation import explain
 from workers.app import app
 
@@ -50,12 +53,15 @@ def close_service(**_: Any) -> None:
 
 
 @app.task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) -> str:
+def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver one envelope. Malformed messages are recorded as failed and never retried."""
-    if extra or unexpected:
-        _reject(envelope, "task called with unexpected arguments")
+    # Any arguments at all are accepted here and judged below: a signature Python enforces
+    # would fail a message that names ``self`` before it could be recorded.
+    given, envelope = _one_argument(args, kwargs, "envelope")
+    if not given:
+        _reject(self, args[0] if args else None, "task called with unexpected arguments")
         return "rejected"
-    request = _validated(envelope)
+    request = _validated(self, envelope)
     if request is None:
         return "rejected"
     try:
@@ -68,13 +74,14 @@ def deliver(self: Task, envelope: Any = None, *extra: Any, **unexpected: Any) ->
 
 
 @app.task(name=DELIVER_BATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def deliver_batch(self: Task, envelopes: Any = None, *extra: Any, **unexpected: Any) -> str:
+def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver a batch of envelopes (what ``send_many`` publishes). A malformed one is
     recorded as failed on its own; the rest go ahead."""
-    if extra or unexpected or not isinstance(envelopes, list):
-        _reject(None, "batch task called with unexpected arguments")
+    given, envelopes = _one_argument(args, kwargs, "envelopes")
+    if not given or not isinstance(envelopes, list):
+        _reject(self, None, "batch task called with unexpected arguments")
         return "rejected"
-    requests = [r for r in map(_validated, envelopes) if r is not None]
+    requests = [r for r in (_validated(self, e) for e in envelopes) if r is not None]
     if not requests:
         return "rejected"
     try:
@@ -96,11 +103,21 @@ def deliver_batch(self: Task, envelopes: Any = None, *extra: Any, **unexpected: 
     return _tally(decisions)
 
 
-def _validated(raw: Any) -> Envelope | None:
+def _one_argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """The task's one argument, given by position or by ``name``; (False, None) if the
+    message holds anything else."""
+    if len(args) == 1 and not kwargs:
+        return True, args[0]
+    if not args and list(kwargs) == [name]:
+        return True, kwargs[name]
+    return False, None
+
+
+def _validated(task: Task, raw: Any) -> Envelope | None:
     try:
         return Envelope.model_validate(raw)
     except ValidationError as exc:
-        _reject(raw, f"malformed task message: {'; '.join(explain(exc, limit=5))}")
+        _reject(task, raw, f"malformed task message: {'; '.join(explain(exc, limit=5))}")
         return None
 
 
@@ -126,8 +143,9 @@ def _tally(decisions: list[Decision]) -> str:
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
-def sweep() -> int:
-    """Re-enqueue what the log says is due and the broker does not hold (Celery beat)."""
+def sweep(*_: Any, **__: Any) -> int:
+    """Re-enqueue what the log says is due and the broker does not hold (Celery beat).
+    Takes no arguments, and ignores any a hand-made message gives it."""
     settings = get_settings()
     log = get_service().log
     interval = settings.sweep_interval
@@ -142,18 +160,66 @@ def sweep() -> int:
     return len(found)
 
 
-def _reject(raw: Any, reason: str) -> None:
-    """Record what can be recorded of a message that can never be sent."""
+def _reject(task: Task, raw: Any, reason: str) -> None:
+    """Record what can be recorded of a message that can never be sent: as a failed
+    delivery if it names one the log can store, else set aside whole for a person."""
     fields = raw if isinstance(raw, dict) else {}
     delivery_id, channel, address = (fields.get(k) for k in ("id", "channel", "address"))
-    if isinstance(delivery_id, str) and 0 < len(delivery_id) <= 64:
+    logger.error("rejected task message (id %r): %s", delivery_id, reason)
+    if _recordable(delivery_id):
         try:
             get_service().log.reject(
                 delivery_id,
-                channel=channel if isinstance(channel, str) else "?",
-                address=address if isinstance(address, str) else "?",
+                channel=channel if _recordable(channel) else "?",
+                address=address if _recordable(address) else "?",
                 reason=reason,
             )
+            return
         except SQLAlchemyError:
             logger.exception("could not record rejected delivery %s", delivery_id)
-    logger.error("rejected task message (id %r): %s", delivery_id, reason)
+    _set_aside_request(task, reason)
+
+
+def _recordable(value: Any) -> TypeGuard[str]:
+    """A string the log can store as an id, channel or address."""
+    return isinstance(value, str) and 0 < len(value) <= 2048 and storable_problem(value) is None
+
+
+def _set_aside_request(task: Task, reason: str) -> None:
+    """Keep a task message that names no delivery on the broker's set-aside list, with the
+    reason, as the transport does with what is not a task message at all."""
+    request = task.request
+    document = {
+        "reason": reason,
+        "task": task.name,
+        "id": request.id,
+        "args": request.args,
+        "kwargs": request.kwargs,
+    }
+    _set_aside(task.app, json.dumps(document, default=repr, ensure_ascii=True))
+
+
+def _set_aside(celery: Any, item: str | bytes) -> None:
+    if not get_settings().is_redis_broker:
+        return  # logged already; only the Redis broker has a set-aside list
+    try:
+        with celery.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as r:
+            set_aside(r, item)
+    except Exception:  # the broker's own errors; what matters is going on
+        logger.exception("could not set the message aside")
+
+
+@task_unknown.connect
+@task_rejected.connect
+def _set_aside_refused(message: Any = None, **_: Any) -> None:
+    """Celery drops a task message it cannot run (an unknown task name, an ETA it cannot
+    read); keep it instead, whole, where the transport keeps what it refuses."""
+    raw = getattr(message, "_raw", None)
+    channel = getattr(message, "channel", None)
+    if raw is None or channel is None or not get_settings().is_redis_broker:
+        return
+    try:
+        with channel.conn_or_acquire() as client:
+            set_aside(client, json.dumps(raw, default=repr))
+    except Exception:  # the broker's own errors; what matters is going on
+        logger.exception("could not set the message aside")

@@ -2,10 +2,12 @@
 
 Two gaps in kombu's own transport are closed here:
 
-* **Garbage on the queue.** Anything can be pushed onto a Redis list, and kombu decodes each
-  item inside the worker's consumer loop, so one item of garbage is an unrecoverable error
-  that stops the worker. Here an item that is not a kombu message is set aside, whole, on a
-  list of its own for a person to look at, and the worker goes on.
+* **Garbage on the queue.** Anything can be pushed onto a Redis list, and kombu and Celery
+  read each item inside the worker's consumer loop, so one item of garbage, or a message
+  with one field of the wrong type, is an unrecoverable error that stops the worker (or a
+  reconnect loop that never ends). Here an item that is not a task message the worker can
+  run (``delivery.transport.shape``) is set aside, whole, on a list of its own for a person
+  to look at, and the worker goes on.
 * **A message popped but not yet recorded.** kombu takes a message with ``BRPOP`` and only
   then records it as unacknowledged; a worker killed between the two (the reply may sit
   unread in the socket for a while) loses it for good. Here the message is moved atomically
@@ -14,8 +16,6 @@ Two gaps in kombu's own transport are closed here:
   that finds an in-flight list whose owner's heartbeat has expired puts its messages back.
 """
 
-import base64
-import binascii
 import logging
 import time
 import uuid
@@ -26,6 +26,8 @@ from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from delivery.transport.shape import MAX_ITEM_BYTES, kombu_problem, task_problem
 
 logger = logging.getLogger(__name__)
 
@@ -40,29 +42,42 @@ ALIVE_SECONDS = 60
 ALIVE_REFRESH = 10.0
 
 
-def decode(item: bytes | str) -> dict[str, Any] | None:
-    """The kombu message in ``item``, or None if it is not one."""
+def decode(item: bytes | str, *, task: bool = True) -> dict[str, Any] | None:
+    """The kombu message in ``item``, or None if it is not one (see ``inspect``)."""
+    return inspect(item, task=task)[0]
+
+
+def inspect(item: bytes | str, *, task: bool = True) -> tuple[dict[str, Any] | None, str]:
+    """The kombu message in ``item`` and "", or None and why it is refused.
+
+    With ``task``, the message must also be a Celery task message our workers can run
+    (``delivery.transport.shape``): a queue of tasks holds nothing else.
+    """
+    if len(item) > MAX_ITEM_BYTES:
+        return None, f"larger than {MAX_ITEM_BYTES} bytes"
     try:
         message = loads(bytes_to_str(item))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-    if not isinstance(message, dict):
-        return None
-    properties = message.get("properties")
-    body = message.get("body")
-    if not (
-        isinstance(properties, dict)
-        and "delivery_tag" in properties
-        and isinstance(properties.get("delivery_info"), dict)
-        and isinstance(body, str)
-    ):
-        return None
-    if properties.get("body_encoding") == "base64":
-        try:
-            base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    return message
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        return None, "not JSON"
+    problem = kombu_problem(message)
+    if problem is None and task:
+        problem = task_problem(message)
+    if problem is not None:
+        return None, problem
+    return message, ""
+
+
+def set_aside(client: Any, item: bytes | str) -> None:
+    """Keep ``item`` whole on the set-aside list, for a person to look at."""
+    client.pipeline(transaction=False).lpush(SET_ASIDE, item).ltrim(
+        SET_ASIDE, 0, SET_ASIDE_KEEP - 1
+    ).execute()
+
+
+def is_task_queue(queue: str) -> bool:
+    """Task queues hold Celery tasks only; Celery's control replies travel on
+    ``<id>.reply.celery.pidbox`` lists through this transport too, and are not tasks."""
+    return not queue.endswith("pidbox")
 
 
 class QoS(kombu_redis.QoS):
@@ -181,9 +196,9 @@ class Channel(kombu_redis.Channel):
         return True
 
     def _deliver_item(self, item: bytes, queue: str) -> None:
-        message = decode(item)
+        message, problem = inspect(item, task=is_task_queue(queue))
         if message is None:
-            self._set_aside(item, queue)
+            self._set_aside(item, queue, problem)
             return
         self.connection._deliver(message, queue)
 
@@ -193,24 +208,33 @@ class Channel(kombu_redis.Channel):
                 item = client.rpop(self._q_for_pri(queue, pri))
                 if item:
                     self._maybe_update_queues_expire(client, queue)
-                    message = decode(item)
+                    message, problem = inspect(item, task=is_task_queue(queue))
                     if message is None:
-                        self._set_aside(item, queue)
+                        self._set_aside(item, queue, problem)
                         continue
                     return message
             self._maybe_update_queues_expire(client, queue)
             raise Empty()
 
-    def _set_aside(self, item: bytes, queue: str) -> None:
+    def _set_aside(self, item: bytes, queue: str, problem: str) -> None:
         with self.conn_or_acquire() as client:
-            client.lpush(SET_ASIDE, item)
-            client.ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
+            set_aside(client, item)
         logger.error(
-            "set aside an item on queue %r that is not a kombu message (%d bytes); see list %r",
+            "set aside an item on queue %r that is not a task message we can run (%s; "
+            "%d bytes); see list %r",
             queue,
+            problem,
             len(item),
             SET_ASIDE,
         )
+
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
+        # Broadcasts (Celery's remote control) arrive by PUBLISH, which anyone can send too.
+        problem = kombu_problem(message)
+        if problem is not None:
+            self._set_aside(dumps(message).encode(), f"broadcast {exchange}", problem)
+            return True
+        return bool(super()._deliver_fanout_message(message, exchange))
 
     # -- in-flight bookkeeping ------------------------------------------------------------
 

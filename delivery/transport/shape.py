@@ -1,0 +1,221 @@
+"""What a message must look like before kombu and Celery are allowed to touch it.
+
+kombu and Celery trust the broker: they index, unpack and hash the fields of every message
+inside the worker's consumer loop, so one wrong type (a list as ``delivery_tag``, a number
+as ``timelimit``, a body that is not three items) is an "Unrecoverable error" that stops
+the worker, and a missing ``delivery_info["exchange"]`` makes it reconnect for ever. The
+checks here are the shape those code paths rely on (kombu's virtual ``Message`` and QoS,
+Celery's protocol 2 as read by ``celery.worker.strategy``, ``Request`` and
+``celery.app.trace``), so that a message which fails none of them cannot fail there either.
+
+Each check returns why the message is refused, or None.
+"""
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+#: The largest item taken from a queue. A batch message from ``send_many`` carries at most
+#: 500 envelopes of at most 256 KiB each, base64-encoded once; anything larger is not ours.
+MAX_ITEM_BYTES = 256 * 1024 * 1024
+#: Header strings (ids, task names, ``argsrepr``) are short; Celery truncates its reprs.
+MAX_HEADER_STRING = 64 * 1024
+#: The furthest ahead a task message may be due.
+MAX_ETA_AHEAD = timedelta(days=1)
+#: Retries beyond this are not a count any producer makes.
+MAX_RETRIES = 1_000_000
+
+Check = Callable[[Any], bool]
+
+
+def _string(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_HEADER_STRING
+
+
+def _optional(check: Check) -> Check:
+    return lambda value: value is None or check(value)
+
+
+def _count(limit: int) -> Check:
+    return lambda value: type(value) is int and 0 <= value <= limit
+
+
+def _timelimit(value: Any) -> bool:
+    # Our tasks have no time limits: a provider timeout bounds every send. A limit in a
+    # message would kill a prefork child mid-send, and the message, put back because its
+    # worker was lost, would kill the next one: a loop.
+    return isinstance(value, list) and value == [None, None]
+
+
+def _timestamp(value: Any) -> bool:
+    # Celery parses these with its own ISO 8601 reader and converts them to a POSIX time;
+    # a date Python cannot convert (year 9999 in a zone ahead of UTC) fails it.
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    try:
+        parsed = datetime.fromisoformat(value)
+        parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return False
+    return 1970 < parsed.year < 9000
+
+
+def _eta(value: Any) -> bool:
+    # Our producers park only short waits in the broker (DELIVERY_BROKER_DELAY_LIMIT, at
+    # most minutes). A task due days ahead would sit in a worker's memory, and come back
+    # from Redis again each visibility timeout: a copy per hour.
+    if not _timestamp(value):
+        return False
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed <= datetime.now(UTC) + MAX_ETA_AHEAD
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_string, value))
+
+
+#: Celery's protocol 2 headers, as the worker reads them. Others are allowed and ignored.
+TASK_HEADERS: dict[str, tuple[bool, Check]] = {
+    # name: (required, check)
+    "task": (True, _string),
+    "id": (True, _string),
+    "lang": (False, _optional(_string)),
+    "shadow": (False, _optional(_string)),
+    "eta": (False, _optional(_eta)),
+    "expires": (False, _optional(_timestamp)),
+    "group": (False, _optional(_string)),
+    "group_index": (False, _optional(_count(MAX_RETRIES))),
+    "retries": (False, _optional(_count(MAX_RETRIES))),
+    "timelimit": (False, _optional(_timelimit)),
+    "root_id": (False, _optional(_string)),
+    "parent_id": (False, _optional(_string)),
+    "argsrepr": (False, _optional(lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_STRING)),
+    "kwargsrepr": (
+        False,
+        _optional(lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_STRING),
+    ),
+    "origin": (False, _optional(_string)),
+    "ignore_result": (False, _optional(lambda v: isinstance(v, bool))),
+    "replaced_task_nesting": (False, _optional(_count(MAX_RETRIES))),
+    "stamped_headers": (False, _optional(_strings)),
+    "stamps": (False, _optional(lambda v: isinstance(v, dict))),
+    # We never compress; kombu would try whatever codec a message names.
+    "compression": (False, lambda v: v is None),
+}
+
+#: Canvas fields in the body's third item: what Celery calls after the task.
+_EMBED: dict[str, Check] = {
+    "callbacks": _optional(lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v)),
+    "errbacks": _optional(lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v)),
+    "chain": _optional(lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v)),
+    "chord": _optional(lambda v: isinstance(v, dict)),
+}
+
+
+#: Where the message goes back to when it is restored: kombu's QoS reads both when it
+#: records the message as unacknowledged, and again when it restores it. The exchange may
+#: be "" (the default exchange), but it must be there.
+DELIVERY_INFO: dict[str, tuple[bool, Check]] = {
+    "exchange": (True, lambda v: isinstance(v, str)),
+    "routing_key": (True, lambda v: isinstance(v, str)),
+}
+
+
+#: kombu's message properties, as its virtual transport and our QoS read them.
+PROPERTIES: dict[str, tuple[bool, Check]] = {
+    "delivery_tag": (True, _string),  # a hash field and a sorted-set member in Redis
+    "delivery_info": (True, lambda v: isinstance(v, dict)),
+    "body_encoding": (False, lambda v: v in (None, "base64")),
+    "priority": (False, _optional(_count(255))),
+    "reply_to": (False, _optional(_string)),
+    "correlation_id": (False, _optional(_string)),
+}
+
+
+def _fields_problem(
+    where: str, fields: Mapping[str, Any], expected: Mapping[str, tuple[bool, Check]]
+) -> str | None:
+    for name, (required, check) in expected.items():
+        if name not in fields:
+            if required:
+                return f"{where}{name}: missing"
+        elif not check(fields[name]):
+            return f"{where}{name}: not what kombu and Celery expect"
+    return None
+
+
+def kombu_problem(message: Any) -> str | None:
+    """Why ``message`` (a decoded queue item) is not a kombu message this transport can
+    hold, acknowledge and restore; None if it is."""
+    if not isinstance(message, dict):
+        return "not a JSON object"
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return "properties: not an object"
+    problem = (
+        _fields_problem("properties.", properties, PROPERTIES)
+        or _fields_problem("properties.delivery_info.", properties["delivery_info"], DELIVERY_INFO)
+        or _fields_problem("", message, _MESSAGE)
+    )
+    if problem is not None:
+        return problem
+    if properties.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(message["body"], validate=True)
+        except (binascii.Error, ValueError):
+            return "body: not base64"
+    return None
+
+
+_MESSAGE: dict[str, tuple[bool, Check]] = {
+    "body": (True, lambda v: isinstance(v, str)),
+    "headers": (False, _optional(lambda v: isinstance(v, dict))),
+    "content-type": (False, _optional(_string)),
+    "content-encoding": (False, _optional(_string)),
+}
+
+
+def task_problem(message: dict[str, Any]) -> str | None:
+    """Why a kombu message is not a Celery protocol 2 task message with a JSON body, as
+    our workers accept; None if it is."""
+    headers = message.get("headers")
+    if not isinstance(headers, dict):
+        return "headers: not an object"
+    problem = _fields_problem("headers.", headers, TASK_HEADERS)
+    if problem is not None:
+        return problem
+    if message.get("content-type") != "application/json":
+        return "content-type: not application/json"
+    if str(message.get("content-encoding", "")).lower() != "utf-8":
+        return "content-encoding: not utf-8"
+    return _body_problem(message)
+
+
+def _body_problem(message: Mapping[str, Any]) -> str | None:
+    raw: str | bytes = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        raw = base64.b64decode(raw)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "body: not JSON"
+    if not (isinstance(body, list) and len(body) == 3):
+        return "body: not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list):
+        return "body: args not a list"
+    if not isinstance(kwargs, dict):
+        return "body: kwargs not an object"
+    if embed is None:
+        return None
+    if not isinstance(embed, dict):
+        return "body: embed not an object"
+    for key, check in _EMBED.items():
+        if not check(embed.get(key)):
+            return f"body: embed.{key} not what Celery expects"
+    return None
