@@ -8,6 +8,7 @@
     - InvalidAddress          the address is not one this dispatcher can reach
     - PayloadRejected         the payload cannot be carried by this protocol
     - ForbiddenTarget         the target resolves to a network we may not reach (SSRF)
+    - Suppressed              the address is on the channel's suppression list
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
@@ -15,10 +16,19 @@
   + RegistryError             a plugin (dispatcher, inbound kind, handler) cannot be used
     - UnknownDispatcher
     - DispatcherLoadError
+    - UnknownInboundKind
+    - UnknownHandler
+    - PluginLoadError         an inbound kind or handler that does not load
+  + InboundError              a provider's request we cannot accept (``http_status`` answers it)
+    - InvalidInbound          400: the request is malformed or misses a field
+    - BadSignature            403: the signature is missing or wrong
+    - UnknownBackend          404: no inbound backend (or receipt channel) of that name
 
 Every class keeps ``args == (message,)`` and takes its context as keyword-only arguments,
 so Celery can pickle and unpickle it.
 """
+
+from typing import ClassVar
 
 
 class DeliveryError(Exception):
@@ -93,3 +103,36 @@ class UnknownDispatcher(RegistryError):
 
 class DispatcherLoadError(RegistryError):
     pass
+
+
+class Suppressed(PermanentError):
+    pass
+
+
+class UnknownInboundKind(RegistryError):
+    pass
+
+
+class UnknownHandler(RegistryError):
+    pass
+
+
+class PluginLoadError(RegistryError):
+    pass
+
+
+class InboundError(DeliveryError):
+    #: The HTTP status a provider is answered with.
+    http_status: ClassVar[int] = 400
+
+
+class InvalidInbound(InboundError):
+    http_status = 400
+
+
+class BadSignature(InboundError):
+    http_status = 403
+
+
+class UnknownBackend(InboundError):
+    http_status = 404

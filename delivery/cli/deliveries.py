@@ -38,9 +38,13 @@ def _when(value: datetime | None) -> str:
 
 @app.command("status")
 def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A delivery and every attempt."""
+    """A delivery and every attempt; or an event (``notify``'s id) and its deliveries."""
     record = delivery_log().get(delivery_id)
     if record is None:
+        from delivery.cli.events import show_event
+
+        if show_event(delivery_id, as_json=as_json):
+            return
         fail(f"no delivery {delivery_id!r} in the log (not sent, or not yet picked up by a worker)")
     if as_json:
         print_json(record.to_json())
@@ -68,6 +72,13 @@ def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = 
             a.error or "",
         )
     out.print(table)
+    if record.receipts:
+        receipts = Table("receipt", "received", "provider status", "error code")
+        for r in record.receipts:
+            receipts.add_row(
+                r["status"], r["received_at"][:19], r["provider_status"], r["error_code"] or "-"
+            )
+        out.print(receipts)
 
 
 def _log_table(records: list[DeliveryRecord]) -> Table:

@@ -210,8 +210,9 @@ class SmsDispatcher(Dispatcher):
             if config.messaging_service_sid
             else {"from_": config.from_number or ""}
         )
-        if config.status_callback:
-            sender["status_callback"] = config.status_callback
+        callback = config.status_callback or self._receipts_url(context)
+        if callback:
+            sender["status_callback"] = callback
         twilio = self.get_local("twilio", self._connect)
         try:
             message = twilio.client.messages.create(to=address, body=payload.message, **sender)
@@ -233,6 +234,14 @@ class SmsDispatcher(Dispatcher):
                 "twilio_status": message.status,
             },
         )
+
+    def _receipts_url(self, context: SendContext) -> str | None:
+        """Where Twilio reports on the message: ``delivery serve``'s receipts route for
+        this channel, when the deployment says where providers reach it."""
+        public = self.environment.public_url
+        if not public or not context.channel:
+            return None
+        return f"{public.rstrip('/')}/receipts/{context.channel}"
 
     def _raise(self, exc: TwilioRestException, response: requests.Response | None) -> NoReturn:
         """Raise what Twilio's error means: its error code first, then the HTTP status.

@@ -116,7 +116,7 @@ class ChannelStore:
         config = self.validate(dispatcher, raw)
         if rate_limit is not None:
             parse_rate_limit(rate_limit)
-        plain, secret = _split_secrets(config)
+        plain, secret = split_secrets(config)
         token = self._box().encrypt(secret) if secret else None
         now = datetime.now(UTC)
         with self._sessions.begin() as session:
@@ -217,8 +217,9 @@ def _state(row: ChannelRow) -> str:
     return "active"
 
 
-def _split_secrets(config: DispatcherConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config as JSON, split into plain fields and secret ones."""
+def split_secrets(config: DispatcherConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config as JSON, split into plain fields and secret ones (inbound backends'
+    configs are stored the same way)."""
     secret_names = config.secret_fields()
     plain = config.model_dump(mode="json", exclude=set(secret_names))
     secret: dict[str, Any] = {}

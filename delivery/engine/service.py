@@ -18,6 +18,7 @@ from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_sche
 from delivery.engine.instances import DispatcherCache
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.engine.retry import RetryPolicy
+from delivery.engine.suppression import SuppressionList
 from delivery.errors import (
     ConfigurationError,
     PermanentError,
@@ -83,6 +84,7 @@ class DeliveryService:
             probe_interval=settings.breaker_probe_interval,
         )
         self.limiter = limiter or LocalRateLimiter()
+        self.suppressions = SuppressionList(log.engine)
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         #: Seconds a batch may run before handing the rest back as single tasks: well
@@ -196,6 +198,8 @@ class DeliveryService:
         breaker_failure = False
         try:
             channel, dispatcher = self.dispatchers.get(envelope.channel)
+            # An opted-out or permanently bouncing address fails here: no provider call.
+            self.suppressions.check(channel.name, dispatcher.validate_address(envelope.address))
             held, claim = self._held(channel, claim)
             if held is not None:
                 return held

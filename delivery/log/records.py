@@ -8,6 +8,7 @@ from typing import Any, Self
 from sqlalchemy import func, select
 
 from delivery.log.base import LogBase
+from delivery.log.inbound import ReceiptRow
 from delivery.log.tables import AttemptRow, DeliveryRow
 from schemas import Envelope
 
@@ -55,9 +56,16 @@ class DeliveryRecord:
     last_error: str | None
     provider_ref: str | None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    #: Providers' receipts, oldest first (``delivery.inbound.receipts``).
+    receipts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_row(cls, row: DeliveryRow, attempts: Sequence[AttemptRow] = ()) -> Self:
+    def from_row(
+        cls,
+        row: DeliveryRow,
+        attempts: Sequence[AttemptRow] = (),
+        receipts: Sequence[ReceiptRow] = (),
+    ) -> Self:
         return cls(
             id=row.id,
             channel=row.channel,
@@ -86,6 +94,16 @@ class DeliveryRecord:
                     worker=a.worker,
                 )
                 for a in attempts
+            ],
+            receipts=[
+                {
+                    "status": r.status,
+                    "provider_status": r.provider_status,
+                    "error_code": r.error_code,
+                    "received_at": r.received_at.isoformat(),
+                    "provider_ref": r.provider_ref,
+                }
+                for r in receipts
             ],
         )
 
@@ -120,6 +138,7 @@ class DeliveryRecord:
         if with_attempts:
             doc["payload"] = self.payload
             doc["attempts"] = [a.to_json() for a in self.attempts]
+            doc["receipts"] = self.receipts
         return doc
 
 
@@ -140,7 +159,12 @@ class DeliveryReads(LogBase):
                 .where(AttemptRow.delivery_id == delivery_id)
                 .order_by(AttemptRow.number)
             ).all()
-            return DeliveryRecord.from_row(row, attempts)
+            receipts = session.scalars(
+                select(ReceiptRow)
+                .where(ReceiptRow.delivery_id == delivery_id)
+                .order_by(ReceiptRow.received_at, ReceiptRow.id)
+            ).all()
+            return DeliveryRecord.from_row(row, attempts, receipts)
 
     def find(
         self,

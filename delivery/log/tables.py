@@ -48,6 +48,8 @@ class Status(enum.StrEnum):
     RETRYING = "retrying"  # an attempt failed; another is scheduled
     DELIVERED = "delivered"
     FAILED = "failed"  # gave up, or could never be sent
+    CONFIRMED = "confirmed"  # delivered, and a receipt says the handset or mailbox has it
+    BOUNCED = "bounced"  # delivered, and a receipt says the provider gave up afterwards
 
 
 class Outcome(enum.StrEnum):
@@ -90,6 +92,8 @@ class ChannelRow(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     #: While set, the breaker is open: deliveries wait until then, when one probe goes.
     breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The backup channel a delivery moves to when this one's provider is down.
+    fallback: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -100,6 +104,8 @@ class DeliveryRow(Base):
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
         Index("ix_deliveries_channel_created", "channel", "created_at"),
         Index("ix_deliveries_created", "created_at"),
+        # Receipts name a delivery by the provider's reference (migration 0005).
+        Index("ix_deliveries_provider_ref", "provider_ref"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,0 +1,90 @@
+"""Suppression lists: addresses a channel no longer sends to.
+
+An address gets here from an opt-out (an inbound ``STOP``), a permanent bounce (a receipt
+naming an unsubscribed or non-existent number) or a person. A delivery to it then fails at
+once, without the provider being called: sending again would be against the recipient's
+wishes, or would only bounce again and cost the sender's reputation.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Engine, Table, bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from delivery.clock import utcnow
+from delivery.errors import Suppressed
+from delivery.log.inbound import SuppressionRow
+
+_TABLE = cast(Table, SuppressionRow.__table__)
+#: Prebuilt: the check runs before every send.
+_CHECK = select(_TABLE.c.reason).where(
+    _TABLE.c.channel == bindparam("channel"), _TABLE.c.address == bindparam("address")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    channel: str
+    address: str
+    reason: str
+    detail: str | None
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "address": self.address,
+            "reason": self.reason,
+            "detail": self.detail,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+class SuppressionList:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+    def check(self, channel: str, address: str) -> None:
+        """Raises: Suppressed when ``address`` is on ``channel``'s list."""
+        with self.engine.connect() as connection:
+            reason = connection.execute(_CHECK, {"channel": channel, "address": address}).scalar()
+        if reason is not None:
+            raise Suppressed(f"{address} is on channel {channel!r}'s suppression list ({reason})")
+
+    def add(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
+        """Suppress ``address`` on ``channel``; False if it already was (the first reason
+        is kept)."""
+        statement = (
+            self._insert(_TABLE)
+            .values(
+                channel=channel,
+                address=address,
+                reason=reason[:64],
+                detail=detail,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def remove(self, channel: str, address: str, *, reason: str | None = None) -> bool:
+        """Send to ``address`` again; with ``reason``, only if it was suppressed for that."""
+        statement = delete(_TABLE).where(_TABLE.c.channel == channel, _TABLE.c.address == address)
+        if reason is not None:
+            statement = statement.where(_TABLE.c.reason == reason)
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def list(self, *, channel: str | None = None, limit: int = 1000) -> list[Suppression]:
+        query = select(_TABLE).order_by(_TABLE.c.channel, _TABLE.c.created_at).limit(limit)
+        if channel:
+            query = query.where(_TABLE.c.channel == channel)
+        with self.engine.connect() as connection:
+            return [
+                Suppression(r.channel, r.address, r.reason, r.detail, r.created_at)
+                for r in connection.execute(query)
+            ]

@@ -1,0 +1,71 @@
+"""The router's thin task: validate the message, call ``delivery.inbound``, map the outcome
+to Celery. The message is in the log before this task is published, and the task is
+acknowledged only once the router has recorded what came of it."""
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_shutdown
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from delivery.engine.retry import backoff
+from delivery.inbound.router import Router
+from delivery.inbound.wiring import Inbound
+from delivery.producer.celery_config import ROUTE_INBOUND_TASK
+from schemas.inbound import RouteRequest
+from schemas.validation import explain
+from workers.app import app
+from workers.tasks import get_assembly
+
+logger = logging.getLogger(__name__)
+
+_router: Router | None = None
+_router_lock = threading.Lock()
+
+
+def get_router() -> Router:
+    """This process's router, built on the worker's engine on first use."""
+    global _router
+    with _router_lock:
+        if _router is None:
+            _router = Inbound.from_assembly(get_assembly()).router()
+        return _router
+
+
+@worker_shutdown.connect
+def forget_router(**_: Any) -> None:
+    global _router
+    with _router_lock:
+        _router = None
+
+
+@app.task(name=ROUTE_INBOUND_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def route_inbound(self: Task, raw: Any = None, *extra: Any, **unexpected: Any) -> str:
+    """Route one inbound message. A malformed task message is logged and dropped: it names
+    no message we could record anything against."""
+    if extra or unexpected:
+        logger.error("rejected route task: called with unexpected arguments")
+        return "rejected"
+    try:
+        request = RouteRequest.model_validate(raw)
+    except ValidationError as exc:
+        logger.error("rejected route task: %s", "; ".join(explain(exc, limit=5)))
+        return "rejected"
+    try:
+        routed = get_router().route(request.id)
+    except SQLAlchemyError as exc:
+        # Nothing was recorded: route it again later rather than acknowledge it.
+        countdown = backoff(self.request.retries, base=1.0, cap=30.0)
+        logger.warning(
+            "delivery log unavailable (%s); routing %s again in %.1fs",
+            type(exc).__name__,
+            request.id,
+            countdown,
+        )
+        raise self.retry(countdown=countdown, max_retries=None) from None
+    if routed.action == "retry":
+        raise self.retry(countdown=routed.countdown, max_retries=None)
+    return routed.status
