@@ -5,6 +5,7 @@ nor any provider SDK.
 """
 
 from delivery.errors import DeliveryError, PermanentError, PublishError, RetryableError
+from delivery.producer.events import notify
 from delivery.producer.publisher import send, send_many
 from schemas import Message, Payload, Receipt
 
@@ -16,6 +17,7 @@ __all__ = [
     "PublishError",
     "Receipt",
     "RetryableError",
+    "notify",
     "send",
     "send_many",
 ]

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 #: Consumed messages the embedded broker keeps are removed once they are this old.
 PROCESSED_MAX_AGE = 300.0
 
-app = Celery("delivery", include=["workers.tasks"])
+app = Celery("delivery", include=["workers.tasks", "workers.inbound", "workers.events"])
 app.conf.update(celery_config(get_settings()))
 # Beat keeps its schedule file here, whatever the broker.
 get_settings().home.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,13 @@ def user_errors() -> Iterator[None]:
 
 
 def main() -> None:
-    from delivery.cli import admin, channels, deliveries, demo  # noqa: F401 - registers commands
+    from delivery.cli import (  # noqa: F401 - registers commands
+        admin,
+        channels,
+        deliveries,
+        demo,
+        events,
+        inbound,
+    )
 
     app()

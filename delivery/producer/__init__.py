@@ -5,6 +5,7 @@ Imports neither SQLAlchemy nor any provider SDK; Celery itself is imported on fi
 publishing itself.
 """
 
+from delivery.producer.events import event_id, notify
 from delivery.producer.publisher import (
     Publisher,
     batches,
@@ -19,7 +20,9 @@ __all__ = [
     "Publisher",
     "batches",
     "delivery_id",
+    "event_id",
     "get_publisher",
+    "notify",
     "reset_publisher",
     "send",
     "send_many",

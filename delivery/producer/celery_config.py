@@ -10,6 +10,10 @@ DELIVER_TASK = "delivery.deliver"
 DELIVER_BATCH_TASK = "delivery.deliver_batch"
 #: The periodic task that re-enqueues what the log says is due.
 SWEEP_TASK = "delivery.sweep"
+#: Hands one recorded inbound message to the router (``workers.inbound``).
+ROUTE_INBOUND_TASK = "delivery.route_inbound"
+#: Fans one event out to its subscriptions (``delivery.notify``; ``workers.events``).
+FANOUT_TASK = "delivery.fanout"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -34,6 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             DELIVER_TASK: {"queue": settings.queue},
             DELIVER_BATCH_TASK: {"queue": settings.queue},
             SWEEP_TASK: {"queue": settings.queue},
+            ROUTE_INBOUND_TASK: {"queue": settings.queue},
+            FANOUT_TASK: {"queue": settings.queue},
         },
         "beat_schedule": {
             "delivery-sweep": {

@@ -11,11 +11,20 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from delivery.errors import PublishError
-from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, celery_config
+from delivery.producer.celery_config import (
+    DELIVER_BATCH_TASK,
+    DELIVER_TASK,
+    FANOUT_TASK,
+    ROUTE_INBOUND_TASK,
+    celery_config,
+)
+from delivery.producer.recipients import expand, is_several
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
+from schemas.events import Event
+from schemas.inbound import RouteRequest
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,15 +93,20 @@ class Publisher:
         config["broker_connection_timeout"] = settings.publish_timeout
         self.app.conf.update(config)
 
-    def publish(self, messages: Sequence[Message]) -> list[Receipt]:
-        """Publish new deliveries and return their receipts.
+    def publish(
+        self, messages: Sequence[Message], *, ids: Sequence[str | None] | None = None
+    ) -> list[Receipt]:
+        """Publish new deliveries and return their receipts. ``ids`` fixes a message's
+        delivery id (None: derived from its channel and idempotency key).
 
         Raises:
             PublishError: the broker stayed unreachable.
         """
         limit = self.settings.delay_limit
+        fixed = ids if ids is not None else [None] * len(messages)
         envelopes = [
-            _envelope(m, defer=bool(m.countdown and m.countdown > limit)) for m in messages
+            _envelope(m, defer=bool(m.countdown and m.countdown > limit), fixed_id=i)
+            for m, i in zip(messages, fixed, strict=True)
         ]
         self.publish_envelopes(
             [
@@ -117,7 +131,32 @@ class Publisher:
         Raises:
             PublishError: the broker stayed unreachable.
         """
-        tasks = self._tasks(outgoing, batch=batch)
+        self._publish_retrying(self._tasks(outgoing, batch=batch))
+
+    def publish_inbound(self, message_id: str) -> None:
+        """Hand a recorded inbound message to the router (``delivery.route_inbound``).
+
+        Raises:
+            PublishError: the broker stayed unreachable.
+        """
+        body = RouteRequest(id=message_id).model_dump(mode="json")
+        self._publish_retrying([_Task(ROUTE_INBOUND_TASK, [body], f"inbound-{message_id}")])
+
+    def publish_event(self, event: Event) -> None:
+        """Hand an event to the workers to fan out (``delivery.fanout``); the task id is
+        the event id, so Flower finds it by the id ``notify`` returned.
+
+        Raises:
+            PublishError: the broker stayed unreachable.
+        """
+        self._publish_retrying([_Task(FANOUT_TASK, [event.model_dump(mode="json")], event.id)])
+
+    def _publish_retrying(self, tasks: Sequence[_Task]) -> None:
+        """Publish, retrying the whole lot until ``publish_timeout``.
+
+        Raises:
+            PublishError: the broker stayed unreachable.
+        """
         deadline = time.monotonic() + self.settings.publish_timeout
         pause = 0.1
         while True:
@@ -179,13 +218,15 @@ class Publisher:
         return str(maybe_sanitize_url(self.settings.broker_url))
 
 
-def _envelope(message: Message, *, defer: bool = False) -> Envelope:
+def _envelope(
+    message: Message, *, defer: bool = False, fixed_id: str | None = None
+) -> Envelope:
     """The task message. A deferred one goes now and waits in the log, not the broker."""
     not_before = None
     if defer and message.countdown:
         not_before = datetime.now(UTC) + timedelta(seconds=message.countdown)
     return Envelope(
-        id=delivery_id(message.channel, message.idempotency_key),
+        id=fixed_id or delivery_id(message.channel, message.idempotency_key),
         channel=message.channel,
         address=message.address,
         payload=message.payload,
@@ -223,42 +264,84 @@ def reset_publisher() -> None:
         _current = None
 
 
-def send(
+@overload
+def send(  # type: ignore[overload-overlap]  # a str is a Sequence[str]; str is tried first
     channel: str,
     address: str,
     payload: Payload | Mapping[str, Any],
     *,
     idempotency_key: str | None = None,
     countdown: float | None = None,
-) -> Receipt:
+) -> Receipt: ...
+
+
+@overload
+def send(
+    channel: str,
+    address: Sequence[str],
+    payload: Payload | Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    countdown: float | None = None,
+) -> list[Receipt]: ...
+
+
+def send(
+    channel: str,
+    address: str | Sequence[str],
+    payload: Payload | Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    countdown: float | None = None,
+) -> Receipt | list[Receipt]:
     """Enqueue one delivery and return its receipt at once.
+
+    Given a list of addresses, enqueue one delivery per distinct address (each with its
+    own id, retries and outcome) and return their receipts in order. With an idempotency
+    key, each one's id is derived from the channel, the key and its address.
 
     Raises:
         pydantic.ValidationError: the message is invalid; nothing was enqueued.
         PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
     """
-    message = Message.model_validate(
-        {
-            "channel": channel,
-            "address": address,
-            "payload": payload,
-            "idempotency_key": idempotency_key,
-            "countdown": countdown,
-        }
-    )
+    fields = {
+        "channel": channel,
+        "address": address,
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "countdown": countdown,
+    }
+    if is_several(address):
+        messages, ids = expand(fields)
+        return get_publisher().publish(messages, ids=ids)
+    message = Message.model_validate(fields)
     return get_publisher().publish([message])[0]
 
 
 def send_many(messages: Iterable[Message | Mapping[str, Any]]) -> list[Receipt]:
     """Enqueue many deliveries, one broker round trip per batch.
 
-    Every message is validated before anything is enqueued.
+    Every message is validated before anything is enqueued. A mapping whose ``address``
+    is a list makes one delivery per distinct address, as ``send`` does, and one receipt
+    each, in order.
 
     Raises:
         pydantic.ValidationError: a message is invalid; nothing was enqueued.
         PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
     """
-    validated = [m if isinstance(m, Message) else Message.model_validate(m) for m in messages]
+    validated: list[Message] = []
+    ids: list[str | None] = []
+    for m in messages:
+        if isinstance(m, Message):
+            validated.append(m)
+            ids.append(None)
+        elif is_several(m.get("address")):
+            several, their_ids = expand(m)
+            validated.extend(several)
+            ids.extend(their_ids)
+        else:
+            validated.append(Message.model_validate(m))
+            ids.append(None)
     if not validated:
         return []
-    return get_publisher().publish(validated)
+    return get_publisher().publish(validated, ids=ids)

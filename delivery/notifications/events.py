@@ -1,0 +1,151 @@
+"""The events the workers have received, and what each did for each subscription."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import sessionmaker
+
+from delivery.clock import utcnow
+from delivery.log.tables import DeliveryRow
+from delivery.notifications.tables import EventDeliveryRow, EventRow
+from schemas.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one event did for one subscription."""
+
+    subscription_id: str
+    delivery_id: str
+    channel: str
+    address: str
+    #: queued, failed (could not be rendered) or skipped (the filter said no).
+    outcome: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: str
+    name: str
+    context: dict[str, Any]
+    idempotency_key: str | None
+    received_at: datetime
+    fanned_out_at: datetime | None
+    #: Each outcome with its delivery's current status (None: not in the log yet).
+    deliveries: list[tuple[Outcome, str | None]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event": self.name,
+            "context": self.context,
+            "idempotency_key": self.idempotency_key,
+            "received_at": self.received_at.isoformat(),
+            "fanned_out_at": self.fanned_out_at.isoformat() if self.fanned_out_at else None,
+            "deliveries": [
+                {
+                    "subscription_id": o.subscription_id,
+                    "delivery_id": o.delivery_id if o.outcome != "skipped" else None,
+                    "channel": o.channel,
+                    "address": o.address,
+                    "outcome": o.outcome,
+                    "reason": o.reason,
+                    "status": status,
+                }
+                for o, status in self.deliveries
+            ],
+        }
+
+
+class EventStore:
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+    def record(self, event: Event) -> bool:
+        """Record the event if new. True if it still needs fanning out (new, or an earlier
+        fan-out was cut short); False if it was fanned out already (a replay)."""
+        with self._sessions.begin() as session:
+            session.execute(
+                self._insert(EventRow)
+                .values(
+                    id=event.id,
+                    name=event.name,
+                    context=event.context,
+                    idempotency_key=event.idempotency_key,
+                    received_at=utcnow(),
+                    fanned_out_at=None,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            done = session.scalar(select(EventRow.fanned_out_at).where(EventRow.id == event.id))
+        return done is None
+
+    def record_outcomes(self, event_id: str, outcomes: Sequence[Outcome]) -> None:
+        """Record what the event did; a replay's identical rows are left as they were."""
+        if not outcomes:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "event_id": event_id,
+                "subscription_id": o.subscription_id,
+                "delivery_id": o.delivery_id,
+                "channel": o.channel,
+                "address": o.address[:2048],
+                "outcome": o.outcome,
+                "reason": o.reason,
+                "created_at": now,
+            }
+            for o in outcomes
+        ]
+        with self._sessions.begin() as session:
+            session.execute(
+                self._insert(EventDeliveryRow).on_conflict_do_nothing(
+                    index_elements=["event_id", "subscription_id"]
+                ),
+                rows,
+            )
+
+    def mark_fanned_out(self, event_id: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(EventRow)
+                .where(EventRow.id == event_id, EventRow.fanned_out_at.is_(None))
+                .values(fanned_out_at=utcnow())
+            )
+
+    def get(self, event_id: str) -> EventRecord | None:
+        """The event and what it made, each delivery with its status now."""
+        with self._sessions() as session:
+            row = session.get(EventRow, event_id)
+            if row is None:
+                return None
+            found = session.execute(
+                select(EventDeliveryRow, DeliveryRow.status)
+                .outerjoin(DeliveryRow, DeliveryRow.id == EventDeliveryRow.delivery_id)
+                .where(EventDeliveryRow.event_id == event_id)
+                .order_by(EventDeliveryRow.channel, EventDeliveryRow.subscription_id)
+            ).all()
+        return EventRecord(
+            id=row.id,
+            name=row.name,
+            context=row.context,
+            idempotency_key=row.idempotency_key,
+            received_at=row.received_at,
+            fanned_out_at=row.fanned_out_at,
+            deliveries=[
+                (
+                    Outcome(
+                        d.subscription_id, d.delivery_id, d.channel, d.address, d.outcome, d.reason
+                    ),
+                    status if d.outcome != "skipped" else None,
+                )
+                for d, status in found
+            ],
+        )

@@ -1,0 +1,164 @@
+"""Fan an event out: one delivery per active subscription, each rendered from the context.
+
+Every delivery's id is derived from the event's id and the subscription's, so a replayed
+event, or the broker handing the fan-out task over twice, makes the same deliveries again,
+and the workers (which skip a delivery id the log has done) send each once.
+"""
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from delivery.log import DeliveryLog
+from delivery.notifications.events import EventStore, Outcome
+from delivery.notifications.sandbox import RenderError
+from delivery.notifications.subscriptions import Subscription, SubscriptionStore
+from delivery.notifications.templates import Template, TemplateStore, payload_of
+from delivery.producer.publisher import Outgoing, Publisher
+from schemas import Envelope, Payload
+from schemas.events import Event
+from schemas.validation import explain
+
+logger = logging.getLogger(__name__)
+
+#: Namespace for delivery ids derived from ``(event id, subscription id)``.
+FANOUT_NAMESPACE = uuid.UUID("0b6f3c1e-9a4d-5e27-8c13-2f7a9d4e6b58")
+
+
+def fanout_delivery_id(event_id: str, subscription_id: str) -> str:
+    """The delivery an event makes for a subscription: the same on every replay."""
+    return str(uuid.uuid5(FANOUT_NAMESPACE, f"{event_id}\x00{subscription_id}"))
+
+
+def variables_of(event: Event) -> dict[str, Any]:
+    """What templates see: the context's keys, and ``event`` (name and id) unless the
+    context has a key of that name."""
+    return {"event": {"name": event.name, "id": event.id}, **event.context}
+
+
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """What one fan-out did."""
+
+    event_id: str
+    queued: int = 0
+    failed: int = 0
+    skipped: int = 0
+    #: The event had been fanned out before: nothing was done again.
+    replayed: bool = False
+
+    def describe(self) -> str:
+        if self.replayed:
+            return "replayed"
+        return f"{self.queued} queued, {self.failed} failed, {self.skipped} skipped"
+
+
+class Notifier:
+    """Fans events out. Built on the worker's log (``get_assembly().log``)."""
+
+    def __init__(self, log: DeliveryLog) -> None:
+        self.log = log
+        self.events = EventStore(log.engine)
+        self.subscriptions = SubscriptionStore(log.engine)
+        self.templates = TemplateStore(log.engine)
+
+    def fan_out(self, event: Event, publisher: Publisher) -> FanOut:
+        """Record the event, make one delivery per active subscription, publish them.
+
+        Raises:
+            PublishError: the broker stayed unreachable; run again (nothing is sent twice).
+        """
+        if not self.events.record(event):
+            logger.info("event %s was fanned out already; nothing to do", event.id)
+            return FanOut(event.id, replayed=True)
+        variables = variables_of(event)
+        templates: dict[str, Template | None] = {}
+        outgoing: list[Outgoing] = []
+        outcomes: list[Outcome] = []
+        for subscription in self.subscriptions.active(event.name):
+            delivery_id = fanout_delivery_id(event.id, subscription.id)
+            try:
+                envelope = self._envelope(event, subscription, delivery_id, variables, templates)
+            except RenderError as exc:
+                reason = f"could not render for event {event.name} ({event.id}): {exc}"
+                self.log.reject(
+                    delivery_id,
+                    channel=subscription.channel,
+                    address=subscription.address,
+                    reason=reason,
+                )
+                outcomes.append(_outcome(subscription, delivery_id, "failed", reason))
+                continue
+            if envelope is None:
+                outcomes.append(
+                    _outcome(subscription, delivery_id, "skipped", f"filter {subscription.filter}")
+                )
+                continue
+            outgoing.append((envelope, None))
+            outcomes.append(
+                Outcome(subscription.id, delivery_id, envelope.channel, envelope.address, "queued")
+            )
+        # Recorded before publishing, so `delivery status EVENT` lists every delivery even
+        # before a worker has claimed it.
+        self.events.record_outcomes(event.id, outcomes)
+        if outgoing:
+            publisher.publish_envelopes(outgoing, batch=True)
+        self.events.mark_fanned_out(event.id)
+        counts = {kind: sum(o.outcome == kind for o in outcomes) for kind in _KINDS}
+        logger.info(
+            "event %s (%s): %d queued, %d failed, %d skipped",
+            event.id,
+            event.name,
+            counts["queued"],
+            counts["failed"],
+            counts["skipped"],
+        )
+        return FanOut(event.id, counts["queued"], counts["failed"], counts["skipped"])
+
+    def _envelope(
+        self,
+        event: Event,
+        subscription: Subscription,
+        delivery_id: str,
+        variables: Mapping[str, Any],
+        templates: dict[str, Template | None],
+    ) -> Envelope | None:
+        """The subscription's delivery, or None if its filter skips this event.
+
+        Raises:
+            RenderError: the filter, address or template failed on this context.
+        """
+        if not subscription.matches(variables):
+            return None
+        address = subscription.address_for(variables)
+        data: dict[str, Any] = {"event": event.name, "event_id": event.id, **event.context}
+        payload: Payload
+        if subscription.template is None:
+            # The uniform payload of the seed's brokers: the event and its context.
+            payload = payload_of(message=event.name, data=data)
+        else:
+            if subscription.template not in templates:
+                templates[subscription.template] = self.templates.get(subscription.template)
+            template = templates[subscription.template]
+            if template is None:
+                raise RenderError(f"template {subscription.template!r} no longer exists")
+            payload = template.render(variables, data=data)
+        try:
+            return Envelope(
+                id=delivery_id, channel=subscription.channel, address=address, payload=payload
+            )
+        except ValidationError as exc:
+            raise RenderError("; ".join(explain(exc, limit=3))) from None
+
+
+_KINDS = ("queued", "failed", "skipped")
+
+
+def _outcome(subscription: Subscription, delivery_id: str, kind: str, reason: str) -> Outcome:
+    return Outcome(
+        subscription.id, delivery_id, subscription.channel, subscription.address, kind, reason
+    )
