@@ -52,11 +52,18 @@ def verify_twilio(request: InboundRequest, auth_token: str) -> None:
     if request.method == "GET":
         params = {}  # the query string is part of the signed URL
     elif request.is_json:
-        # Twilio signs a JSON body through the bodySHA256 query parameter.
+        # Twilio signs a JSON body through the bodySHA256 query parameter; without it
+        # the validator would take the body for form parameters.
+        if "bodySHA256" not in dict(request.query):
+            raise BadSignature("X-Twilio-Signature: a JSON body needs bodySHA256 in the URL")
         params = request.body.decode("utf-8", "replace")
     else:
         params = ImmutableMultiDict(request.form)
-    if not validator.validate(request.url, params, signature):
+    try:
+        valid = validator.validate(request.url, params, signature)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
         raise BadSignature("X-Twilio-Signature does not match this request")
 
 
