@@ -8,11 +8,11 @@ server has closed it. SMTP replies are translated once, in ``_refused`` and ``_t
 import re
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import formataddr, formatdate, make_msgid
-from typing import Annotated, ClassVar, Literal, NoReturn
+from typing import Annotated, ClassVar, Literal, NoReturn, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -34,6 +34,7 @@ from delivery.errors import (
 )
 from schemas import Payload
 
+T = TypeVar("T")
 TlsMode = Literal["none", "starttls", "implicit"]
 
 #: The port each TLS mode conventionally uses (RFC 8314 for implicit TLS on 465).
@@ -128,6 +129,43 @@ class EmailDispatcher(Dispatcher):
 
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
         message = self._message(address, payload, context)
+        return self._on_connection(lambda smtp: self._transact(smtp, address, message))
+
+    def send_many_addresses(
+        self, addresses: Sequence[str], payload: Payload, *, context: SendContext
+    ) -> dict[str, SendResult | DeliveryError]:
+        """One message to several recipients in one SMTP transaction (one RCPT TO each).
+
+        A recipient the server refuses gets its own error; the others are sent. The
+        recipients do not see each other: the To header is ``undisclosed-recipients``.
+        """
+        results: dict[str, SendResult | DeliveryError] = {}
+        canonical: dict[str, str] = {}
+        for address in addresses:
+            try:
+                canonical[address] = self.validate_address(address)
+            except InvalidAddress as exc:
+                results[address] = exc
+        if not canonical:
+            return results
+        try:
+            message = self._message(
+                "undisclosed-recipients:;", self.protocol.adapt(payload), context
+            )
+            sent = self._on_connection(
+                lambda smtp: self._transact_many(smtp, sorted(set(canonical.values())), message)
+            )
+        except DeliveryError as exc:
+            sent = dict.fromkeys(canonical.values(), exc)
+        results.update({a: sent[c] for a, c in canonical.items()})
+        return results
+
+    def _on_connection(self, work: Callable[[smtplib.SMTP], T]) -> T:
+        """Run ``work`` on this thread's connection, translating SMTP failures.
+
+        Raises:
+            RetryableError, PermanentError, ConfigurationError: see ``_translate``.
+        """
         try:
             # A connection kept from an earlier message may have been closed by the server
             # since (idle timeout); that earns one reconnection, a fresh one none.
@@ -141,7 +179,7 @@ class EmailDispatcher(Dispatcher):
 
                 smtp = self.get_local("smtp", connect)
                 try:
-                    return self._transact(smtp, address, message)
+                    return work(smtp)
                 except smtplib.SMTPServerDisconnected:
                     self.drop_local("smtp")
                     if fresh:
@@ -245,6 +283,63 @@ class EmailDispatcher(Dispatcher):
             detail={"message_id": str(message["Message-ID"]), "reply": text},
         )
 
+    def _transact_many(
+        self, smtp: smtplib.SMTP, recipients: list[str], message: EmailMessage
+    ) -> dict[str, SendResult | DeliveryError]:
+        sender = self.config.from_address
+        international = not (sender + "".join(recipients)).isascii()
+        if international and not smtp.has_extn("smtputf8"):
+            raise RecipientRejected(
+                f"{self.config.host} cannot take non-ASCII addresses (no SMTPUTF8)",
+                dispatcher=self.slug,
+            )
+        code, reply = smtp.mail(sender, ["SMTPUTF8", "BODY=8BITMIME"] if international else [])
+        if code != 250:
+            self._refused(smtp, "MAIL FROM", code, reply)
+        results: dict[str, SendResult | DeliveryError] = {}
+        accepted = []
+        for recipient in recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code in (250, 251):
+                accepted.append(recipient)
+            else:
+                results[recipient] = self._refusal("RCPT TO", code, reply, recipient=True)
+        if not accepted:
+            if not _reset(smtp):
+                self.drop_local("smtp")
+            return results
+        try:
+            data = message.as_bytes(policy=SMTPUTF8 if international else SMTP)
+            try:
+                code, reply = smtp.data(data)
+            except smtplib.SMTPDataError as exc:
+                self._refused(smtp, "DATA", exc.smtp_code, exc.smtp_error)
+            if code != 250:
+                self._refused(smtp, "DATA", code, reply)
+        except DeliveryError as exc:
+            return {**results, **dict.fromkeys(accepted, exc)}
+        text = _reply_text(reply)
+        match = _QUEUE_ID.search(text)
+        ref = next((g for g in match.groups() if g), None) if match else None
+        for recipient in accepted:
+            results[recipient] = SendResult(
+                provider_ref=ref,
+                status=code,
+                detail={"message_id": str(message["Message-ID"]), "reply": text},
+            )
+        return results
+
+    def _refusal(
+        self, stage: str, code: int, reply: bytes | str, *, recipient: bool = False
+    ) -> DeliveryError:
+        """The error a refusal means: 5xx permanent (``RecipientRejected`` for RCPT TO),
+        anything else retryable."""
+        reason = f"{stage} refused by {self.config.host}: {code} {_reply_text(reply)}".strip()
+        if 500 <= code < 600:
+            cls = RecipientRejected if recipient else PermanentError
+            return cls(reason, dispatcher=self.slug, status=code)
+        return RetryableError(reason, dispatcher=self.slug, status=code)
+
     def _refused(
         self,
         smtp: smtplib.SMTP,
@@ -265,11 +360,7 @@ class EmailDispatcher(Dispatcher):
         # transaction so the connection can carry the next message.
         if code == 421 or not _reset(smtp):
             self.drop_local("smtp")
-        reason = f"{stage} refused by {self.config.host}: {code} {_reply_text(reply)}".strip()
-        if 500 <= code < 600:
-            cls = RecipientRejected if recipient else PermanentError
-            raise cls(reason, dispatcher=self.slug, status=code)
-        raise RetryableError(reason, dispatcher=self.slug, status=code)
+        raise self._refusal(stage, code, reply, recipient=recipient)
 
     def _translate(self, exc: smtplib.SMTPException | OSError) -> NoReturn:
         """Raise the delivery error for a failure outside a transaction's replies.
