@@ -67,9 +67,11 @@ class SuppressionList:
                 created_at=utcnow(),
             )
             .on_conflict_do_nothing()
+            # What was inserted is what comes back: psycopg's rowcount here is -1.
+            .returning(_TABLE.c.channel)
         )
         with self.engine.begin() as connection:
-            return bool(connection.execute(statement).rowcount)
+            return connection.execute(statement).first() is not None
 
     def remove(self, channel: str, address: str, *, reason: str | None = None) -> bool:
         """Send to ``address`` again; with ``reason``, only if it was suppressed for that."""

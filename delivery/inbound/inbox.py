@@ -135,9 +135,11 @@ class Inbox:
                 status=MessageStatus.RECEIVED.value,
             )
             .on_conflict_do_nothing()
+            # What was inserted is what comes back: psycopg's rowcount here is -1.
+            .returning(_MESSAGES.c.id)
         )
         with self.engine.begin() as connection:
-            if connection.execute(statement).rowcount:
+            if connection.execute(statement).first() is not None:
                 return Recorded(ident, duplicate=False, status=MessageStatus.RECEIVED.value)
             status = connection.execute(
                 select(_MESSAGES.c.status).where(

@@ -152,7 +152,9 @@ class ReceiptBook:
                     detail=receipt.detail,
                 )
                 .on_conflict_do_nothing()
-            ).rowcount
+                # What was inserted is what comes back: psycopg's rowcount here is -1.
+                .returning(_RECEIPTS.c.id)
+            ).first()
             moved_to = None
             if delivery_id is not None and receipt.status in (CONFIRMED, BOUNCED):
                 # Only an accepted delivery moves on; callbacks may arrive out of order.
@@ -181,4 +183,4 @@ class ReceiptBook:
                 f"bounce {receipt.error_code}",
                 detail=f"receipt for {receipt.provider_ref}",
             )
-        return RecordedReceipt(delivery_id, moved_to, not inserted, suppressed)
+        return RecordedReceipt(delivery_id, moved_to, inserted is None, suppressed)

@@ -192,3 +192,23 @@ def test_inbound_sms_routed_replied_confirmed_bounced_and_suppressed(world) -> N
         BOB: "opt-out",
         CAROL: "bounce 30005",
     }
+
+
+def test_inbox_receipts_and_suppressions_on_postgresql(postgres_stack: Stack) -> None:
+    # The ON CONFLICT paths are spelt by each dialect: PostgreSQL's, here.
+    from delivery.inbound import InboundMessage
+    from delivery.inbound.receipt_log import ProviderReceipt
+
+    inbound = Inbound.from_assembly(postgres_stack.engine)
+    message = InboundMessage(ALICE, "PING", {"To": "+1"}, provider_id="SMpg")
+    first = inbound.inbox.record("tw", "twilio", message)
+    again = inbound.inbox.record("tw", "twilio", message)
+    assert (first.duplicate, again.duplicate, again.id) == (False, True, first.id)
+    receipt = ProviderReceipt("SMnone", "failed", "bounced", "21610", ALICE, permanent=True)
+    recorded = inbound.receipts.record("sms-out", receipt)
+    assert recorded.delivery_id is None and recorded.suppressed and not recorded.duplicate
+    assert inbound.receipts.record("sms-out", receipt).duplicate
+    assert not inbound.suppressions.add("sms-out", ALICE, "opt-out")  # the first reason stays
+    assert [(s.address, s.reason) for s in inbound.suppressions.list()] == [
+        (ALICE, "bounce 21610")
+    ]
