@@ -105,6 +105,14 @@ def test_delivered_receipt_confirms_and_status_shows_every_receipt(world: World)
         ("confirmed", "delivered"),
     ]
     assert doc["receipts"][1]["provider_ref"] == sid
+    # and `delivery status` shows them
+    from typer.testing import CliRunner
+
+    from delivery.cli import app, deliveries  # noqa: F401 - registers the commands
+
+    shown = CliRunner().invoke(app, ["status", "d1"])
+    assert shown.exit_code == 0 and "confirmed" in shown.stdout
+    assert "delivered" in shown.stdout and "sent" in shown.stdout
     # a late "undelivered" does not take a confirmed delivery back
     assert world.receipt(status_form(sid, "undelivered", "30003")).status_code == 200
     assert world.engine.log.get("d1").status == "confirmed"  # type: ignore[union-attr]
