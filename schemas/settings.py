@@ -1,15 +1,44 @@
 """Settings read from the environment (prefix ``DELIVERY_``)."""
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded broker: kombu's filesystem transport, which needs no server and works
 #: across processes on one machine. Its folders live under ``DELIVERY_HOME``.
 EMBEDDED_BROKER_URL = "filesystem://localhost"
+
+
+#: A retry schedule has at most this many delays, each at most this long (30 days).
+MAX_SCHEDULE = 50
+MAX_RETRY_DELAY = 30 * 24 * 3600.0
+
+
+def parse_delays(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    """A retry schedule's delays, e.g. ``0,5,300,1800``: finite, non-negative, bounded.
+
+    Raises:
+        ValueError: what is wrong with it, in words a person can act on.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        delays = tuple(float(item) for item in items if str(item).strip())
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"retry schedule {value!r} must be seconds separated by commas, e.g. 0,5,300"
+        ) from None
+    if not 1 <= len(delays) <= MAX_SCHEDULE:
+        raise ValueError(f"retry schedule must have 1-{MAX_SCHEDULE} delays")
+    if not all(math.isfinite(d) and 0 <= d <= MAX_RETRY_DELAY for d in delays):
+        raise ValueError(
+            f"retry schedule delays must be numbers of seconds from 0 to {MAX_RETRY_DELAY:.0f} "
+            "(30 days)"
+        )
+    return delays
 
 
 class Settings(BaseSettings):
@@ -36,8 +65,11 @@ class Settings(BaseSettings):
     #: Exponential backoff: the n-th retry waits up to ``backoff_base * 2**n``, capped.
     backoff_base: float = Field(default=5.0, ge=0)
     backoff_cap: float = Field(default=3600.0, ge=0)
-    #: How long a worker holds a claimed delivery before another may take it over.
-    lease_seconds: float = Field(default=300.0, gt=0)
+    #: How long a claimed delivery is held without word from its worker before another may
+    #: take it over. A live worker renews the leases it holds every third of this, however
+    #: long its batch or its provider takes, so a short lease costs nothing but a small
+    #: UPDATE now and then, and a worker that died is replaced within it.
+    lease_seconds: float = Field(default=15.0, ge=3, le=24 * 3600, allow_inf_nan=False)
     #: Seconds the producer keeps trying to reach the broker before raising.
     publish_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a dispatcher waits for a provider (connect and read).
@@ -46,8 +78,9 @@ class Settings(BaseSettings):
     #: to the log and re-enqueued by the sweep. Empty means half the visibility timeout,
     #: at most 5 minutes, so no ETA task outlives the broker's visibility timeout.
     broker_delay_limit: float | None = Field(default=None, ge=0)
-    #: Seconds between sweeps of the log (due retries, expired leases).
-    sweep_interval: float = Field(default=15.0, gt=0)
+    #: Seconds between sweeps of the log (due retries, expired leases): one indexed query
+    #: per site, and with the lease, how soon a dead worker's deliveries are taken over.
+    sweep_interval: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     #: Failed attempts in a row that open a channel's circuit breaker (0: never).
     breaker_threshold: int = Field(default=10, ge=0)
     #: While a breaker is open, one probe delivery is let through this often.
@@ -63,6 +96,16 @@ class Settings(BaseSettings):
     #: claimed and recorded in one transaction each and costs the broker one message;
     #: small sends are still spread over ``worker_concurrency`` tasks.
     batch_size: int = Field(default=25, ge=1, le=500)
+    #: Task arguments in full in Flower and task events. Off, they show the channel, the
+    #: delivery id and a masked address, never the message text.
+    task_args_in_events: bool = False
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value.strip().lower() != "exponential":
+            parse_delays(value)
+        return value
 
     @property
     def is_embedded_broker(self) -> bool:
@@ -89,6 +132,15 @@ class Settings(BaseSettings):
     @property
     def key_file(self) -> Path:
         return self.home / "secret.key"
+
+
+def describe(exc: ValidationError) -> str:
+    """A settings error in one line per variable, named as it is set in the environment."""
+    return "; ".join(
+        f"DELIVERY_{'_'.join(str(p) for p in error['loc']).upper()}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,9 @@ from workers.app import app
 
 logger = logging.getLogger(__name__)
 
+#: Seconds past its end before the sweep takes a lease over (clock skew between hosts).
+LEASE_SLACK = 1.0
+
 _assembly: Assembly | None = None
 _assembly_lock = threading.Lock()
 
@@ -151,7 +154,13 @@ def sweep(*_: Any, **__: Any) -> int:
     interval = settings.sweep_interval
     grace = max(2 * interval, 10.0)
     found = log.sweep(
-        now=utcnow(), horizon=interval, grace=grace, resweep=settings.delay_limit + 2 * grace
+        now=utcnow(),
+        horizon=interval,
+        grace=grace,
+        resweep=settings.delay_limit + 2 * grace,
+        # Live workers renew their leases: one that ran out belongs to a worker that died,
+        # and its deliveries are taken over now (a second's slack for clocks that differ).
+        lease_grace=LEASE_SLACK,
     )
     if found:
         # Those due now travel in batches, like send_many's: after an outage there are many.

@@ -133,6 +133,7 @@ def worker(
     """Run a Celery worker with the project's defaults; other options go to Celery."""
     from delivery.cli.context import delivery_log
 
+    _settings_or_exit()  # a bad DELIVERY_ variable stops the worker here, not every task
     delivery_log()  # fail early, with a message, if the log has no tables
     from workers.app import app as celery_app
 
@@ -142,6 +143,17 @@ def worker(
         # the configured pool, so set the configuration itself.
         celery_app.conf.worker_pool = pool
     celery_app.worker_main(["worker", *(["--beat"] if beat else []), *ctx.args])
+
+
+def _settings_or_exit() -> None:
+    from pydantic import ValidationError
+
+    from schemas.settings import describe
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        fail(f"invalid settings: {describe(exc)}")
 
 
 def _pool_option(args: list[str]) -> str | None:
@@ -158,6 +170,7 @@ def beat_command(ctx: typer.Context) -> None:
     """Run Celery beat: the sweep that re-enqueues due retries and expired leases."""
     from delivery.cli.context import delivery_log
 
+    _settings_or_exit()
     delivery_log()
     from workers.app import app as celery_app
 

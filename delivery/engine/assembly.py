@@ -29,7 +29,9 @@ class Assembly:
         self.service = DeliveryService(self.settings, self.log, self.dispatchers, self.limiter)
 
     def close(self) -> None:
-        """Close the dispatchers' clients (HTTP pools, SMTP connections)."""
+        """Close the dispatchers' clients (HTTP pools, SMTP connections) and stop renewing
+        leases."""
+        self.service.close()
         self.dispatchers.close()
 
 

@@ -16,11 +16,10 @@ from delivery.engine.crypto import SecretBox
 from delivery.errors import ConfigurationError, UnknownChannel
 from delivery.log.tables import ChannelRow
 from schemas import CHANNEL_NAME_PATTERN
+from schemas.settings import parse_delays
 from schemas.validation import explain
 
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
-#: Longest retry schedule a channel may have (attempts after the first).
-MAX_SCHEDULE = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +32,8 @@ class Channel:
     paused: bool = False
     updated_at: datetime | None = None
     breaker_open_until: datetime | None = None
+    #: The backup channel deliveries move to when this one's provider is down.
+    fallback: str | None = None
 
     @property
     def may_be_held(self) -> bool:
@@ -57,18 +58,12 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
     """Seconds to wait before each retry, e.g. ``0,5,300,1800``.
 
     Raises:
-        ConfigurationError: not a list of non-negative numbers, or too long.
+        ConfigurationError: not 1-50 numbers of seconds from 0 to 30 days.
     """
-    items = value.split(",") if isinstance(value, str) else list(value)
     try:
-        delays = tuple(float(item) for item in items if str(item).strip())
-    except ValueError:
-        raise ConfigurationError(
-            f"retry schedule {value!r} must be seconds separated by commas, e.g. 0,5,300"
-        ) from None
-    if not delays or any(d < 0 for d in delays) or len(delays) > MAX_SCHEDULE:
-        raise ConfigurationError(f"retry schedule must have 1-{MAX_SCHEDULE} delays, none negative")
-    return delays
+        return parse_delays(value)  # finite, from 0 to 30 days, 1-50 of them
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 class ChannelStore:
@@ -102,6 +97,7 @@ class ChannelStore:
         retry_schedule: tuple[float, ...] | None = None,
         rate_limit: str | None = None,
         replace: bool = False,
+        fallback: str | None = None,
     ) -> Channel:
         """Validate and store a channel.
 
@@ -114,6 +110,8 @@ class ChannelStore:
                 f"channel name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
             )
         config = self.validate(dispatcher, raw)
+        if fallback == name:
+            raise ConfigurationError(f"channel {name!r} cannot be its own fallback")
         if rate_limit is not None:
             parse_rate_limit(rate_limit)
         plain, secret = split_secrets(config)
@@ -125,6 +123,8 @@ class ChannelStore:
                 raise ConfigurationError(
                     f"channel {name!r} exists; remove it first or use --replace"
                 )
+            if fallback is not None and session.get(ChannelRow, fallback) is None:
+                raise ConfigurationError(f"no channel named {fallback!r} to fall back to")
             if row is None:
                 row = ChannelRow(name=name, created_at=now, paused=False, consecutive_failures=0)
                 session.add(row)
@@ -133,8 +133,11 @@ class ChannelStore:
             row.secrets = token
             row.retry_schedule = list(retry_schedule) if retry_schedule else None
             row.rate_limit = rate_limit
+            row.fallback = fallback
             row.updated_at = now
-        return Channel(name, dispatcher, config, retry_schedule, rate_limit, False, now)
+        return Channel(
+            name, dispatcher, config, retry_schedule, rate_limit, False, now, fallback=fallback
+        )
 
     def get(self, name: str) -> Channel:
         """The channel with its secrets decrypted.
@@ -159,6 +162,7 @@ class ChannelStore:
             paused=row.paused,
             updated_at=row.updated_at,
             breaker_open_until=row.breaker_open_until,
+            fallback=row.fallback,
         )
 
     def set_paused(self, name: str, paused: bool) -> bool:
@@ -193,6 +197,7 @@ class ChannelStore:
                     "config": config,
                     "retry_schedule": row.retry_schedule,
                     "rate_limit": row.rate_limit,
+                    "fallback": row.fallback,
                     "paused": row.paused,
                     "state": _state(row),
                     "consecutive_failures": row.consecutive_failures,

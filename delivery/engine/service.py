@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy.exc import DataError, SQLAlchemyError
+
 from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
 from delivery.engine.breaker import AttemptHealth, Breaker
 from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_schedule
 from delivery.engine.instances import DispatcherCache
+from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.engine.retry import RetryPolicy
 from delivery.engine.suppression import SuppressionList
@@ -28,7 +31,7 @@ from delivery.errors import (
     UnknownDispatcher,
 )
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
-from delivery.log.tables import Outcome
+from delivery.log.tables import Outcome, Status
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
@@ -87,9 +90,10 @@ class DeliveryService:
         self.suppressions = SuppressionList(log.engine)
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        #: Seconds a batch may run before handing the rest back as single tasks: well
-        #: inside the lease, and short enough that a slow provider delays few others.
-        self.batch_budget = min(BATCH_BUDGET, settings.lease_seconds / 4)
+        #: Seconds a batch may run before handing the rest back as single tasks: short
+        #: enough that a slow provider delays few others (the leases are renewed).
+        self.batch_budget = BATCH_BUDGET
+        self.leases = LeaseKeeper(log, lease=settings.lease_seconds)
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -99,49 +103,85 @@ class DeliveryService:
             schedule=(channel.retry_schedule if channel else None) or self.default_schedule,
         )
 
+    def close(self) -> None:
+        self.leases.close()
+
     def deliver(self, envelope: Envelope) -> Decision:
         """Send one delivery unless it is done or held elsewhere, and record the attempt."""
-        claim = self.log.claim(envelope, lease=self.settings.lease_seconds)
+        claim = self._claim_alone(envelope)
         if claim.state is not ClaimState.CLAIMED:
             return self._unclaimed(envelope, claim)
-        ended = self._attempt(envelope, claim)
-        if isinstance(ended, Decision):
-            return ended
-        return self._record([ended])[0]
+        self.leases.hold([claim])
+        try:
+            ended = self._attempt(envelope, claim)
+            if isinstance(ended, Decision):
+                return ended
+            return self._record([ended])[0]
+        finally:
+            self.leases.let_go([claim])
 
     def deliver_many(self, envelopes: Sequence[Envelope]) -> list[Decision]:
-        """Deliver a batch: claimed in one transaction, sent one after another, recorded
-        in one transaction.
+        """Deliver a batch: claimed in one transaction, sent one after another, each
+        attempt recorded as soon as it ends (a crash re-sends only what was in flight).
 
         Batching is for the common case only. After a retryable failure on a channel, and
         once the batch has run for ``batch_budget`` seconds, the rest is handed back
         unspent (``requeue`` at once) to go one task each, where a slow or failing
         provider holds up no other delivery and the circuit breaker sees every attempt.
         """
-        claims = self.log.claim_many(envelopes, lease=self.settings.lease_seconds)
-        decisions: list[Decision | None] = [None] * len(envelopes)
-        ended: list[tuple[int, Attempt]] = []
+        claims = self._claim_many(envelopes)
+        held = [c for c in claims if c.state is ClaimState.CLAIMED]
+        self.leases.hold(held)
+        try:
+            return self._send_claimed(envelopes, claims)
+        finally:
+            self.leases.let_go(held)
+
+    def _send_claimed(self, envelopes: Sequence[Envelope], claims: list[Claim]) -> list[Decision]:
+        decisions: list[Decision] = []
         troubled: set[str] = set()
         tried = False
         deadline = time.monotonic() + self.batch_budget
-        for index, (envelope, claim) in enumerate(zip(envelopes, claims, strict=True)):
+        for envelope, claim in zip(envelopes, claims, strict=True):
             if claim.state is not ClaimState.CLAIMED:
-                decisions[index] = self._unclaimed(envelope, claim)
+                decisions.append(self._unclaimed(envelope, claim))
             elif envelope.channel in troubled or (tried and time.monotonic() > deadline):
-                decisions[index] = self._release(claim, utcnow())
+                decisions.append(self._release(claim, utcnow()))
             else:
                 # However slow the provider, each batch sends at least one: progress.
                 tried = True
                 outcome = self._attempt(envelope, claim)
                 if isinstance(outcome, Decision):
-                    decisions[index] = outcome
-                else:
-                    ended.append((index, outcome))
-                    if outcome.breaker_failure:
-                        troubled.add(envelope.channel)
-        for (index, _), decision in zip(ended, self._record([a for _, a in ended]), strict=True):
-            decisions[index] = decision
-        return [d if d is not None else Decision("done") for d in decisions]
+                    decisions.append(outcome)
+                    continue
+                if outcome.breaker_failure:
+                    troubled.add(envelope.channel)
+                decisions.append(self._record([outcome])[0])
+        return decisions
+
+    def _claim_many(self, envelopes: Sequence[Envelope]) -> list[Claim]:
+        try:
+            return self.log.claim_many(envelopes, lease=self.settings.lease_seconds)
+        except DataError:
+            # A value the database refuses (from a producer that skipped the schemas) must
+            # not hold up its batch-mates: claim them one by one, and fail it alone.
+            logger.warning("the log refused a batch; claiming its deliveries one by one")
+            return [self._claim_alone(envelope) for envelope in envelopes]
+
+    def _claim_alone(self, envelope: Envelope) -> Claim:
+        try:
+            return self.log.claim(envelope, lease=self.settings.lease_seconds)
+        except DataError as exc:
+            problem = describe_error(exc.orig or exc)
+            reason = f"the delivery log cannot store this delivery: {problem}"
+            logger.error("delivery %r failed: %s", envelope.id, reason)
+            try:
+                self.log.reject(
+                    envelope.id, channel=envelope.channel, address="?", reason=reason[:2000]
+                )
+            except SQLAlchemyError:
+                logger.exception("could not record delivery %r as failed", envelope.id)
+            return Claim(ClaimState.DONE, envelope.id, status=Status.FAILED)
 
     def _unclaimed(self, envelope: Envelope, claim: Claim) -> Decision:
         if claim.state is ClaimState.DONE:

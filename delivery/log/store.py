@@ -5,12 +5,13 @@ delivery costs more than running them.
 """
 
 import enum
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, tuple_, update
 
 from delivery.clock import utcnow
 from delivery.log.base import LogBase
@@ -19,6 +20,10 @@ from schemas import Envelope
 
 #: A scheduled retry may arrive this early (clock skew between workers) and still run.
 DUE_SLACK = timedelta(seconds=1)
+#: Longest provider reference the log keeps (the column's size).
+PROVIDER_REF_LENGTH = 255
+#: Leases renewed per statement.
+RENEW_CHUNK = 500
 
 
 class ClaimState(enum.Enum):
@@ -280,6 +285,28 @@ class DeliveryStore(LogBase):
             status=row.status,
         )
 
+    def renew(
+        self, held: Sequence[tuple[str, int]], *, lease: float, now: datetime | None = None
+    ) -> int:
+        """Extend the leases of deliveries this worker is still sending: ``(id, attempt)``
+        pairs, each renewed only if that attempt still holds it. Returns how many were."""
+        now = now or utcnow()
+        renewed = 0
+        d = DeliveryRow
+        for start in range(0, len(held), RENEW_CHUNK):
+            chunk = held[start : start + RENEW_CHUNK]
+            with self._write() as connection:
+                renewed += connection.execute(
+                    update(d)
+                    .where(
+                        tuple_(d.id, d.attempt_count).in_(chunk),
+                        d.status == Status.SENDING,
+                    )
+                    .values(lease_until=now + timedelta(seconds=lease))
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+        return renewed
+
     def release(self, claim: Claim, *, until: datetime, parked: bool) -> None:
         """Give a claim back without spending an attempt: the channel is paused or throttled."""
         now = utcnow()
@@ -326,6 +353,8 @@ class DeliveryStore(LogBase):
             claim, result = ended.claim, ended.result
             now = result.started_at + timedelta(milliseconds=result.duration_ms)
             delivered = result.outcome is Outcome.DELIVERED
+            error = storable(result.error)
+            provider_ref = storable(result.provider_ref, PROVIDER_REF_LENGTH)
             attempts.append(
                 {
                     "p_id": claim.delivery_id,
@@ -334,9 +363,9 @@ class DeliveryStore(LogBase):
                     "p_duration_ms": result.duration_ms,
                     "p_outcome": result.outcome,
                     "p_status_code": result.status_code,
-                    "p_error": result.error,
-                    "p_provider_ref": result.provider_ref,
-                    "p_detail": result.detail or None,
+                    "p_error": error,
+                    "p_provider_ref": provider_ref,
+                    "p_detail": storable_json(result.detail) or None,
                     "p_worker": worker,
                 }
             )
@@ -348,11 +377,11 @@ class DeliveryStore(LogBase):
                     "p_attempt_base": claim.attempt_base,
                     "p_now": now,
                     "p_next_attempt_at": result.next_attempt_at,
-                    "p_error": result.error,
+                    "p_error": error,
                     "p_swept_at": now if ended.parked else None,
                     "p_dispatcher": ended.dispatcher,
                     "p_delivered_at": now if delivered else None,
-                    "p_provider_ref": result.provider_ref if delivered else None,
+                    "p_provider_ref": provider_ref if delivered else None,
                 }
             )
         # In id order, like claim_many, so concurrent batches lock rows in one order.
@@ -364,3 +393,30 @@ class DeliveryStore(LogBase):
                 apply(connection)
             moved: int = connection.execute(self._move_on, moves).rowcount
         return moved
+
+
+def storable(text: str | None, limit: int | None = None) -> str | None:
+    """``text`` as the log can store it. What a provider answers (an error, a reference)
+    is not ours to refuse, and a NUL or lone surrogate in it would make the database
+    refuse the whole attempt (PostgreSQL text holds no NUL): they are replaced instead."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit] if limit is not None else text
+
+
+def storable_json(value: Any) -> Any:
+    """A provider's JSON as the log can store it: strings as ``storable``, NaN and
+    Infinity (which PostgreSQL's JSON refuses) as null."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -12,18 +12,27 @@ from schemas import Envelope
 
 class DeliverySweep(LogBase):
     def sweep(
-        self, *, now: datetime, horizon: float, grace: float, resweep: float, limit: int = 1000
+        self,
+        *,
+        now: datetime,
+        horizon: float,
+        grace: float,
+        resweep: float,
+        limit: int = 1000,
+        lease_grace: float | None = None,
     ) -> list[tuple[Envelope, float | None]]:
         """Deliveries the broker does not hold a message for, with seconds until each is due
         (None: due now), ready for ``Publisher.publish_envelopes``.
 
         Picks retries due within ``horizon`` seconds that were scheduled here rather than
         parked in the broker; retries parked in the broker ``grace`` seconds past due (their
-        message was lost); leases expired ``grace`` seconds ago (their worker died); and
-        queued deliveries idle that long (replayed, then the publish failed). Each is marked,
-        so it is not picked again for ``resweep`` seconds.
+        message was lost); leases expired ``lease_grace`` seconds ago (default ``grace``:
+        live workers renew their leases, so an expired one means its worker died); and
+        queued deliveries idle ``grace`` seconds (replayed, then the publish failed). Each
+        is marked, so it is not picked again for ``resweep`` seconds.
         """
         overdue = now - timedelta(seconds=grace)
+        abandoned = now - timedelta(seconds=grace if lease_grace is None else lease_grace)
         candidates = and_(
             DeliveryRow.payload.is_not(None),
             or_(
@@ -36,7 +45,7 @@ class DeliverySweep(LogBase):
                     DeliveryRow.next_attempt_at <= now + timedelta(seconds=horizon),
                     or_(DeliveryRow.swept_at.is_(None), DeliveryRow.next_attempt_at <= overdue),
                 ),
-                and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until <= overdue),
+                and_(DeliveryRow.status == Status.SENDING, DeliveryRow.lease_until <= abandoned),
                 and_(DeliveryRow.status == Status.QUEUED, DeliveryRow.updated_at <= overdue),
             ),
         )

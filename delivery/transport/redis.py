@@ -38,8 +38,12 @@ SET_ASIDE_KEEP = 10_000
 INFLIGHT_PREFIX = "delivery.inflight."
 #: ``delivery.alive.<consumer>``: present while the consumer lives.
 ALIVE_PREFIX = "delivery.alive."
-ALIVE_SECONDS = 60
-ALIVE_REFRESH = 10.0
+#: A consumer's heartbeat lasts this long, and is renewed on every poll for messages and
+#: on every look for unacknowledged ones (every 10 s at most; see celery_config), so a busy
+#: consumer that is not polling stays alive, and a dead one's messages are back within
+#: half a minute.
+ALIVE_SECONDS = 25
+ALIVE_REFRESH = 5.0
 
 
 def decode(item: bytes | str, *, task: bool = True) -> dict[str, Any] | None:
@@ -99,6 +103,9 @@ class QoS(kombu_redis.QoS):
         super(kombu_redis.QoS, self).append(message, delivery_tag)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        # Runs on a timer in the worker's event loop, also while every thread is busy and
+        # the consumer is not polling: the place to keep its heartbeat alive.
+        self.channel._keep_alive()
         super().restore_visible(*args, **kwargs)
         self.channel.restore_orphans()
 

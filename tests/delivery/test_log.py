@@ -184,3 +184,44 @@ def test_finish_many_records_every_attempt_and_counts_lost_leases(log: DeliveryL
     # the late outcome is still recorded against its attempt; the new holder keeps the row
     assert taken_over.status == "sending"
     assert [(a.number, a.outcome) for a in taken_over.attempts] == [(1, "retry")]
+
+
+def test_renew_extends_only_the_leases_still_held_by_that_attempt(log: DeliveryLog) -> None:
+    mine = log.claim(envelope("r1"), lease=5)
+    lost = log.claim(envelope("r2"), lease=5)
+    # r2's lease ran out and another worker took it over (attempt 2)
+    later = utcnow() + timedelta(seconds=10)
+    assert log.claim(envelope("r2"), lease=5, now=later).attempt == 2
+    assert log.renew([(mine.delivery_id, 1), (lost.delivery_id, 1)], lease=60) == 1
+    # r1 is held a minute on; r2 keeps the other worker's lease
+    assert log.claim(envelope("r1"), lease=5, now=later).state is ClaimState.BUSY
+
+
+def test_a_lease_keeper_renews_what_is_held_and_stops_when_let_go(log: DeliveryLog) -> None:
+    from delivery.engine.leases import LeaseKeeper
+
+    keeper = LeaseKeeper(log, lease=60)
+    claim = log.claim(envelope("k1"), lease=1)
+    keeper.hold([claim])
+    try:
+        assert keeper.renew() == 1
+        expired = utcnow() + timedelta(seconds=5)
+        assert log.claim(envelope("k1"), lease=1, now=expired).state is ClaimState.BUSY
+        keeper.let_go([claim])
+        assert keeper.held() == [] and keeper.renew() == 0
+    finally:
+        keeper.close()
+
+
+def test_what_a_provider_answers_is_stored_whatever_it_holds(log: DeliveryLog) -> None:
+    claim = log.claim(envelope("p1"), lease=60)
+    answer = result(
+        Outcome.DELIVERED,
+        provider_ref="ref\x00" + "x" * 300,
+        error=None,
+        detail={"note\x00": "bad\ud800", "score": float("nan")},
+    )
+    assert log.finish(claim, answer, dispatcher="webhook", worker="w")
+    record = log.get("p1")
+    assert record is not None and record.provider_ref is not None
+    assert "\x00" not in record.provider_ref and len(record.provider_ref) == 255

@@ -65,7 +65,7 @@ def capture(client: redis.Redis, address: str, *, queue: str = "delivery") -> di
     """Publish one delivery and take its message off the queue before any worker does."""
     delivery.send("hooks", address, Payload(message="template"))
     item = client.rpop(queue)
-    assert item is not None, "nothing was published"
+    assert isinstance(item, bytes), "nothing was published"
     return dict(json.loads(item))
 
 
@@ -112,7 +112,8 @@ def _put(target: Any, path: tuple[Any, ...], value: Any) -> None:
 def set_aside_markers(client: redis.Redis) -> str:
     """Everything on the set-aside list, bodies decoded, as one text to search for markers."""
     texts = []
-    for item in client.lrange(SET_ASIDE, 0, -1):
+    items: list[bytes] = client.lrange(SET_ASIDE, 0, -1)  # type: ignore[assignment]
+    for item in items:
         text = item.decode(errors="replace")
         texts.append(text)
         try:
