@@ -21,6 +21,7 @@
     - PluginLoadError         an inbound kind or handler that does not load
   + InboundError              a provider's request we cannot accept (``http_status`` answers it)
     - InvalidInbound          400: the request is malformed or misses a field
+      - RequestTooLarge       413: the body is larger than a provider's request can be
     - BadSignature            403: the signature is missing or wrong
     - UnknownBackend          404: no inbound backend (or receipt channel) of that name
 
@@ -128,6 +129,10 @@ class InboundError(DeliveryError):
 
 class InvalidInbound(InboundError):
     http_status = 400
+
+
+class RequestTooLarge(InvalidInbound):
+    http_status = 413
 
 
 class BadSignature(InboundError):

@@ -58,25 +58,22 @@ class Router:
             logger.warning("inbound message %s is not in the log; nothing to route", message_id)
             return Routed("done", status="missing")
         message = entry.received(self._reply_channel(entry))
-        finished = {h.handler for h in entry.handling if h.outcome != HandlingOutcome.RETRY.value}
+        # What each handler made of it on earlier runs: those that finished are not rerun.
+        before = {h.handler: h.outcome for h in entry.handling}
         took, failed, waits = 0, 0, []
         for name in self.handlers.names():
             handler = self._handler(name)
             if handler is None or not _accepts(handler, message):
                 continue
             took += 1
-            if name in finished:
-                failed += any(
-                    h.handler == name and h.outcome == HandlingOutcome.FAILED.value
-                    for h in entry.handling
-                )
+            outcome = before.get(name, HandlingOutcome.RETRY.value)
+            if outcome != HandlingOutcome.RETRY.value:
+                failed += outcome == HandlingOutcome.FAILED.value
                 continue
             wait = self._run(name, handler, message)
-            if wait is None:
-                continue
-            if wait < 0:
+            if wait is not None and wait < 0:
                 failed += 1
-            else:
+            elif wait is not None:
                 waits.append(wait)
         if waits:
             self.inbox.set_status(message_id, MessageStatus.RETRYING)

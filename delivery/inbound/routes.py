@@ -24,6 +24,7 @@ from delivery.errors import (
     InvalidInbound,
     PublishError,
     RegistryError,
+    RequestTooLarge,
 )
 from delivery.inbound.base import InboundRequest
 from delivery.inbound.wiring import Inbound, current_inbound
@@ -36,10 +37,6 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 
 router = APIRouter(tags=["inbound"])
-
-
-class BodyTooLarge(InvalidInbound):
-    http_status = 413
 
 
 def problem(status: int, detail: str) -> JSONResponse:
@@ -56,7 +53,7 @@ async def read_request(request: Request, public_url: str | None) -> InboundReque
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
-            raise BodyTooLarge(f"request body larger than {MAX_BODY} bytes")
+            raise RequestTooLarge(f"request body larger than {MAX_BODY} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
