@@ -23,10 +23,27 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
 
 
+#: IPv6 ranges never a webhook's address: IPv4-compatible (deprecated, ``::a.b.c.d``),
+#: site-local (deprecated, private in practice), 6to4 (deprecated; it tunnels to whatever
+#: IPv4 address it embeds), Teredo (the same), and local-use NAT64 (RFC 8215).
+REFUSED_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("::/96", "fec0::/10", "2002::/16", "2001::/32", "64:ff9b:1::/48")
+)
+#: The well-known NAT64 prefix: the address it embeds is the one reached, so it is judged.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_forbidden(ip: IPAddress) -> bool:
-    """Whether an address is anything but a public, globally routable one."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether an address is anything but a public, globally routable one, in whatever form
+    IPv6 gives an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_forbidden(ip.ipv4_mapped)
+        if ip in NAT64:
+            return is_forbidden(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(ip in net for net in REFUSED_V6):
+            return True
     return not ip.is_global or ip.is_multicast
 
 
