@@ -50,6 +50,10 @@ def add(
     replace: Annotated[
         bool, typer.Option("--replace", help="Overwrite a channel of that name")
     ] = False,
+    fallback: Annotated[
+        str | None,
+        typer.Option("--fallback", help="Backup channel for when this one's provider is down"),
+    ] = None,
 ) -> None:
     """Store a channel; its config is validated by the dispatcher's config model now."""
     raw = parse_settings(set_ or [], config)
@@ -57,7 +61,13 @@ def add(
     with user_errors():
         schedule = parse_retry_schedule(retry_schedule) if retry_schedule else None
         channel = store.add(
-            name, dispatcher, raw, retry_schedule=schedule, rate_limit=rate_limit, replace=replace
+            name,
+            dispatcher,
+            raw,
+            retry_schedule=schedule,
+            rate_limit=rate_limit,
+            replace=replace,
+            fallback=fallback,
         )
     out.print(f"channel [bold]{channel.name}[/] ({channel.dispatcher}) saved")
 

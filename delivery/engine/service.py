@@ -17,6 +17,7 @@ from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
 from delivery.engine.breaker import AttemptHealth, Breaker
 from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_schedule
+from delivery.engine.failover import FailingOver, Failover
 from delivery.engine.instances import DispatcherCache
 from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
@@ -88,6 +89,7 @@ class DeliveryService:
         )
         self.limiter = limiter or LocalRateLimiter()
         self.suppressions = SuppressionList(log.engine)
+        self.failover = Failover(log.engine)
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         #: Seconds a batch may run before handing the rest back as single tasks: short
@@ -208,6 +210,8 @@ class DeliveryService:
                 # The probe tests the provider for everyone: it does not spend one of this
                 # delivery's attempts, so a failed probe never fails the delivery.
                 claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
+            if until is not None and (target := self.failover.target(claim.delivery_id, channel)):
+                raise FailingOver(f"circuit breaker open on {channel.name}", target=target)
             if until is not None:
                 # Spread the waiting deliveries out so the reopening is not a stampede.
                 until += timedelta(
@@ -238,6 +242,10 @@ class DeliveryService:
         breaker_failure = False
         try:
             channel, dispatcher = self.dispatchers.get(envelope.channel)
+            if channel.fallback is not None:
+                # The delivery may have moved to the backup since this message was sent.
+                envelope = self.failover.current(envelope)
+                channel, dispatcher = self.dispatchers.get(envelope.channel)
             # An opted-out or permanently bouncing address fails here: no provider call.
             self.suppressions.check(channel.name, dispatcher.validate_address(envelope.address))
             held, claim = self._held(channel, claim)
@@ -248,6 +256,14 @@ class DeliveryService:
                 delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel
             )
             sent = dispatcher.send(envelope.address, envelope.payload, context=context)
+        except FailingOver as exc:
+            result, claim = self.failover.moved(
+                self._failed(started, clock, exc),
+                claim,
+                source=envelope.channel,
+                target=exc.target,
+                reason=str(exc),
+            )
         except (PermanentError, UnknownChannel, UnknownDispatcher) as exc:
             result = self._failed(started, clock, exc)
         except (RetryableError, ConfigurationError, RegistryError) as exc:
@@ -268,6 +284,9 @@ class DeliveryService:
                 provider_ref=sent.provider_ref,
                 detail=sent.detail,
             )
+        if result.outcome is Outcome.FAILED and breaker_failure and channel is not None:
+            # Provider-side failures to the end: the backup channel, if there is one.
+            result, claim = self.failover.after_exhausted(result, claim, channel)
         countdown = _seconds_until(result.next_attempt_at) if result.next_attempt_at else 0.0
         return Attempt(
             ended=Finished(
@@ -296,6 +315,7 @@ class DeliveryService:
             ),
             now=utcnow(),
         )
+        health += self.failover.moves([a.ended for a in attempts])
         moved = self.log.finish_many(
             [a.ended for a in attempts], worker=self.worker_name, health=health
         )

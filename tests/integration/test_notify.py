@@ -1,6 +1,8 @@
-"""Events through real parts: notify → redis-server → a `delivery worker` process fans out
-→ webhook receiver and SMTP server (aiosmtpd) → the log."""
+"""Events, several recipients and failover through real parts: the producer → redis-server
+→ a `delivery worker` process → webhook receiver, SMTP server (aiosmtpd), Twilio stand-in
+→ the log."""
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -9,6 +11,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 import delivery
 from delivery.notifications import EventRecord, Notifier
@@ -162,3 +166,48 @@ def test_several_identities_one_refused_by_the_smtp_server(
     assert [(a.outcome, a.status_code) for a in gone.attempts] == [("failed", 550)]
     assert "RecipientRejected" in (gone.last_error or "")
     assert sorted(m.rcpt_tos[0] for m in mailbox.received) == ["ann@example.com", "bob@example.com"]
+
+
+TWILIO_SID = "AC" + "2" * 32
+MESSAGES = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+
+
+def _sms_channel(stack: Stack, name: str, base_url: str, **extra: object) -> None:
+    stack.channels.add(
+        name,
+        "sms",
+        {
+            "account_sid": TWILIO_SID,
+            "auth_token": f"token-{name}",
+            "from_number": "+14155550100",
+            "api_base_url": base_url,
+            "timeout": 2,
+        },
+        retry_schedule=(0, 0.2),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_failover_to_a_backup_when_the_primarys_provider_is_down(
+    redis_stack: Stack, httpserver: HTTPServer
+) -> None:
+    # Given a primary SMS provider nobody answers at, and a backup that works
+    def twilio(request: Request) -> Response:
+        body = {"sid": f"SM{request.form['To'][-4:]}", "status": "queued", "num_segments": "1"}
+        return Response(json.dumps(body), 201, content_type="application/json")
+
+    httpserver.expect_request(MESSAGES, method="POST").respond_with_handler(twilio)
+    _sms_channel(redis_stack, "texts-backup", httpserver.url_for("/"))
+    _sms_channel(redis_stack, "texts", f"http://127.0.0.1:{free_port()}/", fallback="texts-backup")
+    redis_stack.worker()
+    # When a text is sent on the primary
+    receipt = delivery.send("texts", "+14155552671", Payload(message="Your code is 1234"))
+    counts = redis_stack.wait_until([receipt.id], {"delivered", "failed"})
+    # Then it used up its attempts on the primary, moved, and the backup delivered it
+    assert counts == {"delivered": 1}
+    record = redis_stack.log.get(receipt.id)
+    assert record is not None and record.channel == "texts-backup"
+    assert [a.outcome for a in record.attempts] == ["retry", "retry", "delivered"]
+    assert record.attempts[1].detail["failover_to"] == "texts-backup"
+    assert record.attempts[2].provider_ref == "SM2671"
+    assert [r.form["To"] for r, _ in httpserver.log] == ["+14155552671"]
