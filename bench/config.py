@@ -4,7 +4,9 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
-SECTIONS = ("e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres")
+SECTIONS = (
+    "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "fanout",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class BenchConfig:
     latency_rate: float = 100.0
     latency_seconds: float = 20.0
     latency_runs: int = 3
+    #: Section 9: subscriptions of the one-event shape; events (of ``fanout_few``
+    #: subscriptions each) of the many-events shape; runs of each.
+    fanout_subscriptions: int = 1000
+    fanout_events: int = 200
+    fanout_few: int = 5
+    fanout_runs: int = 3
     quick: bool = False
 
     @classmethod
@@ -53,6 +61,9 @@ class BenchConfig:
             ceiling_seconds=1.0,
             latency_seconds=2.0,
             latency_runs=1,
+            fanout_subscriptions=100,
+            fanout_events=20,
+            fanout_runs=1,
             quick=True,
         )
 
