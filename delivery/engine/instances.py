@@ -3,12 +3,31 @@
 import threading
 import time
 
-from delivery.dispatchers import Dispatcher, DispatcherEnvironment, DispatcherRegistry
+from pydantic import SecretStr
+
+from delivery.dispatchers import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatcherEnvironment,
+    DispatcherRegistry,
+)
 from delivery.engine.channels import Channel, ChannelStore
 from delivery.errors import UnknownChannel
+from delivery.redaction import redactor, secret_parts
 
 #: How long a worker trusts its cached copy of a channel before checking for changes.
 CHANNEL_TTL = 5.0
+
+
+def secret_values(config: DispatcherConfig) -> list[str]:
+    """The decrypted values of a config's secret fields, and the parts libraries log."""
+    values: list[str] = []
+    for name in config.secret_fields():
+        value = getattr(config, name, None)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        values += secret_parts(value)
+    return values
 
 
 class DispatcherCache:
@@ -47,6 +66,8 @@ class DispatcherCache:
         if entry is not None and entry[1].updated_at == channel.updated_at:
             dispatcher = entry[2]
         else:
+            # Before the dispatcher exists: its SDK may log the secret while it builds.
+            redactor.register(secret_values(channel.config))
             dispatcher = self.registry.get(channel.dispatcher)(
                 channel.config, environment=self.environment
             )
