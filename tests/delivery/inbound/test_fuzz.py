@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
@@ -117,6 +117,22 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(  # always one that gets all the way in, whatever else is drawn
+    path="/inbound/tw",
+    method="POST",
+    body=("form", {"From": "+1", "Body": "hi", "MessageSid": "SM1"}),
+    extra_headers={},
+    query={},
+    sign=True,
+)
+@example(
+    path="/inbound/open",
+    method="GET",
+    body=("raw", b""),
+    extra_headers={},
+    query={"identity": "+1", "text": "hi", "id": "7"},
+    sign=False,
 )
 @given(
     path=st.sampled_from(PATHS),
