@@ -109,8 +109,37 @@ class _Budget:
                 raise RenderError(f"the template made more than {MAX_PRODUCED} characters")
             if len(value) > MAX_OUTPUT:
                 raise RenderError(f"the template made a string longer than {MAX_OUTPUT}")
-        elif isinstance(value, list | tuple | dict | set) and len(value) > MAX_ITEMS:
-            raise RenderError(f"the template made a collection of more than {MAX_ITEMS} items")
+        elif isinstance(value, _CONTAINERS):
+            if len(value) > MAX_ITEMS:
+                raise RenderError(f"the template made a collection of more than {MAX_ITEMS} items")
+            # Many references to one long string are cheap to make and huge once printed.
+            if _printed_size(value, MAX_OUTPUT) > MAX_OUTPUT:
+                raise RenderError(
+                    f"the template made a collection longer than {MAX_OUTPUT} once printed"
+                )
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _printed_size(value: Any, limit: int) -> int:
+    """Roughly how long ``value`` is once printed, counting no further than ``limit``."""
+    size = 0
+    pending = [value]
+    while pending and size <= limit:
+        item = pending.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            size += 2 + 4 * len(item)
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, _CONTAINERS):
+            size += 2 + 2 * len(item)
+            pending.extend(item)
+        else:
+            size += 8
+    return size
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("budget", default=None)

@@ -81,15 +81,17 @@ def _wait_for_text(stack: Stack, text: str, count: int, timeout: float = 30.0) -
     raise TimeoutError(f"{text!r} not logged {count} times")
 
 
+@pytest.mark.parametrize("log", ["sqlite", "postgresql"])
 def test_an_event_fans_out_rendered_and_a_replay_sends_nothing_more(
-    redis_stack: Stack, smtp: tuple[Refusing, int]
+    log: str, request: pytest.FixtureRequest, smtp: tuple[Refusing, int]
 ) -> None:
+    stack: Stack = request.getfixturevalue("stack" if log == "sqlite" else "postgres_stack")
     # Given a webhook channel, an email channel, a template and four subscriptions
     mailbox, port = smtp
     secret = webhook_secret()
-    redis_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
-    _mail_channel(redis_stack, port)
-    notifier = Notifier(redis_stack.log)
+    stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    _mail_channel(stack, port)
+    notifier = Notifier(stack.log)
     notifier.templates.add(
         "shipped",
         subject="Order {{ order.id }} shipped",
@@ -105,13 +107,13 @@ def test_an_event_fans_out_rendered_and_a_replay_sends_nothing_more(
             "order.shipped", "hooks", receiver.url("/big"), filter="order.total > 100"
         )
         subscribe("order.paid", "hooks", receiver.url("/paid"))
-        redis_stack.worker()
+        stack.worker()
         # When a service notifies
         context = {"order": {"id": 42, "total": 20}, "name": "<Ann>", "email": "ann@example.com"}
         receipt = delivery.notify("order.shipped", context, idempotency_key="order-42-shipped")
         record = _fanned_out(notifier, receipt.id)
         made = [o.delivery_id for o, _ in record.deliveries if o.outcome == "queued"]
-        counts = redis_stack.wait_until(made, {"delivered"})
+        counts = stack.wait_until(made, {"delivered"})
         # Then three deliveries went out, rendered, on two dispatchers; the filter skipped one
         assert counts == {"delivered": 3}
         assert {o.subscription_id: o.outcome for o, _ in record.deliveries}[skipped.id] == "skipped"
@@ -131,7 +133,7 @@ def test_an_event_fans_out_rendered_and_a_replay_sends_nothing_more(
         # When the event is replayed, and its task redelivered as a broker would
         again = delivery.notify("order.shipped", context, idempotency_key="order-42-shipped")
         assert again.id == receipt.id
-        _wait_for_text(redis_stack, "'replayed'", 1)
+        _wait_for_text(stack, "'replayed'", 1)
         # Then nothing more was sent
         time.sleep(0.5)
         assert len(receiver.requests_to("/orders")) == 1

@@ -1,5 +1,7 @@
 """The template sandbox: Python internals refused, work and output bounded."""
 
+import tracemalloc
+
 import pytest
 
 from delivery.notifications.sandbox import (
@@ -114,6 +116,10 @@ def test_unbounded_work_is_stopped(source: str, reason: str) -> None:
         "{% set s = 'x' * 100000 %}{% set s = s ~ s %}{% set s = s ~ s %}{{ s }}",
         "{% set x %}{% for i in range(10000) %}{{ 'y' * 100000 }}{% endfor %}{% endset %}",
         "{% for i in range(10000) %}{{ 'y' * 100000 }}{% endfor %}",
+        "{{ dict.fromkeys(range(10000), 'x' * 100000) }}",
+        "{{ ['x' * 100000] * 10000 }}",
+        "{% set ns = namespace(l=[]) %}{% for i in range(50) %}"
+        "{% set ns.l = ns.l + ['x' * 100000] %}{% endfor %}",
     ],
 )
 def test_output_bombs_are_refused_before_they_are_built(source: str) -> None:
@@ -159,3 +165,24 @@ def test_expressions_for_filters() -> None:
         TEXT.expression("order.__class__")
     with pytest.raises(RenderError, match="range"):
         evaluate(TEXT.expression("range(10**9)|list"), {})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ dict.fromkeys(range(10000), 'x' * 100000) }}",
+        "{{ ('x' * 100000)|replace('', 'yyyyy') }}",
+        "{{ 'x'|center(10**9) }}",
+        "{% set x %}{% for i in range(10000) %}{{ 'y' * 100000 }}{% endfor %}{% endset %}",
+    ],
+)
+def test_bombs_are_refused_without_building_them(source: str) -> None:
+    # Refusing after building a gigabyte would still take the worker down: measure.
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError):
+            rendered(source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20
