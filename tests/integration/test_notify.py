@@ -85,7 +85,7 @@ def _wait_for_text(stack: Stack, text: str, count: int, timeout: float = 30.0) -
 def test_an_event_fans_out_rendered_and_a_replay_sends_nothing_more(
     log: str, request: pytest.FixtureRequest, smtp: tuple[Refusing, int]
 ) -> None:
-    stack: Stack = request.getfixturevalue("stack" if log == "sqlite" else "postgres_stack")
+    stack: Stack = request.getfixturevalue("redis_stack" if log == "sqlite" else "postgres_stack")
     # Given a webhook channel, an email channel, a template and four subscriptions
     mailbox, port = smtp
     secret = webhook_secret()
