@@ -81,21 +81,34 @@ class Notifier:
         outcomes: list[Outcome] = []
         for subscription in self.subscriptions.active(event.name):
             delivery_id = fanout_delivery_id(event.id, subscription.id)
+            # The address as far as it got: rendered, or its template if that failed.
+            address = subscription.address
             try:
-                envelope = self._envelope(event, subscription, delivery_id, variables, templates)
+                if not subscription.matches(variables):
+                    outcomes.append(
+                        _outcome(
+                            subscription, delivery_id, "skipped", f"filter {subscription.filter}"
+                        )
+                    )
+                    continue
+                address = subscription.address_for(variables)
+                envelope = self._envelope(
+                    event, subscription, delivery_id, address, variables, templates
+                )
             except RenderError as exc:
                 reason = f"could not render for event {event.name} ({event.id}): {exc}"
                 self.log.reject(
-                    delivery_id,
-                    channel=subscription.channel,
-                    address=subscription.address,
-                    reason=reason,
+                    delivery_id, channel=subscription.channel, address=address, reason=reason
                 )
-                outcomes.append(_outcome(subscription, delivery_id, "failed", reason))
-                continue
-            if envelope is None:
                 outcomes.append(
-                    _outcome(subscription, delivery_id, "skipped", f"filter {subscription.filter}")
+                    Outcome(
+                        subscription.id,
+                        delivery_id,
+                        subscription.channel,
+                        address,
+                        "failed",
+                        reason,
+                    )
                 )
                 continue
             outgoing.append((envelope, None))
@@ -124,17 +137,15 @@ class Notifier:
         event: Event,
         subscription: Subscription,
         delivery_id: str,
+        address: str,
         variables: Mapping[str, Any],
         templates: dict[str, Template | None],
-    ) -> Envelope | None:
-        """The subscription's delivery, or None if its filter skips this event.
+    ) -> Envelope:
+        """The subscription's delivery to ``address``, its payload rendered.
 
         Raises:
-            RenderError: the filter, address or template failed on this context.
+            RenderError: the template failed on this context, or the result is invalid.
         """
-        if not subscription.matches(variables):
-            return None
-        address = subscription.address_for(variables)
         data: dict[str, Any] = {"event": event.name, "event_id": event.id, **event.context}
         payload: Payload
         if subscription.template is None:

@@ -288,9 +288,11 @@ def test_a_template_failing_on_the_context_fails_that_delivery_alone(
     assert failed is not None and failed.status == "failed"
     assert "'name' is undefined" in (failed.last_error or "")
     assert "needs-name" in (failed.last_error or "")
+    assert failed.address == "a"  # rendered before the template failed
     exploded = notifier.log.get(fanout_delivery_id(event.id, bomb.id))
     assert exploded is not None and exploded.status == "failed"
     assert "repeating" in (exploded.last_error or "")
+    assert exploded.address == "{{ 'x' * 10**9 }}"  # the address itself failed
 
 
 def test_an_event_without_subscriptions_is_recorded(notifier: Notifier) -> None:
