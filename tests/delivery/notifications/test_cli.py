@@ -97,3 +97,12 @@ def test_notify_prints_the_event_id_and_status_shows_the_event() -> None:
     assert code == 0 and "order.shipped" in out and made["delivery_id"][:8] in out
     code, _, err = run("status", "no-such-id")
     assert code == 1 and "no delivery" in err
+
+
+def test_channels_add_takes_a_fallback() -> None:
+    code, _, err = run("channels", "add", "texts", "console", "--fallback", "nope")
+    assert code == 1 and "no channel named 'nope' to fall back to" in err
+    assert run("channels", "add", "texts", "console", "--fallback", "dev")[0] == 0
+    code, out, _ = run("channels", "list", "--json")
+    fallbacks = {c["name"]: c["fallback"] for c in json.loads(out)["channels"]}
+    assert fallbacks == {"dev": None, "texts": "dev"}
