@@ -192,35 +192,38 @@ class Inbox:
         ]
 
     def record_handling(
-        self, ident: str, handler: str, outcome: HandlingOutcome, result: str | None
+        self,
+        ident: str,
+        handler: str,
+        outcome: HandlingOutcome,
+        result: str | None,
+        *,
+        attempt: bool = True,
     ) -> int:
-        """Record a handler's attempt at a message; the attempts it has made, this one
-        included."""
+        """Record what a handler made of a message (``attempt``: this was another try);
+        returns the attempts it has made. One upsert, so two copies of a route task
+        running at once cannot trip over each other's row."""
         now = utcnow()
+        step = 1 if attempt else 0
+        statement = self._insert(_HANDLING).values(
+            message_id=ident,
+            handler=handler,
+            outcome=outcome.value,
+            result=result,
+            attempts=step,
+            updated_at=now,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[_HANDLING.c.message_id, _HANDLING.c.handler],
+            set_={
+                "outcome": outcome.value,
+                "result": result,
+                "attempts": _HANDLING.c.attempts + step,
+                "updated_at": now,
+            },
+        ).returning(_HANDLING.c.attempts)
         with self.engine.begin() as connection:
-            attempts = connection.execute(
-                select(_HANDLING.c.attempts).where(
-                    _HANDLING.c.message_id == ident, _HANDLING.c.handler == handler
-                )
-            ).scalar()
-            if attempts is None:
-                connection.execute(
-                    _HANDLING.insert().values(
-                        message_id=ident,
-                        handler=handler,
-                        outcome=outcome.value,
-                        result=result,
-                        attempts=1,
-                        updated_at=now,
-                    )
-                )
-                return 1
-            connection.execute(
-                update(_HANDLING)
-                .where(_HANDLING.c.message_id == ident, _HANDLING.c.handler == handler)
-                .values(outcome=outcome.value, result=result, attempts=attempts + 1, updated_at=now)
-            )
-            return int(attempts) + 1
+            return int(connection.execute(statement).scalar_one())
 
     def set_status(self, ident: str, status: MessageStatus) -> None:
         with self.engine.begin() as connection:

@@ -113,7 +113,11 @@ class Router:
         delay = self.policy.delay_after(attempts, retry_after=getattr(exc, "retry_after", None))
         if delay is None:
             self.inbox.record_handling(
-                message.id, name, HandlingOutcome.FAILED, _short(f"gave up: {error}")
+                message.id,
+                name,
+                HandlingOutcome.FAILED,
+                _short(f"gave up: {error}"),
+                attempt=False,
             )
             return -1
         return delay

@@ -204,11 +204,14 @@ def test_inbox_receipts_and_suppressions_on_postgresql(postgres_stack: Stack) ->
     first = inbound.inbox.record("tw", "twilio", message)
     again = inbound.inbox.record("tw", "twilio", message)
     assert (first.duplicate, again.duplicate, again.id) == (False, True, first.id)
+    from delivery.inbound.inbox import HandlingOutcome
+
+    retry, handled = HandlingOutcome.RETRY, HandlingOutcome.HANDLED
+    assert inbound.inbox.record_handling(first.id, "echo", retry, "down") == 1
+    assert inbound.inbox.record_handling(first.id, "echo", handled, "replied") == 2
     receipt = ProviderReceipt("SMnone", "failed", "bounced", "21610", ALICE, permanent=True)
     recorded = inbound.receipts.record("sms-out", receipt)
     assert recorded.delivery_id is None and recorded.suppressed and not recorded.duplicate
     assert inbound.receipts.record("sms-out", receipt).duplicate
     assert not inbound.suppressions.add("sms-out", ALICE, "opt-out")  # the first reason stays
-    assert [(s.address, s.reason) for s in inbound.suppressions.list()] == [
-        (ALICE, "bounce 21610")
-    ]
+    assert [(s.address, s.reason) for s in inbound.suppressions.list()] == [(ALICE, "bounce 21610")]

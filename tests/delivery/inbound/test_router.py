@@ -81,6 +81,7 @@ def test_permanent_errors_fail_and_retries_run_out(inbound: Inbound, settings: S
     assert route.route(broken).status == "failed"
     [h] = inbound.inbox.get(broken).handling  # type: ignore[union-attr]
     assert h.outcome == "failed" and h.result == "gave up: RuntimeError: bug"
+    assert h.attempts == settings.max_attempts
 
 
 def test_backend_and_keyword_declarations(inbound: Inbound) -> None:
