@@ -9,6 +9,7 @@
     - PayloadRejected         the payload cannot be carried by this protocol
     - ForbiddenTarget         the target resolves to a network we may not reach (SSRF)
     - Suppressed              the address is on the channel's suppression list
+    - DeliveryFailed          recorded as failed: how a worker tells Celery (and Flower)
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
@@ -76,6 +77,11 @@ class PayloadRejected(PermanentError):
 
 class ForbiddenTarget(PermanentError):
     pass
+
+
+class DeliveryFailed(PermanentError):
+    """A delivery (or some of a batch) ended ``failed`` in the log; raised by the task
+    after recording, so that Celery and Flower show a FAILURE with the reason."""
 
 
 class ConfigurationError(DeliveryError):

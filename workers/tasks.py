@@ -6,6 +6,7 @@ import threading
 from typing import Any, NoReturn, TypeGuard
 
 from celery import Task
+from celery.exceptions import Retry
 from celery.signals import task_rejected, task_unknown, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,7 +15,8 @@ from delivery.clock import utcnow
 from delivery.engine.assembly import Assembly, assemble
 from delivery.engine.retry import backoff
 from delivery.engine.service import Decision, DeliveryService
-from delivery.errors import PublishError
+from delivery.errors import DeliveryFailed, PublishError, RetryableError
+from delivery.log.tables import Outcome
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
 from delivery.transport.redis import set_aside
@@ -55,42 +57,86 @@ def close_service(**_: Any) -> None:
             _assembly = None
 
 
-@app.task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+#: Options shared by the delivery tasks. A delivery recorded as failed raises
+#: DeliveryFailed after recording (the message is still acknowledged: Celery's
+#: task_acks_on_failure_or_timeout), so Flower shows a FAILURE with the reason; ``throws``
+#: makes it an expected error, logged in one line without a traceback.
+_DELIVERY_TASK = {
+    "bind": True,
+    "acks_late": True,
+    "max_retries": None,
+    "ignore_result": True,
+    "throws": (DeliveryFailed,),
+}
+
+
+@app.task(name=DELIVER_TASK, **_DELIVERY_TASK)
 def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver one envelope. Malformed messages are recorded as failed and never retried."""
     # Any arguments at all are accepted here and judged below: a signature Python enforces
     # would fail a message that names ``self`` before it could be recorded.
     given, envelope = _one_argument(args, kwargs, "envelope")
     if not given:
-        _reject(self, args[0] if args else None, "task called with unexpected arguments")
-        return "rejected"
-    request = _validated(self, envelope)
+        reason = "task called with unexpected arguments"
+        _reject(self, args[0] if args else None, reason)
+        raise DeliveryFailed(reason)
+    request, reason = _validated(self, envelope)
     if request is None:
-        return "rejected"
+        raise DeliveryFailed(reason)
     try:
         decision = get_service().deliver(request)
     except SQLAlchemyError as exc:
         _retry_later(self, exc, request.id)
     if decision.action == "requeue":
-        raise self.retry(countdown=decision.countdown, max_retries=None)
+        raise _again(self, decision.countdown)
+    if decision.outcome is Outcome.FAILED:
+        raise DeliveryFailed(decision.error or "failed")
+    if decision.outcome is Outcome.RETRY:
+        # Scheduled from the log (too far ahead for the broker): a retry all the same.
+        reason = f"{decision.error}; next attempt in {decision.countdown:.0f}s, from the log"
+        raise Retry(reason, exc=RetryableError(reason), when=decision.countdown)
     return decision.outcome.value if decision.outcome else "skipped"
 
 
-@app.task(name=DELIVER_BATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+@app.task(name=DELIVER_BATCH_TASK, **_DELIVERY_TASK)
 def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver a batch of envelopes (what ``send_many`` publishes). A malformed one is
-    recorded as failed on its own; the rest go ahead."""
+    recorded as failed on its own; the rest go ahead. Failures make the task a FAILURE
+    that lists them, once the rest are done."""
     given, envelopes = _one_argument(args, kwargs, "envelopes")
     if not given or not isinstance(envelopes, list):
-        _reject(self, None, "batch task called with unexpected arguments")
-        return "rejected"
-    requests = [r for r in (_validated(self, e) for e in envelopes) if r is not None]
-    if not requests:
-        return "rejected"
-    try:
-        decisions = get_service().deliver_many(requests)
-    except SQLAlchemyError as exc:
-        _retry_later(self, exc, requests[0].id)
+        reason = "batch task called with unexpected arguments"
+        _reject(self, None, reason)
+        raise DeliveryFailed(reason)
+    requests: list[Envelope] = []
+    failed: list[tuple[Any, str]] = []
+    for raw in envelopes:
+        request, reason = _validated(self, raw)
+        if request is None:
+            failed.append((raw.get("id") if isinstance(raw, dict) else None, reason))
+        else:
+            requests.append(request)
+    decisions: list[Decision] = []
+    if requests:
+        try:
+            decisions = get_service().deliver_many(requests)
+        except SQLAlchemyError as exc:
+            _retry_later(self, exc, requests[0].id)
+        _requeue(requests, decisions)
+    failed += [
+        (r.id, d.error or "failed")
+        for r, d in zip(requests, decisions, strict=True)
+        if d.outcome is Outcome.FAILED
+    ]
+    tally = _tally(decisions, rejected=len(envelopes) - len(requests))
+    if failed:
+        shown = "; ".join(f"{i}: {reason}" for i, reason in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise DeliveryFailed(f"{tally}. Failed: {shown}{more}")
+    return tally
+
+
+def _requeue(requests: list[Envelope], decisions: list[Decision]) -> None:
     later = [
         (r, d.countdown or None)
         for r, d in zip(requests, decisions, strict=True)
@@ -103,7 +149,18 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
         except PublishError:
             # Their claims were handed back: the sweep re-enqueues them from the log.
             logger.warning("could not requeue %d deliveries; the sweep will", len(later))
-    return _tally(decisions)
+
+
+def _again(task: Task, countdown: float) -> Retry:
+    """Publish the message again after ``countdown``, showing the same masked arguments
+    in Flower as the first time (Celery would otherwise show them in full)."""
+    request = task.request
+    return task.retry(
+        countdown=countdown,
+        max_retries=None,
+        argsrepr=request.argsrepr,
+        kwargsrepr=request.kwargsrepr,
+    )
 
 
 def _one_argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[bool, Any]:
@@ -116,12 +173,14 @@ def _one_argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> t
     return False, None
 
 
-def _validated(task: Task, raw: Any) -> Envelope | None:
+def _validated(task: Task, raw: Any) -> tuple[Envelope | None, str]:
+    """The envelope, or None and why not (recorded as the delivery's failure)."""
     try:
-        return Envelope.model_validate(raw)
+        return Envelope.model_validate(raw), ""
     except ValidationError as exc:
-        _reject(task, raw, f"malformed task message: {'; '.join(explain(exc, limit=5))}")
-        return None
+        reason = f"malformed task message: {'; '.join(explain(exc, limit=5))}"
+        _reject(task, raw, reason)
+        return None, reason
 
 
 def _retry_later(task: Task, exc: SQLAlchemyError, delivery_id: str) -> NoReturn:
@@ -134,11 +193,11 @@ def _retry_later(task: Task, exc: SQLAlchemyError, delivery_id: str) -> NoReturn
         delivery_id,
         countdown,
     )
-    raise task.retry(countdown=countdown, max_retries=None) from None
+    raise _again(task, countdown) from None
 
 
-def _tally(decisions: list[Decision]) -> str:
-    counts: dict[str, int] = {}
+def _tally(decisions: list[Decision], *, rejected: int = 0) -> str:
+    counts: dict[str, int] = {"rejected": rejected} if rejected else {}
     for decision in decisions:
         key = decision.outcome.value if decision.outcome else decision.action
         counts[key] = counts.get(key, 0) + 1

@@ -32,7 +32,7 @@ from delivery.errors import (
     UnknownDispatcher,
 )
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
-from delivery.log.tables import Outcome, Status
+from delivery.log.tables import Outcome
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Decision:
     action: Literal["done", "requeue"]
     countdown: float = 0.0
     outcome: Outcome | None = None
+    #: For a failure or a retry: the error, as recorded.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ class DeliveryService:
     def deliver(self, envelope: Envelope) -> Decision:
         """Send one delivery unless it is done or held elsewhere, and record the attempt."""
         claim = self._claim_alone(envelope)
+        if isinstance(claim, Decision):
+            return claim
         if claim.state is not ClaimState.CLAIMED:
             return self._unclaimed(envelope, claim)
         self.leases.hold([claim])
@@ -132,20 +136,24 @@ class DeliveryService:
         provider holds up no other delivery and the circuit breaker sees every attempt.
         """
         claims = self._claim_many(envelopes)
-        held = [c for c in claims if c.state is ClaimState.CLAIMED]
+        held = [c for c in claims if isinstance(c, Claim) and c.state is ClaimState.CLAIMED]
         self.leases.hold(held)
         try:
             return self._send_claimed(envelopes, claims)
         finally:
             self.leases.let_go(held)
 
-    def _send_claimed(self, envelopes: Sequence[Envelope], claims: list[Claim]) -> list[Decision]:
+    def _send_claimed(
+        self, envelopes: Sequence[Envelope], claims: Sequence[Claim | Decision]
+    ) -> list[Decision]:
         decisions: list[Decision] = []
         troubled: set[str] = set()
         tried = False
         deadline = time.monotonic() + self.batch_budget
         for envelope, claim in zip(envelopes, claims, strict=True):
-            if claim.state is not ClaimState.CLAIMED:
+            if isinstance(claim, Decision):
+                decisions.append(claim)  # failed already: the log cannot store it
+            elif claim.state is not ClaimState.CLAIMED:
                 decisions.append(self._unclaimed(envelope, claim))
             elif envelope.channel in troubled or (tried and time.monotonic() > deadline):
                 decisions.append(self._release(claim, utcnow()))
@@ -161,7 +169,7 @@ class DeliveryService:
                 decisions.append(self._record([outcome])[0])
         return decisions
 
-    def _claim_many(self, envelopes: Sequence[Envelope]) -> list[Claim]:
+    def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
         try:
             return self.log.claim_many(envelopes, lease=self.settings.lease_seconds)
         except DataError:
@@ -170,7 +178,7 @@ class DeliveryService:
             logger.warning("the log refused a batch; claiming its deliveries one by one")
             return [self._claim_alone(envelope) for envelope in envelopes]
 
-    def _claim_alone(self, envelope: Envelope) -> Claim:
+    def _claim_alone(self, envelope: Envelope) -> Claim | Decision:
         try:
             return self.log.claim(envelope, lease=self.settings.lease_seconds)
         except DataError as exc:
@@ -183,7 +191,7 @@ class DeliveryService:
                 )
             except SQLAlchemyError:
                 logger.exception("could not record delivery %r as failed", envelope.id)
-            return Claim(ClaimState.DONE, envelope.id, status=Status.FAILED)
+            return Decision("done", outcome=Outcome.FAILED, error=reason)
 
     def _unclaimed(self, envelope: Envelope, claim: Claim) -> Decision:
         if claim.state is ClaimState.DONE:
@@ -337,10 +345,16 @@ class DeliveryService:
                 attempt.ended.claim.attempt,
                 outcome.value,
             )
+            error = attempt.ended.result.error
             if outcome is Outcome.RETRY and attempt.ended.parked:
-                decisions.append(Decision("requeue", countdown=attempt.countdown, outcome=outcome))
+                decisions.append(
+                    Decision("requeue", countdown=attempt.countdown, outcome=outcome, error=error)
+                )
             else:
-                decisions.append(Decision("done", outcome=outcome))
+                # A retry scheduled from the log: countdown says when (for Flower).
+                decisions.append(
+                    Decision("done", countdown=attempt.countdown, outcome=outcome, error=error)
+                )
         return decisions
 
     def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:

@@ -22,6 +22,7 @@ from delivery.producer.celery_config import (
     celery_config,
 )
 from delivery.producer.recipients import expand, is_several
+from delivery.redaction import mask_address
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
 from schemas.events import Event
 from schemas.inbound import RouteRequest
@@ -210,12 +211,30 @@ class Publisher:
             countdown=task.countdown,
             producer=producer,
             retry=False,
+            **({} if self.settings.task_args_in_events else _shown_arguments(task)),
         )
 
     def _safe_url(self) -> str:
         from kombu.utils.url import maybe_sanitize_url
 
         return str(maybe_sanitize_url(self.settings.broker_url))
+
+
+def _shown_arguments(task: _Task) -> dict[str, str]:
+    """What Flower and task events show of a delivery task's arguments: each delivery's
+    channel, id and masked address, never the message (DELIVERY_TASK_ARGS_IN_EVENTS=true
+    shows them in full)."""
+    if task.name == DELIVER_TASK:
+        envelopes = task.args
+    elif task.name == DELIVER_BATCH_TASK:
+        envelopes = task.args[0]
+    else:
+        return {}
+    shown = [
+        {"id": e["id"], "channel": e["channel"], "address": mask_address(e["address"])}
+        for e in envelopes
+    ]
+    return {"argsrepr": repr(shown if task.name == DELIVER_TASK else [shown]), "kwargsrepr": "{}"}
 
 
 def _envelope(
