@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.engine.retry import backoff
-from delivery.errors import PublishError
+from delivery.errors import DeliveryFailed, PublishError
 from delivery.notifications import Notifier
 from delivery.producer.celery_config import FANOUT_TASK
 from delivery.producer.publisher import get_publisher
@@ -34,22 +34,36 @@ def get_notifier() -> Notifier:
         return _notifier[1]
 
 
-@app.task(name=FANOUT_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def fanout(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> str:
-    """Fan one event out. A malformed message is logged and dropped: it names no
-    delivery to record it against, and retrying cannot mend it."""
-    if extra or unexpected:
-        logger.error("rejected fan-out task message: unexpected arguments")
-        return "rejected"
+# Like the delivery tasks: a failure is recorded first, then raised as DeliveryFailed so
+# Flower shows a FAILURE with the reason; ``throws`` logs it in one line.
+@app.task(
+    name=FANOUT_TASK,
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    ignore_result=True,
+    throws=(DeliveryFailed,),
+)
+def fanout(self: Task, *args: Any, **kwargs: Any) -> str:
+    """Fan one event out. A malformed message names no delivery to record it against and
+    cannot be mended by retrying: it is logged and fails. Deliveries that could not be
+    rendered are recorded as failed, and the task fails listing them."""
+    # Any arguments are accepted and judged here, so a strange message fails with a reason
+    # instead of a TypeError from Python's own argument check.
+    if len(args) + len(kwargs) != 1 or (kwargs and "event" not in kwargs):
+        reason = "fan-out task called with unexpected arguments"
+        logger.error("rejected fan-out task message: %s", reason)
+        raise DeliveryFailed(reason)
     try:
-        request = Event.model_validate(event)
+        request = Event.model_validate(args[0] if args else kwargs["event"])
     except ValidationError as exc:
-        logger.error("rejected fan-out task message: %s", "; ".join(explain(exc, limit=5)))
-        return "rejected"
+        reason = f"malformed fan-out task message: {'; '.join(explain(exc, limit=5))}"
+        logger.error("rejected fan-out task message: %s", reason)
+        raise DeliveryFailed(reason) from None
     try:
-        return get_notifier().fan_out(request, get_publisher()).describe()
+        done = get_notifier().fan_out(request, get_publisher())
     except (SQLAlchemyError, PublishError) as exc:
-        # Nothing was sent twice by trying again: every delivery id is derived.
+        # Nothing is sent twice by trying again: every delivery id is derived.
         countdown = backoff(self.request.retries, base=1.0, cap=30.0)
         logger.warning(
             "could not fan out event %s (%s); again in %.1fs",
@@ -58,3 +72,6 @@ def fanout(self: Task, event: Any = None, *extra: Any, **unexpected: Any) -> str
             countdown,
         )
         raise self.retry(countdown=countdown, max_retries=None) from None
+    if done.failed:
+        raise DeliveryFailed(f"event {request.id}: {done.describe()}; see `delivery status`")
+    return done.describe()
