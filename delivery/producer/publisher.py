@@ -223,7 +223,15 @@ class Publisher:
 def _shown_arguments(task: _Task) -> dict[str, str]:
     """What Flower and task events show of a delivery task's arguments: each delivery's
     channel, id and masked address, never the message (DELIVERY_TASK_ARGS_IN_EVENTS=true
-    shows them in full)."""
+    shows them in full). Of an event, its id, name and the context's keys."""
+    if task.name == FANOUT_TASK:
+        event = task.args[0]
+        shown_event = {
+            "id": event["id"],
+            "name": event["name"],
+            "context": sorted(event["context"]),
+        }
+        return {"argsrepr": repr([shown_event]), "kwargsrepr": "{}"}
     if task.name == DELIVER_TASK:
         envelopes = task.args
     elif task.name == DELIVER_BATCH_TASK:
@@ -237,9 +245,7 @@ def _shown_arguments(task: _Task) -> dict[str, str]:
     return {"argsrepr": repr(shown if task.name == DELIVER_TASK else [shown]), "kwargsrepr": "{}"}
 
 
-def _envelope(
-    message: Message, *, defer: bool = False, fixed_id: str | None = None
-) -> Envelope:
+def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = None) -> Envelope:
     """The task message. A deferred one goes now and waits in the log, not the broker."""
     not_before = None
     if defer and message.countdown:

@@ -28,8 +28,14 @@ def _drain() -> list[dict[str, Any]]:
             except queue.Empty:
                 return messages
             args, _, _ = message.decode()
+            headers = message.headers
             messages.append(
-                {"task": message.headers["task"], "id": message.headers["id"], "args": args}
+                {
+                    "task": headers["task"],
+                    "id": headers["id"],
+                    "args": args,
+                    "argsrepr": headers.get("argsrepr", ""),
+                }
             )
             message.ack()
 
@@ -171,6 +177,9 @@ def test_notify_publishes_one_fanout_task_with_a_derived_id(engine: Assembly) ->
     messages = _drain()
     assert [m["task"] for m in messages] == ["delivery.fanout"] * 3
     assert messages[0]["id"] == receipt.id
+    # Flower and task events see the event's name and context keys, not its values
+    shown = [{"id": receipt.id, "name": "order.shipped", "context": ["order"]}]
+    assert messages[0]["argsrepr"] == repr(shown)
     body = messages[0]["args"][0]
     assert body["name"] == "order.shipped" and body["context"] == {"order": 42}
     assert Event.model_validate(body).id == receipt.id
