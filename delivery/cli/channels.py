@@ -79,7 +79,9 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print_json({"channels": summaries})
         return
-    table = Table("name", "dispatcher", "config", "retry schedule", "rate limit", "state")
+    table = Table(
+        "name", "dispatcher", "config", "retry schedule", "rate limit", "fallback", "state"
+    )
     for c in summaries:
         table.add_row(
             c["name"],
@@ -87,6 +89,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             json.dumps(c["config"], sort_keys=True),
             ",".join(f"{d:g}" for d in c["retry_schedule"]) if c["retry_schedule"] else "default",
             c["rate_limit"] or "-",
+            c["fallback"] or "-",
             c["state"]
             + (f" until {c['breaker_open_until'][:19]}" if c["breaker_open_until"] else ""),
         )
