@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.engine.retry import backoff
+from delivery.errors import DeliveryFailed
+from delivery.inbound.inbox import MessageStatus
 from delivery.inbound.router import Router
 from delivery.inbound.wiring import Inbound
 from delivery.producer.celery_config import ROUTE_INBOUND_TASK
@@ -42,18 +44,29 @@ def forget_router(**_: Any) -> None:
         _router = None
 
 
-@app.task(name=ROUTE_INBOUND_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def route_inbound(self: Task, raw: Any = None, *extra: Any, **unexpected: Any) -> str:
-    """Route one inbound message. A malformed task message is logged and dropped: it names
-    no message we could record anything against."""
-    if extra or unexpected:
+@app.task(
+    name=ROUTE_INBOUND_TASK,
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    ignore_result=True,
+    # Expected: logged in one line, and Flower shows a FAILURE with the reason.
+    throws=(DeliveryFailed,),
+)
+def route_inbound(self: Task, *args: Any, **kwargs: Any) -> str:
+    """Route one inbound message. A malformed task message is logged and dropped (it names
+    no message we could record anything against); a message a handler failed on is a
+    FAILURE, as in the log."""
+    # Any arguments at all are accepted and judged here, as the delivery tasks do.
+    if len(args) + len(kwargs) != 1 or (kwargs and "raw" not in kwargs):
         logger.error("rejected route task: called with unexpected arguments")
-        return "rejected"
+        raise DeliveryFailed("route task called with unexpected arguments")
     try:
-        request = RouteRequest.model_validate(raw)
+        request = RouteRequest.model_validate(args[0] if args else kwargs["raw"])
     except ValidationError as exc:
-        logger.error("rejected route task: %s", "; ".join(explain(exc, limit=5)))
-        return "rejected"
+        reason = "; ".join(explain(exc, limit=5))
+        logger.error("rejected route task: %s", reason)
+        raise DeliveryFailed(f"malformed route task: {reason}") from None
     try:
         routed = get_router().route(request.id)
     except SQLAlchemyError as exc:
@@ -68,4 +81,6 @@ def route_inbound(self: Task, raw: Any = None, *extra: Any, **unexpected: Any) -
         raise self.retry(countdown=countdown, max_retries=None) from None
     if routed.action == "retry":
         raise self.retry(countdown=routed.countdown, max_retries=None)
+    if routed.status == MessageStatus.FAILED.value:
+        raise DeliveryFailed(f"inbound {request.id}: a handler failed; see `delivery inbox`")
     return routed.status

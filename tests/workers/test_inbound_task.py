@@ -3,6 +3,7 @@ worker is tested in tests/integration/test_inbound.py.)"""
 
 import pytest
 
+from delivery.errors import DeliveryFailed
 from delivery.inbound import InboundMessage
 from delivery.inbound.wiring import Inbound
 from schemas import Settings
@@ -25,7 +26,8 @@ def route(settings: Settings):
 def test_malformed_task_messages_are_logged_and_dropped(
     route, args: list[object], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert route.apply(args=args).get() == "rejected"
+    result = route.apply(args=args)
+    assert result.state == "FAILURE" and isinstance(result.result, DeliveryFailed)
     assert "rejected route task" in caplog.text
 
 
@@ -36,5 +38,21 @@ def test_routes_a_recorded_message(route) -> None:
     parts.backends.add("gw", "http", {})
     recorded = parts.inbox.record("gw", "http", InboundMessage("+1", "nobody takes this"))
     assert route.apply(args=[{"id": recorded.id}]).get() == "unhandled"
+    assert route.apply(kwargs={"raw": {"id": recorded.id}}).get() == "unhandled"
     assert route.apply(args=[{"id": "not-in-the-log"}]).get() == "missing"
-    assert route.apply(args=[{"id": recorded.id}, "extra"]).get() == "rejected"
+    for args, kwargs in (([{"id": recorded.id}, "extra"], {}), ([], {"self": 1})):
+        assert route.apply(args=args, kwargs=kwargs).state == "FAILURE"
+
+
+def test_a_failed_handling_is_a_failure(route) -> None:
+    from workers.tasks import get_assembly
+
+    parts = Inbound.from_assembly(get_assembly())
+    # No reply channel: the echo handler fails for good.
+    parts.backends.add("gw", "http", {})
+    recorded = parts.inbox.record("gw", "http", InboundMessage("+1", "PING"))
+    result = route.apply(args=[{"id": recorded.id}])
+    assert result.state == "FAILURE" and "a handler failed" in str(result.result)
+    entry = parts.inbox.get(recorded.id)
+    assert entry is not None and entry.status == "failed"
+    assert "has no reply channel" in (entry.handling[0].result or "")
