@@ -67,9 +67,16 @@ class EventStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
-    def record(self, event: Event) -> bool:
-        """Record the event if new. True if it still needs fanning out (new, or an earlier
-        fan-out was cut short); False if it was fanned out already (a replay)."""
+    def fanned_out(self, event_id: str) -> bool:
+        """Whether the event was fanned out already (a replay has nothing to do)."""
+        with self._sessions() as session:
+            done = session.scalar(select(EventRow.fanned_out_at).where(EventRow.id == event_id))
+        return done is not None
+
+    def record(self, event: Event, outcomes: Sequence[Outcome]) -> None:
+        """Record the event and what it did for each subscription, in one transaction. A
+        replay's rows (the same ids) are left as they were."""
+        now = utcnow()
         with self._sessions.begin() as session:
             session.execute(
                 self._insert(EventRow)
@@ -78,38 +85,30 @@ class EventStore:
                     name=event.name,
                     context=event.context,
                     idempotency_key=event.idempotency_key,
-                    received_at=utcnow(),
+                    received_at=now,
                     fanned_out_at=None,
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
             )
-            done = session.scalar(select(EventRow.fanned_out_at).where(EventRow.id == event.id))
-        return done is None
-
-    def record_outcomes(self, event_id: str, outcomes: Sequence[Outcome]) -> None:
-        """Record what the event did; a replay's identical rows are left as they were."""
-        if not outcomes:
-            return
-        now = utcnow()
-        rows = [
-            {
-                "event_id": event_id,
-                "subscription_id": o.subscription_id,
-                "delivery_id": o.delivery_id,
-                "channel": o.channel,
-                "address": o.address[:2048],
-                "outcome": o.outcome,
-                "reason": o.reason,
-                "created_at": now,
-            }
-            for o in outcomes
-        ]
-        with self._sessions.begin() as session:
+            if not outcomes:
+                return
             session.execute(
                 self._insert(EventDeliveryRow).on_conflict_do_nothing(
                     index_elements=["event_id", "subscription_id"]
                 ),
-                rows,
+                [
+                    {
+                        "event_id": event.id,
+                        "subscription_id": o.subscription_id,
+                        "delivery_id": o.delivery_id,
+                        "channel": o.channel,
+                        "address": o.address[:2048],
+                        "outcome": o.outcome,
+                        "reason": o.reason,
+                        "created_at": now,
+                    }
+                    for o in outcomes
+                ],
             )
 
     def mark_fanned_out(self, event_id: str) -> None:

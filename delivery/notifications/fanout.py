@@ -67,12 +67,13 @@ class Notifier:
         self.templates = TemplateStore(log.engine)
 
     def fan_out(self, event: Event, publisher: Publisher) -> FanOut:
-        """Record the event, make one delivery per active subscription, publish them.
+        """Make one delivery per active subscription, record the event and what it made,
+        publish them, and mark the event fanned out.
 
         Raises:
             PublishError: the broker stayed unreachable; run again (nothing is sent twice).
         """
-        if not self.events.record(event):
+        if self.events.fanned_out(event.id):
             logger.info("event %s was fanned out already; nothing to do", event.id)
             return FanOut(event.id, replayed=True)
         variables = variables_of(event)
@@ -117,7 +118,7 @@ class Notifier:
             )
         # Recorded before publishing, so `delivery status EVENT` lists every delivery even
         # before a worker has claimed it.
-        self.events.record_outcomes(event.id, outcomes)
+        self.events.record(event, outcomes)
         if outgoing:
             publisher.publish_envelopes(outgoing, batch=True)
         self.events.mark_fanned_out(event.id)
