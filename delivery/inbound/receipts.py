@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from delivery.errors import InboundError, UnknownBackend, UnknownChannel
 from delivery.inbound.base import InboundRequest
 from delivery.inbound.receipt_log import read_receipt
-from delivery.inbound.routes import answer, problem, read_request
-from delivery.inbound.wiring import Inbound, current_inbound
+from delivery.inbound.routes import answer, inbound_for, problem, read_request
+from delivery.inbound.wiring import Inbound
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _take(inbound: Inbound, channel_name: str, incoming: InboundRequest) -> JSON
 async def provider_receipt(channel: str, request: Request) -> Response:
     """A provider's status callback about a message sent through ``channel``."""
     try:
-        inbound = await run_in_threadpool(current_inbound)
+        inbound = await run_in_threadpool(inbound_for, request)
         incoming = await read_request(request, inbound.assembly.settings.public_url)
     except InboundError as exc:
         return problem(exc.http_status, str(exc))

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from delivery.engine.assembly import Assembly
 from delivery.errors import (
     ConfigurationError,
     InboundError,
@@ -37,6 +38,20 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 
 router = APIRouter(tags=["inbound"])
+
+
+def inbound_for(request: Request) -> Inbound:
+    """The inbound side built on the serving app's own engine (``delivery serve`` keeps its
+    assembly in ``app.state.api``), else the process's for the environment's settings."""
+    api = getattr(request.app.state, "api", None)
+    assembly = getattr(api, "assembly", None)
+    if not isinstance(assembly, Assembly):
+        return current_inbound()
+    built: Inbound | None = getattr(request.app.state, "inbound", None)
+    if built is None or built.assembly is not assembly:
+        built = Inbound.from_assembly(assembly)
+        request.app.state.inbound = built
+    return built
 
 
 def problem(status: int, detail: str) -> JSONResponse:
@@ -139,7 +154,7 @@ async def answer(work: Callable[[], T], *, what: str) -> T | JSONResponse:
 async def inbound_message(name: str, request: Request) -> Response:
     """A provider's inbound message for backend ``name`` (form-encoded or JSON)."""
     try:
-        inbound = await run_in_threadpool(current_inbound)
+        inbound = await run_in_threadpool(inbound_for, request)
         incoming = await read_request(request, inbound.assembly.settings.public_url)
     except InboundError as exc:
         return problem(exc.http_status, str(exc))
