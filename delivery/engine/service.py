@@ -21,6 +21,7 @@ from delivery.engine.failover import FailingOver, Failover
 from delivery.engine.instances import DispatcherCache
 from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
+from delivery.engine.recorder import GroupCommit
 from delivery.engine.retry import RetryPolicy
 from delivery.engine.suppression import SuppressionList
 from delivery.errors import (
@@ -65,6 +66,8 @@ class Attempt:
     channel: Channel | None
     #: A failure that counts towards the channel's circuit breaker.
     breaker_failure: bool
+    #: A success resets the channel's breaker; a batch needs to do that once per channel.
+    resets_breaker: bool = True
 
     @property
     def countdown(self) -> float:
@@ -98,6 +101,8 @@ class DeliveryService:
         #: enough that a slow provider delays few others (the leases are renewed).
         self.batch_budget = BATCH_BUDGET
         self.leases = LeaseKeeper(log, lease=settings.lease_seconds)
+        #: Records an ended attempt at once, in one transaction with the other threads'.
+        self._recorded = GroupCommit(self._record)
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -122,7 +127,7 @@ class DeliveryService:
             ended = self._attempt(envelope, claim)
             if isinstance(ended, Decision):
                 return ended
-            return self._record([ended])[0]
+            return self._recorded(ended)
         finally:
             self.leases.let_go([claim])
 
@@ -148,6 +153,7 @@ class DeliveryService:
     ) -> list[Decision]:
         decisions: list[Decision] = []
         troubled: set[str] = set()
+        reset: set[str] = set()  # channels whose breaker a success of this batch reset
         tried = False
         deadline = time.monotonic() + self.batch_budget
         for envelope, claim in zip(envelopes, claims, strict=True):
@@ -166,7 +172,12 @@ class DeliveryService:
                     continue
                 if outcome.breaker_failure:
                     troubled.add(envelope.channel)
-                decisions.append(self._record([outcome])[0])
+                elif envelope.channel in reset:
+                    outcome = dataclasses.replace(outcome, resets_breaker=False)
+                elif outcome.ended.result.outcome is Outcome.DELIVERED:
+                    reset.add(envelope.channel)
+                # Recorded before the next send: a crash re-sends only what was in flight.
+                decisions.append(self._recorded(outcome))
         return decisions
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
@@ -315,7 +326,7 @@ class DeliveryService:
             (
                 AttemptHealth(
                     a.channel.name,
-                    delivered=a.ended.result.outcome is Outcome.DELIVERED,
+                    delivered=a.ended.result.outcome is Outcome.DELIVERED and a.resets_breaker,
                     failed=a.breaker_failure,
                 )
                 for a in attempts
