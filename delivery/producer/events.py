@@ -24,6 +24,25 @@ def event_id(event: str, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{event}\x00{idempotency_key}"))
 
 
+def build_event(
+    event: str, context: Mapping[str, Any], *, idempotency_key: str | None = None
+) -> Event:
+    """The validated event, its id derived (``notify`` publishes it; so does the API).
+
+    Raises:
+        pydantic.ValidationError: a bad event name, context or key.
+    """
+    return Event.model_validate(
+        {
+            "id": event_id(event, idempotency_key) if isinstance(event, str) else str(uuid.uuid4()),
+            "name": event,
+            "context": dict(context) if isinstance(context, Mapping) else context,
+            "idempotency_key": idempotency_key,
+            "occurred_at": utcnow(),
+        }
+    )
+
+
 def notify(
     event: str, context: Mapping[str, Any], *, idempotency_key: str | None = None
 ) -> EventReceipt:
@@ -38,15 +57,7 @@ def notify(
         pydantic.ValidationError: a bad event name or context; nothing was enqueued.
         PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
     """
-    validated = Event.model_validate(
-        {
-            "id": event_id(event, idempotency_key) if isinstance(event, str) else str(uuid.uuid4()),
-            "name": event,
-            "context": dict(context) if isinstance(context, Mapping) else context,
-            "idempotency_key": idempotency_key,
-            "occurred_at": utcnow(),
-        }
-    )
+    validated = build_event(event, context, idempotency_key=idempotency_key)
     get_publisher().publish_event(validated)
     return EventReceipt(
         id=validated.id, event=validated.name, idempotency_key=validated.idempotency_key

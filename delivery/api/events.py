@@ -1,0 +1,87 @@
+"""``/v1/events``: ``delivery.notify`` for services that are not Python, and an event read
+back with the deliveries it made.
+
+Like ``notify``, the route only validates and publishes one fan-out task; the workers
+resolve the subscriptions and render the templates.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from delivery.api.auth import api_key
+from delivery.api.deliveries import ID_PATTERN
+from delivery.api.errors import invalid
+from delivery.api.models import ERRORS, Problem
+from delivery.api.state import State
+from delivery.notifications.events import EventStore
+from delivery.producer.events import build_event
+from schemas import Model
+
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(api_key)])
+
+
+class EventRequest(Model):
+    """``POST /v1/events``: as ``delivery.notify(event, context, idempotency_key=…)``."""
+
+    event: str = Field(description="A dotted lower-case name, e.g. `order.shipped`.")
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A JSON object (at most 64 KiB) the templates are rendered with.",
+    )
+    idempotency_key: str | None = Field(
+        default=None, description="The same event and key always yield the same event id."
+    )
+
+
+class EventAccepted(Model):
+    """Enqueued: ``GET /v1/events/{id}`` shows the event and its deliveries."""
+
+    id: str
+    event: str
+
+
+@router.post("/events", status_code=202, response_model=EventAccepted, responses=ERRORS)
+def create_event(
+    request: EventRequest,
+    state: State,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="As the body's `idempotency_key`.",
+        ),
+    ] = None,
+) -> EventAccepted | JSONResponse:
+    """Publish an event to its subscriptions (``delivery.notify``). 202 with its id."""
+    key = request.idempotency_key
+    if idempotency_key is not None:
+        if key not in (None, idempotency_key):
+            return invalid(["idempotency_key: differs from the Idempotency-Key header"])
+        key = idempotency_key
+    # Invalid names or contexts raise ValidationError: 422 naming the field, nothing sent.
+    event = build_event(request.event, request.context, idempotency_key=key)
+    state.publisher.publish_event(event)
+    return EventAccepted(id=event.id, event=event.name)
+
+
+@router.get(
+    "/events/{event_id}",
+    responses={
+        **ERRORS,
+        404: {"model": Problem, "description": "the log does not know this event (yet)"},
+    },
+)
+def get_event(
+    event_id: Annotated[str, Path(pattern=ID_PATTERN, description="The event's id.")],
+    state: State,
+) -> dict[str, Any]:
+    """The event and the deliveries it made, as ``delivery status EVENT_ID --json``."""
+    record = EventStore(state.log.engine).get(event_id)
+    if record is None:
+        raise HTTPException(404, "no such event in the log (not published, or not yet fanned out)")
+    return record.to_json()
