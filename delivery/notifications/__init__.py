@@ -8,18 +8,18 @@ Not named ``delivery.notify``: importing a subpackage of that name would replace
 public function ``delivery.notify`` with the module.
 """
 
-from delivery.notifications.events import EventRecord, EventStore, Outcome
+from delivery.notifications.events import EventDelivery, EventRecord, EventStore
 from delivery.notifications.fanout import FanOut, Notifier, fanout_delivery_id
 from delivery.notifications.sandbox import RenderError, TemplateRefused
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore
 
 __all__ = [
+    "EventDelivery",
     "EventRecord",
     "EventStore",
     "FanOut",
     "Notifier",
-    "Outcome",
     "RenderError",
     "Subscription",
     "SubscriptionStore",

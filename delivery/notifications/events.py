@@ -16,7 +16,7 @@ from schemas.events import Event
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class EventDelivery:
     """What one event did for one subscription."""
 
     subscription_id: str
@@ -37,7 +37,7 @@ class EventRecord:
     received_at: datetime
     fanned_out_at: datetime | None
     #: Each outcome with its delivery's current status (None: not in the log yet).
-    deliveries: list[tuple[Outcome, str | None]] = field(default_factory=list)
+    deliveries: list[tuple[EventDelivery, str | None]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,7 +73,7 @@ class EventStore:
             done = session.scalar(select(EventRow.fanned_out_at).where(EventRow.id == event_id))
         return done is not None
 
-    def record(self, event: Event, outcomes: Sequence[Outcome]) -> None:
+    def record(self, event: Event, outcomes: Sequence[EventDelivery]) -> None:
         """Record the event and what it did for each subscription, in one transaction. A
         replay's rows (the same ids) are left as they were."""
         now = utcnow()
@@ -140,7 +140,7 @@ class EventStore:
             fanned_out_at=row.fanned_out_at,
             deliveries=[
                 (
-                    Outcome(
+                    EventDelivery(
                         d.subscription_id, d.delivery_id, d.channel, d.address, d.outcome, d.reason
                     ),
                     status if d.outcome != "skipped" else None,

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from delivery.log import DeliveryLog
-from delivery.notifications.events import EventStore, Outcome
+from delivery.notifications.events import EventDelivery, EventStore
 from delivery.notifications.sandbox import RenderError
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore, payload_of
@@ -79,7 +79,7 @@ class Notifier:
         variables = variables_of(event)
         templates: dict[str, Template | None] = {}
         outgoing: list[Outgoing] = []
-        outcomes: list[Outcome] = []
+        outcomes: list[EventDelivery] = []
         for subscription in self.subscriptions.active(event.name):
             delivery_id = fanout_delivery_id(event.id, subscription.id)
             # The address as far as it got: rendered, or its template if that failed.
@@ -102,7 +102,7 @@ class Notifier:
                     delivery_id, channel=subscription.channel, address=address, reason=reason
                 )
                 outcomes.append(
-                    Outcome(
+                    EventDelivery(
                         subscription.id,
                         delivery_id,
                         subscription.channel,
@@ -114,7 +114,9 @@ class Notifier:
                 continue
             outgoing.append((envelope, None))
             outcomes.append(
-                Outcome(subscription.id, delivery_id, envelope.channel, envelope.address, "queued")
+                EventDelivery(
+                    subscription.id, delivery_id, envelope.channel, envelope.address, "queued"
+                )
             )
         # Recorded before publishing, so `delivery status EVENT` lists every delivery even
         # before a worker has claimed it.
@@ -170,7 +172,7 @@ class Notifier:
 _KINDS = ("queued", "failed", "skipped")
 
 
-def _outcome(subscription: Subscription, delivery_id: str, kind: str, reason: str) -> Outcome:
-    return Outcome(
+def _outcome(subscription: Subscription, delivery_id: str, kind: str, reason: str) -> EventDelivery:
+    return EventDelivery(
         subscription.id, delivery_id, subscription.channel, subscription.address, kind, reason
     )
