@@ -150,7 +150,6 @@ async def answer(work: Callable[[], T], *, what: str) -> T | JSONResponse:
         return problem(503, "the request could not be taken; try again later")
 
 
-@router.api_route("/inbound/{name}", methods=["GET", "POST"], include_in_schema=True)
 async def inbound_message(name: str, request: Request) -> Response:
     """A provider's inbound message for backend ``name`` (form-encoded or JSON)."""
     try:
@@ -162,3 +161,14 @@ async def inbound_message(name: str, request: Request) -> Response:
         logger.exception("inbound request to %s could not be read", name)
         return problem(503, "the request could not be taken; try again later")
     return await answer(lambda: _accept(inbound, name, incoming), what=f"inbound {name}")
+
+
+# One route per method, so each has an OpenAPI operation id of its own.
+for _method in ("GET", "POST"):
+    router.add_api_route(
+        "/inbound/{name}",
+        inbound_message,
+        methods=[_method],
+        operation_id=f"inbound_message_{_method.lower()}",
+        summary=f"A provider's inbound message ({_method})",
+    )
