@@ -56,6 +56,8 @@ def main() -> None:
         demo,
         events,
         inbound,
+        keys,
+        serve,
     )
 
     app()

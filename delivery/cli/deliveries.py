@@ -1,4 +1,4 @@
-"""``delivery send``, ``status``, ``log`` and ``retry``."""
+"""``delivery send``, ``status``, ``log``, ``retry`` and ``cancel``."""
 
 from datetime import UTC, datetime
 from typing import Annotated
@@ -146,3 +146,12 @@ def retry(
     with user_errors():
         get_publisher().publish_envelopes([(r.envelope(), None) for r in reopened], batch=True)
     out.print(f"{len(reopened)} deliveries queued again")
+
+
+@app.command("cancel")
+def cancel(delivery_id: str) -> None:
+    """Make sure a delivery not yet sent is never sent (also one still in the broker)."""
+    done = delivery_log().cancel(delivery_id)
+    if not done.cancelled:
+        fail(done.explain(delivery_id))
+    out.print(done.explain(delivery_id), highlight=False)

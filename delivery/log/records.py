@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Self
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from delivery.log.base import LogBase
 from delivery.log.inbound import ReceiptRow
@@ -173,8 +173,10 @@ class DeliveryReads(LogBase):
         channel: str | None = None,
         since: datetime | None = None,
         limit: int = 50,
+        after: tuple[datetime, str] | None = None,
     ) -> list[DeliveryRecord]:
-        """Deliveries, newest first."""
+        """Deliveries, newest first. ``after`` is the ``(created_at, id)`` of the last one
+        of a previous page: the page goes on from there whatever was inserted meanwhile."""
         query = (
             select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit)
         )
@@ -184,6 +186,14 @@ class DeliveryReads(LogBase):
             query = query.where(DeliveryRow.channel == channel)
         if since:
             query = query.where(DeliveryRow.created_at >= since)
+        if after:
+            created, last_id = after
+            query = query.where(
+                or_(
+                    DeliveryRow.created_at < created,
+                    and_(DeliveryRow.created_at == created, DeliveryRow.id > last_id),
+                )
+            )
         with self._sessions() as session:
             return [DeliveryRecord.from_row(row) for row in session.scalars(query).all()]
 

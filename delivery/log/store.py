@@ -267,7 +267,7 @@ class DeliveryStore(LogBase):
                 )
             return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
         row = connection.execute(self._state, {"p_id": delivery_id}).one()
-        if row.status in (Status.DELIVERED, Status.FAILED):
+        if row.status in (Status.DELIVERED, Status.FAILED, Status.CANCELLED):
             return Claim(ClaimState.DONE, delivery_id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
             return Claim(

@@ -50,6 +50,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"  # gave up, or could never be sent
     CONFIRMED = "confirmed"  # delivered, and a receipt says the handset or mailbox has it
     BOUNCED = "bounced"  # delivered, and a receipt says the provider gave up afterwards
+    CANCELLED = "cancelled"  # cancelled before it was sent: never sent (``cancel``)
 
 
 class Outcome(enum.StrEnum):
@@ -106,6 +107,10 @@ class DeliveryRow(Base):
         Index("ix_deliveries_created", "created_at"),
         # Receipts name a delivery by the provider's reference (migration 0005).
         Index("ix_deliveries_provider_ref", "provider_ref"),
+        # Metrics scrapes (migration 0003): counts by channel and status from the index
+        # alone, and the oldest waiting delivery per status in one index step.
+        Index("ix_deliveries_channel_status", "channel", "status"),
+        Index("ix_deliveries_status_created", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -131,7 +136,12 @@ class DeliveryRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "number"),
+        # Metrics scrapes (migration 0003): attempts by outcome and their durations
+        # from the index alone.
+        Index("ix_attempts_outcome_duration", "outcome", "duration_ms"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(
@@ -146,3 +156,17 @@ class AttemptRow(Base):
     provider_ref: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     worker: Mapped[str | None] = mapped_column(String(255))
+
+
+class ApiKeyRow(Base):
+    """An API key of ``delivery serve`` (migration 0003). Only a hash of the key is kept."""
+
+    __tablename__ = "api_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The key's public part, which finds the row without comparing secrets.
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    #: SHA-256 of the whole key, hex: the key is high-entropy, so no slow hash is needed.
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,302 @@
+"""``GET /metrics``: the Prometheus text format.
+
+The delivery figures are counted at scrape time from where they are true for the whole
+deployment: the log (deliveries by channel and status, attempts by outcome and their
+durations, the oldest waiting delivery, each channel's breaker) and the broker (queue
+depth). So they are right however many worker processes run on however many machines,
+whichever API process answers, and survive restarts; no worker needs a metrics port or
+prometheus-client's multi-process files. Each query reads an index (migration 0003) and
+returns a few rows.
+
+The API's own request counts and latencies are per process (ordinary counters and a
+histogram). ``delivery serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR`` so that the
+processes behind one port add up (prometheus-client's multi-process mode).
+"""
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from delivery.api.broker import BrokerProbe
+from delivery.clock import utcnow
+from delivery.log.tables import AttemptRow, ChannelRow, DeliveryRow, Status
+
+logger = logging.getLogger(__name__)
+
+#: Attempt duration buckets, seconds: a webhook answers in milliseconds, SMTP may take ten.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Request latency buckets of the API itself, seconds.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: Deliveries not yet sent, waiting for a worker or for their next attempt.
+WAITING = (Status.QUEUED, Status.RETRYING)
+
+_BY_CHANNEL_STATUS = select(DeliveryRow.channel, DeliveryRow.status, func.count()).group_by(
+    DeliveryRow.channel, DeliveryRow.status
+)
+_ATTEMPTS = select(
+    AttemptRow.outcome,
+    func.count(),
+    func.coalesce(func.sum(AttemptRow.duration_ms), 0.0),
+    *(
+        func.sum(case((AttemptRow.duration_ms <= bound * 1000, 1), else_=0))
+        for bound in DURATION_BUCKETS
+    ),
+).group_by(AttemptRow.outcome)
+# One index step per status (ix_deliveries_status_created), rather than a grouped scan.
+_OLDEST_WAITING = select(
+    *(
+        select(func.min(DeliveryRow.created_at))
+        .where(DeliveryRow.status == status)
+        .scalar_subquery()
+        for status in WAITING
+    )
+)
+_CHANNELS = select(
+    ChannelRow.name,
+    ChannelRow.paused,
+    ChannelRow.consecutive_failures,
+    ChannelRow.breaker_open_until,
+)
+
+
+class DeliveryCollector(Collector):
+    """The deployment's figures, read from the log and the broker at each scrape."""
+
+    def __init__(self, engine: Engine, broker: BrokerProbe) -> None:
+        self.engine = engine
+        self.broker = broker
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._from_log()
+        yield from self._from_broker()
+
+    def _from_log(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("delivery_log_up", "Whether the delivery log answered.")
+        try:
+            with self.engine.connect() as connection:
+                by_status = connection.execute(_BY_CHANNEL_STATUS).all()
+                attempts = connection.execute(_ATTEMPTS).all()
+                oldest = connection.execute(_OLDEST_WAITING).one()
+                channels = connection.execute(_CHANNELS).all()
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: delivery log unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        deliveries = GaugeMetricFamily(
+            "delivery_deliveries",
+            "Deliveries in the log by channel and status.",
+            labels=["channel", "status"],
+        )
+        for channel, status, count in by_status:
+            deliveries.add_metric([channel, status], count)
+        yield deliveries
+        yield from _attempt_metrics(attempts)
+        yield _oldest_metric(oldest)
+        yield from _channel_metrics(channels)
+
+    def _from_broker(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("delivery_broker_up", "Whether the broker answered.")
+        try:
+            depth = self.broker.depth()
+        except OSError as exc:
+            logger.warning("metrics: broker unreachable (%s)", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        if depth is None:
+            return
+        queue = self.broker.settings.queue
+        messages = GaugeMetricFamily(
+            "delivery_queue_messages",
+            "Task messages on the broker's delivery queue (a batch counts once).",
+            labels=["queue", "state"],
+        )
+        messages.add_metric([queue, "ready"], depth.ready)
+        if depth.unacked is not None:
+            messages.add_metric([queue, "unacked"], depth.unacked)
+        yield messages
+
+
+def _attempt_metrics(rows: Iterable[tuple[object, ...]]) -> Iterator[Metric]:
+    total = CounterMetricFamily(
+        "delivery_attempts", "Attempts recorded in the log, by outcome.", labels=["outcome"]
+    )
+    durations = HistogramMetricFamily(
+        "delivery_attempt_duration_seconds",
+        "How long attempts took, by outcome.",
+        labels=["outcome"],
+    )
+    for outcome, count, total_ms, *cumulative in rows:
+        total.add_metric([str(outcome)], float(count))  # type: ignore[arg-type]
+        buckets = [
+            (repr(b), float(n or 0))  # type: ignore[arg-type]
+            for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)
+        ]
+        buckets.append(("+Inf", float(count)))  # type: ignore[arg-type]
+        durations.add_metric(
+            [str(outcome)],
+            buckets,
+            sum_value=float(total_ms) / 1000,  # type: ignore[arg-type]
+        )
+    yield total
+    yield durations
+
+
+def _oldest_metric(row: tuple[datetime | None, ...]) -> Metric:
+    oldest = GaugeMetricFamily(
+        "delivery_oldest_waiting_seconds",
+        "Age of the oldest delivery queued or waiting for a retry (0: none).",
+    )
+    found = [value for value in row if value is not None]
+    now = utcnow()
+    oldest.add_metric([], max(0.0, (now - _aware(min(found))).total_seconds()) if found else 0)
+    return oldest
+
+
+def _aware(value: datetime | str) -> datetime:
+    # Defensive: should a driver hand back the raw SQLite text or a naive time.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _channel_metrics(rows: Iterable[tuple[object, ...]]) -> Iterator[Metric]:
+    breaker = GaugeMetricFamily(
+        "delivery_channel_breaker_open",
+        "1 while the channel's circuit breaker is open (deliveries wait; probes go).",
+        labels=["channel"],
+    )
+    paused = GaugeMetricFamily(
+        "delivery_channel_paused", "1 while a person has paused the channel.", labels=["channel"]
+    )
+    failures = GaugeMetricFamily(
+        "delivery_channel_consecutive_failures",
+        "Failed attempts in a row on the channel (the breaker opens at its threshold).",
+        labels=["channel"],
+    )
+    for name, is_paused, in_a_row, open_until in rows:
+        breaker.add_metric([str(name)], 1 if open_until is not None else 0)
+        paused.add_metric([str(name)], 1 if is_paused else 0)
+        failures.add_metric([str(name)], float(in_a_row or 0))  # type: ignore[arg-type]
+    yield breaker
+    yield paused
+    yield failures
+
+
+class RequestMetrics:
+    """The API's own requests: counts by route and status, latencies by route.
+
+    Labelled by the route's template (``/v1/deliveries/{delivery_id}``), never the raw
+    path, so ids do not make a series each.
+    """
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = str(scope.get("method", ""))
+            self.requests.labels(method, template, str(status)).inc()
+            self.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+def request_metrics(registry: CollectorRegistry | None) -> tuple[Counter, Histogram]:
+    requests = Counter(
+        "delivery_api_requests",
+        "HTTP requests the API answered, by method, route and status.",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "delivery_api_request_duration_seconds",
+        "Time to answer HTTP requests, by method and route.",
+        ["method", "route"],
+        buckets=REQUEST_BUCKETS,
+        registry=registry,
+    )
+    return requests, latency
+
+
+class Exposition:
+    """What a scrape reads: this process's registry, or every process's files."""
+
+    def __init__(self, collector: DeliveryCollector) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        #: Where the request metrics are registered (None in multi-process mode: their
+        #: values go to the shared files instead).
+        self.own: CollectorRegistry | None = None
+        if self.multiprocess_dir is None:
+            self.own = CollectorRegistry()
+            self.own.register(collector)
+        self.collector = collector
+
+    def render(self) -> bytes:
+        if self.own is not None:
+            return generate_latest(self.own)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=self.multiprocess_dir
+        )
+        registry.register(self.collector)
+        return generate_latest(registry)
+
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+def metrics(request: Request) -> Response:
+    """The deployment's delivery figures and this service's requests (no key needed)."""
+    exposition: Exposition = request.app.state.api.exposition
+    return Response(exposition.render(), media_type=CONTENT_TYPE_LATEST)
