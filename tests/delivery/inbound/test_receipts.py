@@ -10,13 +10,13 @@ import requests
 from pytest_httpserver import HTTPServer
 from twilio.request_validator import RequestValidator
 
+from delivery.api import create_app
 from delivery.engine.assembly import Assembly, assemble
-from delivery.inbound import receipts, routes
 from delivery.inbound.wiring import Inbound, current_inbound
 from delivery.log.inbound import ReceiptRow
 from schemas import Envelope, Payload, Settings, get_settings
 from tests.support.servers import free_port
-from tests.support.uvicorn_server import app_with, serving
+from tests.support.uvicorn_server import serving
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "channel-auth-token"
@@ -29,6 +29,7 @@ class World:
     engine: Assembly
     inbound: Inbound
     twilio: HTTPServer
+    key: str
 
     def send(self, delivery_id: str, to: str, sid: str, channel: str = "sms-out") -> None:
         self.twilio.expect_oneshot_request(MESSAGES, method="POST").respond_with_json(
@@ -63,8 +64,11 @@ def world(
     engine.channels.add("sms-out", "sms", config)
     engine.channels.add("sms-own", "sms", {**config, "status_callback": "https://cb.example/x"})
     engine.channels.add("console", "console", {})
-    with serving(app_with(routes.router, receipts.router), port=port) as base:
-        yield World(base, engine, current_inbound(), httpserver)
+    # delivery serve's own app: its /receipts route, and GET /v1/deliveries/{id}
+    app = create_app(get_settings())
+    _, key = app.state.api.keys.add("tests")
+    with serving(app, port=port) as base:
+        yield World(base, engine, current_inbound(), httpserver, key)
     engine.close()
 
 
@@ -113,6 +117,13 @@ def test_delivered_receipt_confirms_and_status_shows_every_receipt(world: World)
     shown = CliRunner().invoke(app, ["status", "d1"])
     assert shown.exit_code == 0 and "confirmed" in shown.stdout
     assert "delivered" in shown.stdout and "sent" in shown.stdout
+    # and GET /v1/deliveries/{id}, the same document
+    served = requests.get(
+        f"{world.base}/v1/deliveries/d1",
+        headers={"Authorization": f"Bearer {world.key}"},
+        timeout=5,
+    ).json()
+    assert served["status"] == "confirmed" and served["receipts"] == doc["receipts"]
     # a late "undelivered" does not take a confirmed delivery back
     assert world.receipt(status_form(sid, "undelivered", "30003")).status_code == 200
     assert world.engine.log.get("d1").status == "confirmed"  # type: ignore[union-attr]
