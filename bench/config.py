@@ -5,7 +5,8 @@ from typing import Self
 
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
 SECTIONS = (
-    "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "fanout",
+    "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "http",
+    "fanout",
 )  # fmt: skip
 
 

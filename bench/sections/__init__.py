@@ -17,6 +17,7 @@ MODULES = {
     "apprise": "apprise_compare",
     "latency": "latency",
     "postgres": "postgres",
+    "http": "http_ingest",
     "fanout": "fanout",
 }
 

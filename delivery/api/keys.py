@@ -139,6 +139,11 @@ class KeyVerifier:
         self._keys: dict[str, tuple[str, str]] = {}
         self._read_at = -float("inf")
 
+    @property
+    def fresh(self) -> bool:
+        """Whether ``verify`` can answer without reading the table."""
+        return time.monotonic() - self._read_at < self.cache_seconds
+
     def _current(self) -> dict[str, tuple[str, str]]:
         with self._lock:
             if time.monotonic() - self._read_at >= self.cache_seconds:

@@ -66,7 +66,8 @@ class ApiState:
         self.assembly.close()
 
 
-def _state(request: Request) -> ApiState:
+async def _state(request: Request) -> ApiState:
+    # async: a trivial dependency run on the event loop costs no hop to a worker thread.
     state: ApiState = request.app.state.api
     return state
 
