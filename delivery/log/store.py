@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
 from delivery.clock import utcnow
 from delivery.log.base import LogBase
@@ -163,6 +163,7 @@ class DeliveryStore(LogBase):
             delivered_at=bindparam("p_delivered_at"),
             provider_ref=func.coalesce(bindparam("p_provider_ref"), d.provider_ref),
         )  # fmt: skip
+        self._renew = update(d).where(held).values(lease_until=bindparam("p_until"))
         self._release = update(d).where(held).values(
             status=Status.RETRYING, attempt_count=d.attempt_count - 1,
             next_attempt_at=bindparam("p_until"), lease_until=None,
@@ -289,21 +290,21 @@ class DeliveryStore(LogBase):
         self, held: Sequence[tuple[str, int]], *, lease: float, now: datetime | None = None
     ) -> int:
         """Extend the leases of deliveries this worker is still sending: ``(id, attempt)``
-        pairs, each renewed only if that attempt still holds it. Returns how many were."""
-        now = now or utcnow()
+        pairs, each renewed only if that attempt still holds it. Returns how many were.
+
+        Row by row in id order, like every other write here: one ``UPDATE … WHERE id IN``
+        locks rows in whatever order PostgreSQL scans them, and deadlocks with a batch
+        being recorded in id order."""
+        until = (now or utcnow()) + timedelta(seconds=lease)
+        rows = [
+            {"p_id": delivery_id, "p_number": number, "p_until": until}
+            for delivery_id, number in sorted(held)
+        ]
         renewed = 0
-        d = DeliveryRow
-        for start in range(0, len(held), RENEW_CHUNK):
-            chunk = held[start : start + RENEW_CHUNK]
+        for start in range(0, len(rows), RENEW_CHUNK):
             with self._write() as connection:
                 renewed += connection.execute(
-                    update(d)
-                    .where(
-                        tuple_(d.id, d.attempt_count).in_(chunk),
-                        d.status == Status.SENDING,
-                    )
-                    .values(lease_until=now + timedelta(seconds=lease))
-                    .execution_options(synchronize_session=False)
+                    self._renew, rows[start : start + RENEW_CHUNK]
                 ).rowcount
         return renewed
 
