@@ -1,5 +1,6 @@
 """``delivery inbound`` (backends), ``delivery inbox`` and ``delivery suppressions``."""
 
+import contextlib
 import json
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from rich.table import Table
 from delivery.cli import app, fail, out, print_json, user_errors
 from delivery.cli.channels import parse_settings
 from delivery.cli.context import engine
+from delivery.errors import DeliveryError
 from delivery.inbound.wiring import Inbound
 
 inbound = typer.Typer(
@@ -145,16 +147,22 @@ def suppressions_add(
     address: str,
     reason: Annotated[str, typer.Option("--reason")] = "manual",
 ) -> None:
-    """Stop sending to an address on a channel."""
+    """Stop sending to an address on a channel (written as its dispatcher writes it)."""
+    parts = _inbound()
     with user_errors():
-        _inbound().assembly.channels.get(channel)
-    _inbound().suppressions.add(channel, address, reason, detail="delivery suppressions add")
+        # The check before each send compares canonical addresses (E.164 for SMS).
+        address = parts.assembly.dispatchers.get(channel)[1].validate_address(address)
+    parts.suppressions.add(channel, address, reason, detail="delivery suppressions add")
     out.print(f"{address} suppressed on [bold]{channel}[/]")
 
 
 @suppressions.command("remove")
 def suppressions_remove(channel: str, address: str) -> None:
     """Send to an address on a channel again."""
-    if not _inbound().suppressions.remove(channel, address):
+    parts = _inbound()
+    # A removed channel's entries are removed as they were written.
+    with contextlib.suppress(DeliveryError):
+        address = parts.assembly.dispatchers.get(channel)[1].validate_address(address)
+    if not parts.suppressions.remove(channel, address):
         fail(f"{address} is not suppressed on channel {channel!r}")
     out.print(f"{address} no longer suppressed on [bold]{channel}[/]")

@@ -101,7 +101,18 @@ def test_suppressions_list_add_remove(parts: Inbound) -> None:
     code, out, _ = run("suppressions", "list", "--json", "--channel", "sms")
     [s] = json.loads(out)["suppressions"]
     assert (s["address"], s["reason"], s["detail"]) == ("+14155552671", "opt-out", "inbound x")
+    parts.assembly.channels.add(
+        "twilio-sms",
+        "sms",
+        {"account_sid": "AC" + "0" * 32, "auth_token": "t", "from_number": "+14155550100"},
+    )
     assert run("suppressions", "add", "sms", "+14155550000")[0] == 0
+    # written as the dispatcher writes it, so the check before each send matches
+    assert run("suppressions", "add", "twilio-sms", "+1 (415) 555-0101")[0] == 0
+    assert [s.address for s in parts.suppressions.list(channel="twilio-sms")] == ["+14155550101"]
+    code, _, err = run("suppressions", "add", "twilio-sms", "not a number")
+    assert code == 1 and "not a phone number" in err
+    assert run("suppressions", "remove", "twilio-sms", "+1 415 555 0101")[0] == 0
     code, _, err = run("suppressions", "add", "nochannel", "+14155550000")
     assert code == 1 and "no channel named 'nochannel'" in err
     assert run("suppressions", "remove", "sms", "+14155552671")[0] == 0
