@@ -25,10 +25,18 @@ pytestmark = pytest.mark.integration
 class ApiProcess:
     """A real ``delivery serve`` (or ``uvicorn delivery.api:app``) process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, via_uvicorn: bool = False) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        via_uvicorn: bool = False,
+        workers: int = 1,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         serve = ["-m", "delivery", "serve", "--port", str(self.port), "--log-level", "warning"]
+        serve += ["--workers", str(workers)]
         uvicorn = ["-m", "uvicorn", "delivery.api:app", "--port", str(self.port)]
         self._log = log_path.open("ab")
         self.log_path = log_path
@@ -59,7 +67,7 @@ class ApiProcess:
 
 
 @contextmanager
-def api_process(env: dict[str, str], log_path: Path, **kw: bool) -> Iterator[ApiProcess]:
+def api_process(env: dict[str, str], log_path: Path, **kw: Any) -> Iterator[ApiProcess]:
     process = ApiProcess(env, log_path, **kw)
     try:
         yield process
@@ -268,3 +276,27 @@ def test_200_concurrent_clients_lose_nothing(redis_stack: Stack) -> None:
         assert counts == {"delivered": len(accepted)}
         by_id = receiver.count_by_id()
         assert sorted(by_id) == sorted(accepted)
+
+
+def test_several_server_processes_add_up_their_request_metrics(redis_stack: Stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = _key(redis_stack)
+    message = {"channel": "hooks", "address": "https://x.example/", "payload": {"message": "m"}}
+    with api_process(redis_stack.env, redis_stack.tmp_path / "api.log", workers=2) as api:
+        # Each request on a new connection, so both processes take some
+        for _ in range(20):
+            r = requests.post(f"{api.url}/v1/deliveries", json=message, headers=headers, timeout=30)
+            assert r.status_code == 202
+        text = requests.get(f"{api.url}/metrics", timeout=30).text
+    accepted = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "delivery_api_requests_total"
+        and s.labels == {"method": "POST", "route": "/v1/deliveries", "status": "202"}
+    ]
+    # Whichever process answered the scrape, it counts every process's requests
+    assert accepted == [20.0]
+    # and the queue depth is the broker's, not a process's
+    assert 'delivery_queue_messages{queue="delivery",state="ready"} 20.0' in text
