@@ -58,11 +58,21 @@ class DeliverySweep(LogBase):
             ).all()
             if not rows:
                 return []
+            # Lock the rows in id order first, as claims and renewals do, skipping any a
+            # worker holds right now (it is claiming it): the sweep never waits on a worker,
+            # and no two writers lock rows in opposite orders (a PostgreSQL deadlock).
+            # SQLite has no row locks; its writers already queue one at a time.
+            free = session.scalars(
+                select(DeliveryRow.id)
+                .where(DeliveryRow.id.in_([r.id for r in rows]))
+                .order_by(DeliveryRow.id)
+                .with_for_update(skip_locked=True)
+            ).all()
             # Only what this sweep marked: another sweeper may have taken some meanwhile.
             marked = set(
                 session.scalars(
                     update(DeliveryRow)
-                    .where(DeliveryRow.id.in_([r.id for r in rows]), candidates)
+                    .where(DeliveryRow.id.in_(free), candidates)
                     .values(swept_at=now)
                     .returning(DeliveryRow.id)
                     .execution_options(synchronize_session=False)
