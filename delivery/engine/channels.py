@@ -4,9 +4,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -20,6 +20,9 @@ from schemas.settings import parse_delays
 from schemas.validation import explain
 
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
+
+#: A plugin config model.
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,18 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
         raise ConfigurationError(str(exc)) from None
 
 
+def validate_config(config_class: type[M], raw: dict[str, Any]) -> M:
+    """A plugin's config model applied to ``raw`` (channels, inbound backends).
+
+    Raises:
+        ConfigurationError: it does not validate (one line per field, naming it).
+    """
+    try:
+        return config_class.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigurationError("\n".join(explain(exc, model=config_class))) from None
+
+
 class ChannelStore:
     def __init__(
         self, engine: Engine, registry: DispatcherRegistry, box: Callable[[], SecretBox]
@@ -82,11 +97,7 @@ class ChannelStore:
             UnknownDispatcher: no such dispatcher.
             ConfigurationError: the config does not validate (one line per field).
         """
-        config_class = self._registry.get(dispatcher).config_class
-        try:
-            return config_class.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigurationError("\n".join(explain(exc, model=config_class))) from None
+        return validate_config(self._registry.get(dispatcher).config_class, raw)
 
     def add(
         self,

@@ -7,20 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker
 
 from delivery.clock import utcnow
 from delivery.dispatchers.base import MASK
-from delivery.engine.channels import split_secrets
+from delivery.engine.channels import split_secrets, validate_config
 from delivery.engine.crypto import SecretBox
 from delivery.errors import ConfigurationError, UnknownBackend
 from delivery.inbound.base import BackendConfig, InboundBackend
 from delivery.inbound.registry import BackendRegistry
 from delivery.log.inbound import InboundBackendRow
 from schemas import CHANNEL_NAME_PATTERN
-from schemas.validation import explain
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +45,7 @@ class BackendStore:
             UnknownInboundKind: no such kind.
             ConfigurationError: the config does not validate (one line per field).
         """
-        config_class = self.registry.get(kind).config_class
-        try:
-            return config_class.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigurationError("\n".join(explain(exc, model=config_class))) from None
+        return validate_config(self.registry.get(kind).config_class, raw)
 
     def add(self, name: str, kind: str, raw: dict[str, Any], *, replace: bool = False) -> Backend:
         """Validate and store a backend.
