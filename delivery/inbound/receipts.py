@@ -8,13 +8,12 @@ still answered 200 (and recorded, and logged), so a provider never retries it in
 import logging
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from delivery.errors import InboundError, UnknownBackend, UnknownChannel
+from delivery.errors import UnknownBackend, UnknownChannel
 from delivery.inbound.base import InboundRequest
 from delivery.inbound.receipt_log import read_receipt
-from delivery.inbound.routes import answer, inbound_for, problem, read_request
+from delivery.inbound.routes import answer, take
 from delivery.inbound.wiring import Inbound
 
 logger = logging.getLogger(__name__)
@@ -35,12 +34,8 @@ def _take(inbound: Inbound, channel_name: str, incoming: InboundRequest) -> JSON
 @router.post("/receipts/{channel}")
 async def provider_receipt(channel: str, request: Request) -> Response:
     """A provider's status callback about a message sent through ``channel``."""
-    try:
-        inbound = await run_in_threadpool(inbound_for, request)
-        incoming = await read_request(request, inbound.assembly.settings.public_url)
-    except InboundError as exc:
-        return problem(exc.http_status, str(exc))
-    except Exception:  # never a 500 to a provider
-        logger.exception("receipt for %s could not be read", channel)
-        return problem(503, "the request could not be taken; try again later")
+    taken = await take(request, what=f"receipt for {channel}")
+    if isinstance(taken, Response):
+        return taken
+    inbound, incoming = taken
     return await answer(lambda: _take(inbound, channel, incoming), what=f"receipt {channel}")

@@ -150,16 +150,25 @@ async def answer(work: Callable[[], T], *, what: str) -> T | JSONResponse:
         return problem(503, "the request could not be taken; try again later")
 
 
-async def inbound_message(name: str, request: Request) -> Response:
-    """A provider's inbound message for backend ``name`` (form-encoded or JSON)."""
+async def take(request: Request, *, what: str) -> tuple[Inbound, InboundRequest] | Response:
+    """The serving engine and the provider's request read whole, or the answer to give
+    when it cannot be read (never a 500 to a provider)."""
     try:
         inbound = await run_in_threadpool(inbound_for, request)
-        incoming = await read_request(request, inbound.assembly.settings.public_url)
+        return inbound, await read_request(request, inbound.assembly.settings.public_url)
     except InboundError as exc:
         return problem(exc.http_status, str(exc))
     except Exception:  # never a 500 to a provider
-        logger.exception("inbound request to %s could not be read", name)
+        logger.exception("%s could not be read", what)
         return problem(503, "the request could not be taken; try again later")
+
+
+async def inbound_message(name: str, request: Request) -> Response:
+    """A provider's inbound message for backend ``name`` (form-encoded or JSON)."""
+    taken = await take(request, what=f"inbound request to {name}")
+    if isinstance(taken, Response):
+        return taken
+    inbound, incoming = taken
     return await answer(lambda: _accept(inbound, name, incoming), what=f"inbound {name}")
 
 
