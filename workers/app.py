@@ -11,6 +11,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from delivery.log.database import dispose_engines
 from delivery.producer.celery_config import celery_config
 from schemas import get_settings
+from workers.event_flush import BatchedTaskEvents
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ PROCESSED_MAX_AGE = 300.0
 
 app = Celery("delivery", include=["workers.tasks", "workers.inbound", "workers.events"])
 app.conf.update(celery_config(get_settings()))
+app.steps["consumer"].add(BatchedTaskEvents)
 # Beat keeps its schedule file here, whatever the broker.
 get_settings().home.mkdir(parents=True, exist_ok=True)
 
