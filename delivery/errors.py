@@ -13,7 +13,7 @@
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
-  + PublishError              the producer could not reach the broker in time
+  + PublishError              the producer could not publish (broker unreachable, or it failed)
   + RegistryError             a plugin (dispatcher, inbound kind, handler) cannot be used
     - UnknownDispatcher
     - DispatcherLoadError

@@ -57,9 +57,12 @@ def add(
 ) -> None:
     """Store a channel; its config is validated by the dispatcher's config model now."""
     raw = parse_settings(set_ or [], config)
+    if fallback is not None and not fallback.strip():
+        fail("--fallback needs a channel name (leave it out for no backup)")
     store = channel_store()
     with user_errors():
-        schedule = parse_retry_schedule(retry_schedule) if retry_schedule else None
+        # ``is not None``: an empty --retry-schedule is a mistake to report, not "the default".
+        schedule = parse_retry_schedule(retry_schedule) if retry_schedule is not None else None
         channel = store.add(
             name,
             dispatcher,

@@ -1,16 +1,49 @@
 """``delivery send``, ``status``, ``log``, ``retry`` and ``cancel``."""
 
+import sys
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from delivery.cli import app, fail, out, print_json, user_errors
-from delivery.cli.context import delivery_log
-from delivery.log import DeliveryRecord
+from delivery.cli import app, err, fail, out, print_json, user_errors
+from delivery.cli.context import delivery_log, engine
+from delivery.log import DeliveryLog, DeliveryRecord, Status
+from delivery.log.records import MIN_ID_PREFIX
 from delivery.producer.publisher import get_publisher, send
-from schemas import Payload
+from delivery.wording import plural
+from schemas import Message, Payload
+
+#: From this terminal width on, ``delivery log`` shows whole ids; narrower, short ones.
+FULL_ID_WIDTH = 140
+#: How many of the ids an ambiguous prefix matches an error lists.
+SHOWN_CANDIDATES = 3
+
+
+def _check_sendable(message: Message) -> None:
+    """Refuse now what a worker could only fail later: an unknown channel, an address its
+    dispatcher cannot reach, a payload it cannot carry, a suppressed address.
+
+    The CLI runs worker-side, so it reads the channel; ``delivery.send`` stays thin.
+
+    Raises:
+        UnknownChannel, ConfigurationError, RegistryError, InvalidAddress, PayloadRejected,
+        Suppressed: what the worker would have failed the delivery with.
+    """
+    assembly = engine()
+    channel, dispatcher = assembly.dispatchers.get(message.channel)
+    address = dispatcher.validate_address(message.address)
+    dispatcher.protocol.adapt(message.payload)
+    assembly.service.suppressions.check(channel.name, address)
+    if channel.paused:
+        err.print(
+            f"note: channel {channel.name!r} is paused; the delivery waits until "
+            f"`delivery channels resume {channel.name}`",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command("send")
@@ -21,13 +54,22 @@ def send_command(
     subject: Annotated[str | None, typer.Option("--subject")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
 ) -> None:
-    """Enqueue one delivery and print its id."""
+    """Enqueue one delivery and print its id (checked against the channel first)."""
     with user_errors():
+        request = Message.model_validate(
+            {
+                "channel": channel,
+                "address": address,
+                "payload": Payload(message=message, subject=subject),
+                "idempotency_key": idempotency_key,
+            }
+        )
+        _check_sendable(request)
         receipt = send(
-            channel,
-            address,
-            Payload(message=message, subject=subject),
-            idempotency_key=idempotency_key,
+            request.channel,
+            request.address,
+            request.payload,
+            idempotency_key=request.idempotency_key,
         )
     typer.echo(receipt.id)
 
@@ -36,16 +78,44 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+def _not_found(text: str) -> str:
+    message = f"no delivery {text!r} in the log (not sent, or not yet picked up by a worker)"
+    if len(text) < MIN_ID_PREFIX:
+        message += f"; an id prefix needs at least {MIN_ID_PREFIX} characters"
+    return message
+
+
+def _resolve(log: DeliveryLog, text: str) -> str | None:
+    """The delivery id ``text`` names: itself, or the one id that starts with it (at least
+    ``MIN_ID_PREFIX`` characters). None if none does; exits 1 if several do."""
+    matches = log.match_ids(text, limit=SHOWN_CANDIDATES + 1)
+    if matches == [text]:
+        return text
+    if len(text) < MIN_ID_PREFIX or not matches:
+        return None
+    if len(matches) > 1:
+        shown = ", ".join(matches[:SHOWN_CANDIDATES])
+        more = ", …" if len(matches) > SHOWN_CANDIDATES else ""
+        fail(f"{text!r} is the start of several delivery ids ({shown}{more}); give more of it")
+    return matches[0]
+
+
 @app.command("status")
 def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A delivery and every attempt; or an event (``notify``'s id) and its deliveries."""
-    record = delivery_log().get(delivery_id)
+    """A delivery and every attempt; or an event (``notify``'s id) and its deliveries.
+
+    ID may be the start of a delivery's id, as ``delivery log`` shows it."""
+    log = delivery_log()
+    record = log.get(delivery_id)
     if record is None:
         from delivery.cli.events import show_event
 
         if show_event(delivery_id, as_json=as_json):
             return
-        fail(f"no delivery {delivery_id!r} in the log (not sent, or not yet picked up by a worker)")
+        resolved = _resolve(log, delivery_id)
+        record = log.get(resolved) if resolved is not None else None
+    if record is None:
+        fail(_not_found(delivery_id))
     if as_json:
         print_json(record.to_json())
         return
@@ -81,11 +151,15 @@ def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = 
         out.print(receipts)
 
 
-def _log_table(records: list[DeliveryRecord]) -> Table:
+def _log_table(records: list[DeliveryRecord], shown_ids: dict[str, str]) -> Table:
     table = Table("id", "created", "channel", "address", "status", "attempts", "last error")
+    # Never cut an id short: what is shown must work in `status`, `retry` and `cancel`.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(i) for i in shown_ids.values()), default=2)
+    table.columns[1].no_wrap = True
     for r in records:
         table.add_row(
-            r.id,
+            shown_ids[r.id],
             _when(r.created_at),
             r.channel,
             r.address,
@@ -98,60 +172,127 @@ def _log_table(records: list[DeliveryRecord]) -> Table:
 
 @app.command("log")
 def log(
-    status: Annotated[str | None, typer.Option("--status")] = None,
+    status: Annotated[Status | None, typer.Option("--status", case_sensitive=False)] = None,
     channel: Annotated[str | None, typer.Option("--channel")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent deliveries, newest first."""
-    records = delivery_log().find(status=status, channel=channel, limit=limit)
+    """Recent deliveries, newest first.
+
+    A narrow terminal shows the shortest start of each id that no other delivery shares;
+    `status`, `retry` and `cancel` take it (``--json`` has whole ids)."""
+    store = delivery_log()
+    records = store.find(status=status, channel=channel, limit=limit)
     if as_json:
         print_json({"deliveries": [r.to_json(with_attempts=False) for r in records]})
         return
-    out.print(_log_table(records))
+    if not records:
+        out.print("no deliveries match" if status or channel else "no deliveries in the log")
+        return
+    ids = [r.id for r in records]
+    shown = {i: i for i in ids} if out.width >= FULL_ID_WIDTH else store.short_ids(ids)
+    out.print(_log_table(records, shown))
+
+
+def _confirmed(count: int, *, more: bool) -> bool:
+    """Whether the person at the terminal agrees to send ``count`` deliveries again."""
+    if not _interactive():
+        fail(
+            f"this would send {plural(count, 'failed delivery', 'failed deliveries')} again; "
+            "pass --yes to do so without a terminal to confirm at"
+        )
+    extra = " (more match; the rest need another run)" if more else ""
+    question = f"Send {plural(count, 'failed delivery', 'failed deliveries')} again{extra}?"
+    return typer.confirm(question, default=False)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
 
 
 @app.command("retry")
 def retry(
     delivery_id: Annotated[str | None, typer.Argument()] = None,
     status: Annotated[
-        str, typer.Option("--status", help="Bulk: deliveries in this state")
-    ] = "failed",
+        Status,
+        typer.Option("--status", case_sensitive=False, help="Bulk: deliveries in this state"),
+    ] = Status.FAILED,
     channel: Annotated[
         str | None, typer.Option("--channel", help="Bulk: only this channel")
     ] = None,
     since: Annotated[
         datetime | None, typer.Option("--since", help="Bulk: created at or after (UTC)")
     ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Bulk: every failed delivery (up to --limit)")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Bulk: do not ask for confirmation")
+    ] = False,
 ) -> None:
-    """Send failed deliveries again, keeping their old attempts. One ID, or a bulk filter."""
-    if status != "failed":
-        fail("only failed deliveries can be sent again")
+    """Send failed deliveries again, keeping their old attempts. One ID (or the start of
+    one), or in bulk: --channel and/or --since, or --all; bulk asks first unless --yes."""
+    if status is not Status.FAILED:
+        fail(f"only failed deliveries can be sent again, not {status.value} ones")
     log = delivery_log()
     if delivery_id is not None:
-        ids = [delivery_id]
+        if channel is not None or since is not None or all_:
+            fail("give either an ID or bulk filters (--channel, --since, --all), not both")
+        resolved = _resolve(log, delivery_id)
+        if resolved is None:
+            fail(_not_found(delivery_id))
+        ids = [resolved]
     else:
+        if channel is None and since is None and not all_:
+            fail(
+                "say which failed deliveries to send again: an ID, --channel C, "
+                "--since DATE, or --all"
+            )
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        ids = [r.id for r in log.find(status="failed", channel=channel, since=since, limit=limit)]
+        found = log.find(status=Status.FAILED, channel=channel, since=since, limit=limit + 1)
+        ids = [r.id for r in found[:limit]]
+        if not ids:
+            out.print("no failed deliveries match; nothing to send again")
+            return
+        if not yes and not _confirmed(len(ids), more=len(found) > limit):
+            fail("nothing was sent again")
     reopened = [record for i in ids if (record := log.reopen(i)) is not None]
     if delivery_id is not None and not reopened:
-        current = log.get(delivery_id)
+        current = log.get(ids[0])
         fail(
-            f"no delivery {delivery_id!r} in the log"
+            _not_found(delivery_id)
             if current is None
-            else f"{delivery_id} is {current.status}, not failed"
+            else f"{current.id} is {current.status}, not failed"
         )
     with user_errors():
         get_publisher().publish_envelopes([(r.envelope(), None) for r in reopened], batch=True)
-    out.print(f"{len(reopened)} deliveries queued again")
+    out.print(f"{plural(len(reopened), 'delivery', 'deliveries')} queued again")
+
+
+def _is_whole_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 @app.command("cancel")
 def cancel(delivery_id: str) -> None:
-    """Make sure a delivery not yet sent is never sent (also one still in the broker)."""
-    done = delivery_log().cancel(delivery_id)
+    """Make sure a delivery not yet sent is never sent (also one still in the broker).
+
+    ID may be the start of an id the log knows; one still in the broker needs its whole id."""
+    log = delivery_log()
+    resolved = _resolve(log, delivery_id)
+    if resolved is None:
+        if not _is_whole_uuid(delivery_id):
+            fail(
+                _not_found(delivery_id)
+                + "; to cancel one still waiting in the broker, give its whole id"
+            )
+        resolved = delivery_id  # not in the log yet: recorded as cancelled for the worker
+    done = log.cancel(resolved)
     if not done.cancelled:
-        fail(done.explain(delivery_id))
-    out.print(done.explain(delivery_id), highlight=False)
+        fail(done.explain(resolved))
+    out.print(done.explain(resolved), highlight=False)

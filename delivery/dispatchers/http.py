@@ -52,8 +52,7 @@ def raise_for_status(
     """
     if 200 <= status < 300:
         return
-    host = urlsplit(url).hostname
-    text = f"{status} {reason or ''} from {host}".replace("  ", " ")
+    text = f"{status} {reason or ''} from {where(url)}".replace("  ", " ")
     if status == 429:
         raise RateLimited(
             text, dispatcher=dispatcher, status=status, retry_after=retry_after(headers)
@@ -63,6 +62,24 @@ def raise_for_status(
             text, dispatcher=dispatcher, status=status, retry_after=retry_after(headers)
         )
     raise PermanentError(text, dispatcher=dispatcher, status=status)
+
+
+def where(url: str) -> str:
+    """The host (and a port other than the scheme's) a URL names, for error messages.
+
+    Never its path, query or credentials: a webhook URL's path or query is often its
+    secret (Slack's, a signed URL), and a password is always one."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        return "the server"
+    if not host:
+        return "the server"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{host}:{port}" if port is not None and port != default else host
 
 
 def is_http_url(value: str) -> bool:

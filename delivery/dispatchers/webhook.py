@@ -107,7 +107,8 @@ class WebhookDispatcher(Dispatcher):
             response.status,
             reason=response.reason,
             headers=response.headers,
-            url=response.url or address,
+            # urllib3 gives the path alone (``/hook?token=…``): name the host we asked.
+            url=address,
             dispatcher=self.slug,
         )
         return SendResult(provider_ref=response.headers.get("x-request-id"), status=response.status)

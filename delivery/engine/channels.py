@@ -52,7 +52,9 @@ def parse_rate_limit(value: str) -> float:
     """
     match = RATE_LIMIT_PATTERN.match(value.strip())
     if not match or float(match.group(1)) <= 0:
-        raise ConfigurationError(f"rate limit {value!r} must look like 1/s, 60/m or 500/h")
+        raise ConfigurationError(
+            f"rate limit {value!r} must be a number above 0 per s, m or h, e.g. 1/s, 60/m or 500/h"
+        )
     per = {"s": 1, "m": 60, "h": 3600}[match.group(2)]
     return float(match.group(1)) / per
 
@@ -61,8 +63,13 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
     """Seconds to wait before each retry, e.g. ``0,5,300,1800``.
 
     Raises:
-        ConfigurationError: not 1-50 numbers of seconds from 0 to 30 days.
+        ConfigurationError: empty, or not 1-50 numbers of seconds from 0 to 30 days.
     """
+    if isinstance(value, str) and not value.strip():
+        raise ConfigurationError(
+            "retry schedule is empty: give the seconds before each attempt, e.g. 0,5,300 "
+            "(leave it out for the default)"
+        )
     try:
         return parse_delays(value)  # finite, from 0 to 30 days, 1-50 of them
     except ValueError as exc:
@@ -125,6 +132,7 @@ class ChannelStore:
             raise ConfigurationError(f"channel {name!r} cannot be its own fallback")
         if rate_limit is not None:
             parse_rate_limit(rate_limit)
+            rate_limit = rate_limit.strip()
         plain, secret = split_secrets(config)
         token = self._box().encrypt(secret) if secret else None
         now = datetime.now(UTC)

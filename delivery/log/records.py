@@ -12,6 +12,13 @@ from delivery.log.inbound import ReceiptRow
 from delivery.log.tables import AttemptRow, DeliveryRow
 from schemas import Envelope
 
+#: The fewest characters of an id that a person may give instead of the whole of it.
+MIN_ID_PREFIX = 6
+#: How many characters of an id a table shows at least (more where that is not unique).
+SHORT_ID = 8
+#: Ids per query when checking short forms (well under every database's parameter limit).
+_CHUNK = 500
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
@@ -196,6 +203,47 @@ class DeliveryReads(LogBase):
             )
         with self._sessions() as session:
             return [DeliveryRecord.from_row(row) for row in session.scalars(query).all()]
+
+    def match_ids(self, text: str, *, limit: int = 5) -> list[str]:
+        """``[text]`` when a delivery has that id; otherwise the ids that start with it,
+        sorted, at most ``limit`` (so a caller can tell one match from several)."""
+        with self._sessions() as session:
+            if session.get(DeliveryRow, text) is not None:
+                return [text]
+            found = session.scalars(
+                select(DeliveryRow.id)
+                .where(DeliveryRow.id.startswith(text, autoescape=True))
+                .order_by(DeliveryRow.id)
+                .limit(limit)
+            ).all()
+        # SQLite's LIKE ignores case; an id's prefix is its exact start.
+        return [i for i in found if i.startswith(text)]
+
+    def short_ids(self, ids: Sequence[str], *, length: int = SHORT_ID) -> dict[str, str]:
+        """Each id's shortest start, of at least ``length`` characters, that no other
+        delivery in the log shares: what a table shows, and ``match_ids`` finds again."""
+        shown: dict[str, str] = {}
+        pending = list(dict.fromkeys(ids))
+        while pending:
+            counts: dict[str, int] = {}
+            starts = sorted({i[:length] for i in pending})
+            with self._sessions() as session:
+                for at in range(0, len(starts), _CHUNK):
+                    start = func.substr(DeliveryRow.id, 1, length)
+                    rows = session.execute(
+                        select(start, func.count())
+                        .where(start.in_(starts[at : at + _CHUNK]))
+                        .group_by(start)
+                    ).all()
+                    counts.update((prefix, count) for prefix, count in rows)
+            longer = []
+            for i in pending:
+                if len(i) <= length or counts.get(i[:length], 0) <= 1:
+                    shown[i] = i[:length]
+                else:
+                    longer.append(i)
+            pending, length = longer, length + 4
+        return shown
 
     def count_by_status(self, ids: Sequence[str] | None = None) -> dict[str, int]:
         query = select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status)

@@ -4,7 +4,9 @@ Imports neither SQLAlchemy nor any provider SDK; Celery itself is imported on fi
 """
 
 import contextlib
+import errno
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 from delivery.errors import PublishError
 from delivery.producer.celery_config import (
@@ -36,6 +39,12 @@ DELIVERY_NAMESPACE = uuid.UUID("6f0c8d52-3f0e-4a59-9d1c-6c2b4e1a7d30")
 Outgoing = tuple[Envelope, float | None]
 #: Task messages per broker round trip.
 PIPELINE_SIZE = 500
+#: Characters of a failure's message a PublishError quotes.
+MAX_CAUSE = 300
+#: OSError numbers that mean the broker's host cannot be reached (now).
+_UNREACHABLE = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ class Publisher:
         delivery id (None: derived from its channel and idempotency key).
 
         Raises:
-            PublishError: the broker stayed unreachable.
+            PublishError: the broker stayed unreachable, or refused the message.
         """
         limit = self.settings.delay_limit
         fixed = ids if ids is not None else [None] * len(messages)
@@ -130,7 +139,7 @@ class Publisher:
         reach the broker is recognised by the workers and sent once.
 
         Raises:
-            PublishError: the broker stayed unreachable.
+            PublishError: the broker stayed unreachable, or refused the message.
         """
         self._publish_retrying(self._tasks(outgoing, batch=batch))
 
@@ -138,7 +147,7 @@ class Publisher:
         """Hand a recorded inbound message to the router (``delivery.route_inbound``).
 
         Raises:
-            PublishError: the broker stayed unreachable.
+            PublishError: the broker stayed unreachable, or refused the message.
         """
         body = RouteRequest(id=message_id).model_dump(mode="json")
         self._publish_retrying([_Task(ROUTE_INBOUND_TASK, [body], f"inbound-{message_id}")])
@@ -148,7 +157,7 @@ class Publisher:
         the event id, so Flower finds it by the id ``notify`` returned.
 
         Raises:
-            PublishError: the broker stayed unreachable.
+            PublishError: the broker stayed unreachable, or refused the message.
         """
         self._publish_retrying([_Task(FANOUT_TASK, [event.model_dump(mode="json")], event.id)])
 
@@ -156,7 +165,7 @@ class Publisher:
         """Publish, retrying the whole lot until ``publish_timeout``.
 
         Raises:
-            PublishError: the broker stayed unreachable.
+            PublishError: the broker stayed unreachable, or refused the message.
         """
         deadline = time.monotonic() + self.settings.publish_timeout
         pause = 0.1
@@ -166,10 +175,15 @@ class Publisher:
                     self._publish_tasks(tasks[start : start + PIPELINE_SIZE])
                 return
             except Exception as exc:  # noqa: BLE001 - each transport raises its own errors
-                if not _is_connection_error(exc) or time.monotonic() + pause > deadline:
+                where = f"could not publish to the broker at {self._safe_url()}"
+                if not _is_connection_error(exc):
+                    # Retrying cannot help a bug or a message the broker refuses: say what
+                    # it was, at once, rather than blame the network.
+                    raise PublishError(f"{where}: {self._cause(exc)}") from None
+                if time.monotonic() + pause > deadline:
                     raise PublishError(
-                        f"could not publish to the broker at {self._safe_url()} within "
-                        f"{self.settings.publish_timeout:g}s: {type(exc).__name__}"
+                        f"{where} within {self.settings.publish_timeout:g}s: it is "
+                        f"unreachable ({self._cause(exc)})"
                     ) from None
                 logger.warning(
                     "broker unreachable (%s); retrying in %.1fs", type(exc).__name__, pause
@@ -219,6 +233,18 @@ class Publisher:
 
         return str(maybe_sanitize_url(self.settings.broker_url))
 
+    def _cause(self, exc: BaseException) -> str:
+        """The exception's type and message, with the broker URL and password masked."""
+        text = " ".join(str(exc).split())[:MAX_CAUSE]
+        url = self.settings.broker_url
+        if url in text:
+            text = text.replace(url, self._safe_url())
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                text = text.replace(password, "**")
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 def _shown_arguments(task: _Task) -> dict[str, str]:
     """What Flower and task events show of a delivery task's arguments: each delivery's
@@ -261,11 +287,17 @@ def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = N
 
 
 def _is_connection_error(exc: BaseException) -> bool:
+    """Whether the broker could not be reached (worth retrying), rather than refused the
+    message or met a bug (a full disk, a permission, an AttributeError: not worth it)."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return isinstance(exc, OperationalError | OSError | RedisConnectionError | RedisTimeoutError)
+    if isinstance(exc, OperationalError | RedisConnectionError | RedisTimeoutError):
+        return True  # kombu's and redis-py's words for "could not connect"
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | socket.herror):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _UNREACHABLE
 
 
 _current: tuple[Settings, Publisher] | None = None
@@ -327,7 +359,8 @@ def send(
 
     Raises:
         pydantic.ValidationError: the message is invalid; nothing was enqueued.
-        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
+        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``,
+            or publishing failed (the message says why).
     """
     fields = {
         "channel": channel,
@@ -352,7 +385,8 @@ def send_many(messages: Iterable[Message | Mapping[str, Any]]) -> list[Receipt]:
 
     Raises:
         pydantic.ValidationError: a message is invalid; nothing was enqueued.
-        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
+        PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``,
+            or publishing failed (the message says why).
     """
     validated: list[Message] = []
     ids: list[str | None] = []

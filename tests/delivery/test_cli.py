@@ -141,8 +141,8 @@ def test_retry_sends_a_failed_delivery_again_keeping_its_attempts(settings: Sett
         dispatcher=None,
         worker=None,
     )
-    code, out, _ = run("retry", "--channel", "hooks")
-    assert code == 0 and "1 deliveries queued again" in out
+    code, out, _ = run("retry", "--channel", "hooks", "--yes")
+    assert code == 0 and "1 delivery queued again" in out
     record = log.get("f1")
     assert record is not None and record.status == "queued" and len(record.attempts) == 1
     with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
