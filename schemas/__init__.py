@@ -15,6 +15,9 @@ from schemas.messages import (
 )
 from schemas.settings import Settings, get_settings
 
+#: This is delivery's own package, not another of the same name (delivery/_layout.py).
+__delivery_layout__ = True
+
 __all__ = [
     "CHANNEL_NAME_PATTERN",
     "MAX_PAYLOAD_BYTES",
