@@ -14,6 +14,7 @@ from delivery.clock import utcnow
 from delivery.errors import ConfigurationError
 from delivery.notifications.sandbox import HTML, TEXT, RenderError, TemplateRefused, render
 from delivery.notifications.tables import SubscriptionRow, TemplateRow
+from delivery.wording import plural
 from schemas import CHANNEL_NAME_PATTERN, Payload
 from schemas.validation import explain
 
@@ -153,7 +154,7 @@ class TemplateStore:
             ).all()
             if users:
                 raise ConfigurationError(
-                    f"template {name!r} is used by {len(users)} subscription(s) "
+                    f"template {name!r} is used by {plural(len(users), 'subscription')} "
                     f"({', '.join(users[:3])}); remove those first"
                 )
             removed = session.execute(delete(TemplateRow).where(TemplateRow.name == name))
