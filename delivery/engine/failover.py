@@ -27,6 +27,7 @@ from delivery.engine.breaker import Bookkeeping
 from delivery.engine.channels import Channel
 from delivery.errors import DeliveryError
 from delivery.log import AttemptResult, Claim, Finished
+from delivery.log.database import read_only
 from delivery.log.tables import AttemptRow, DeliveryRow, Outcome, Status
 from schemas import Envelope
 
@@ -57,11 +58,12 @@ class FailingOver(DeliveryError):
 class Failover:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reader = sessionmaker(read_only(engine))
 
     def current(self, envelope: Envelope) -> Envelope:
         """The envelope on the channel the log has for it (a move may have happened since
         the message was published)."""
-        with self._sessions() as session:
+        with self._reader() as session:
             channel = session.scalar(
                 select(DeliveryRow.channel).where(DeliveryRow.id == envelope.id)
             )

@@ -103,6 +103,8 @@ class DeliveryService:
         self.leases = LeaseKeeper(log, lease=settings.lease_seconds)
         #: Records an ended attempt at once, in one transaction with the other threads'.
         self._recorded = GroupCommit(self._record)
+        #: Claims a single task's delivery in one transaction with the other threads'.
+        self._claimed = GroupCommit(self._claim_group)
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -117,7 +119,7 @@ class DeliveryService:
 
     def deliver(self, envelope: Envelope) -> Decision:
         """Send one delivery unless it is done or held elsewhere, and record the attempt."""
-        claim = self._claim_alone(envelope)
+        claim = self._claimed(envelope)
         if isinstance(claim, Decision):
             return claim
         if claim.state is not ClaimState.CLAIMED:
@@ -188,6 +190,11 @@ class DeliveryService:
             # not hold up its batch-mates: claim them one by one, and fail it alone.
             logger.warning("the log refused a batch; claiming its deliveries one by one")
             return [self._claim_alone(envelope) for envelope in envelopes]
+
+    def _claim_group(self, envelopes: Sequence[Envelope]) -> list[Claim | Decision]:
+        if len(envelopes) == 1:
+            return [self._claim_alone(envelopes[0])]
+        return list(self._claim_many(envelopes))
 
     def _claim_alone(self, envelope: Envelope) -> Claim | Decision:
         try:

@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.clock import utcnow
 from delivery.errors import Suppressed
+from delivery.log.database import read_only
 from delivery.log.inbound import SuppressionRow
 
 _TABLE = cast(Table, SuppressionRow.__table__)
@@ -45,11 +46,12 @@ class Suppression:
 class SuppressionList:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._reader = read_only(engine)
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
     def check(self, channel: str, address: str) -> None:
         """Raises: Suppressed when ``address`` is on ``channel``'s list."""
-        with self.engine.connect() as connection:
+        with self._reader.connect() as connection:
             reason = connection.execute(_CHECK, {"channel": channel, "address": address}).scalar()
         if reason is not None:
             raise Suppressed(f"{address} is on channel {channel!r}'s suppression list ({reason})")

@@ -10,6 +10,10 @@ from sqlalchemy.engine import make_url
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
+#: Execution option for connections that only read: on SQLite they begin a deferred
+#: transaction, which in WAL mode never waits for a writer (see ``read_only``).
+READ_ONLY_OPTION = "delivery_read_only"
+
 
 def make_engine(url: str) -> Engine:
     """A new engine for ``url``, with SQLite set up for many writers on one machine."""
@@ -37,10 +41,19 @@ def make_engine(url: str) -> Engine:
     def _begin_immediate(connection: Any) -> None:
         # A deferred transaction that reads and then writes fails at once with "database is
         # locked" when another writer got in between; taking the write lock up front makes
-        # it wait its turn instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # it wait its turn instead. A reader has no such turn to wait for.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """``engine`` for reads that must not queue behind writers (the checks before every
+    send): same pool and events, and on SQLite no write lock. Never write through it."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def get_engine(url: str) -> Engine:

@@ -1,9 +1,11 @@
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from delivery.clock import utcnow
 from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished
+from delivery.log.database import make_engine, read_only
 from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
 
@@ -225,3 +227,18 @@ def test_what_a_provider_answers_is_stored_whatever_it_holds(log: DeliveryLog) -
     record = log.get("p1")
     assert record is not None and record.provider_ref is not None
     assert "\x00" not in record.provider_ref and len(record.provider_ref) == 255
+
+
+def test_a_read_only_connection_reads_while_a_writer_holds_sqlite(tmp_path: Path) -> None:
+    # The checks before every send read through read_only(): on SQLite they must not
+    # queue for the write lock (a plain connection would wait out the busy timeout here).
+    engine = make_engine(f"sqlite:///{tmp_path}/log.db")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with engine.begin() as writer:
+        writer.exec_driver_sql("INSERT INTO t VALUES (2)")
+        with read_only(engine).connect() as reader:
+            # It sees what was committed, not the writer's transaction in progress.
+            assert reader.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    engine.dispose()

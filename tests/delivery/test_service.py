@@ -1,3 +1,5 @@
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -200,6 +202,27 @@ def test_a_failed_probe_does_not_spend_the_deliverys_attempts(
     assert record is not None and record.status == "retrying", decision
     assert [a.outcome for a in record.attempts] == ["retry", "retry"]
     assert len(httpserver.log) == 2
+
+
+def test_single_deliveries_from_many_threads_are_each_sent_once(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    # Concurrent single tasks share claim transactions; copies of one message among them
+    # (a redelivery racing the original) must still send once.
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    url = httpserver.url_for("/h")
+    unique = [envelope(url, delivery_id=f"t{i}") for i in range(48)]
+    work = unique + unique[:16]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        decisions = list(pool.map(service.deliver, work))
+    sent = Counter(request.headers["webhook-id"] for request, _ in httpserver.log)
+    waiting = [d for d in decisions if d.action == "requeue"]
+    # A copy that found the original still sending comes back later, to find it done.
+    for copy in waiting:
+        assert copy.outcome is None
+    assert len(httpserver.log) == 48 and set(sent.values()) == {1}
+    assert service.log.count_by_status() == {"delivered": 48}
+    assert sum(d.outcome == "delivered" for d in decisions) == 48
 
 
 def test_a_batch_is_delivered_and_recorded_like_single_deliveries(
