@@ -23,9 +23,10 @@ from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.engine.recorder import GroupCommit
 from delivery.engine.retry import RetryPolicy
-from delivery.engine.suppression import SuppressionList
+from delivery.engine.suppression import Known, SuppressionList
 from delivery.errors import (
     ConfigurationError,
+    DeliveryError,
     PermanentError,
     RegistryError,
     RetryableError,
@@ -158,6 +159,7 @@ class DeliveryService:
         reset: set[str] = set()  # channels whose breaker a success of this batch reset
         tried = False
         deadline = time.monotonic() + self.batch_budget
+        known = self._suppressed_among(envelopes, claims)
         for envelope, claim in zip(envelopes, claims, strict=True):
             if isinstance(claim, Decision):
                 decisions.append(claim)  # failed already: the log cannot store it
@@ -168,7 +170,7 @@ class DeliveryService:
             else:
                 # However slow the provider, each batch sends at least one: progress.
                 tried = True
-                outcome = self._attempt(envelope, claim)
+                outcome = self._attempt(envelope, claim, known=known)
                 if isinstance(outcome, Decision):
                     decisions.append(outcome)
                     continue
@@ -181,6 +183,23 @@ class DeliveryService:
                 # Recorded before the next send: a crash re-sends only what was in flight.
                 decisions.append(self._recorded(outcome))
         return decisions
+
+    def _suppressed_among(
+        self, envelopes: Sequence[Envelope], claims: Sequence[Claim | Decision]
+    ) -> Known:
+        """The batch's addresses looked up on the suppression lists in one query (one per
+        delivery cost a quarter of a batch's time). A batch runs for ``batch_budget`` at
+        most, so an opt-out reaches the deliveries of batches already running that late."""
+        pairs = []
+        for envelope, claim in zip(envelopes, claims, strict=True):
+            if not isinstance(claim, Claim) or claim.state is not ClaimState.CLAIMED:
+                continue
+            try:
+                channel, dispatcher = self.dispatchers.get(envelope.channel)
+                pairs.append((channel.name, dispatcher.validate_address(envelope.address)))
+            except DeliveryError:
+                continue  # the attempt says why, on its own
+        return self.suppressions.among(pairs) if pairs else {}
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
         try:
@@ -260,8 +279,11 @@ class DeliveryService:
         )
         return self._later(_seconds_until(until))
 
-    def _attempt(self, envelope: Envelope, claim: Claim) -> "Attempt | Decision":
-        """Send once; the ended attempt, or a decision to wait if the channel holds it."""
+    def _attempt(
+        self, envelope: Envelope, claim: Claim, *, known: Known | None = None
+    ) -> "Attempt | Decision":
+        """Send once; the ended attempt, or a decision to wait if the channel holds it.
+        ``known``: suppressions already looked up for this delivery's batch."""
         started = utcnow()
         clock = time.perf_counter()
         channel: Channel | None = None
@@ -273,7 +295,9 @@ class DeliveryService:
                 envelope = self.failover.current(envelope)
                 channel, dispatcher = self.dispatchers.get(envelope.channel)
             # An opted-out or permanently bouncing address fails here: no provider call.
-            self.suppressions.check(channel.name, dispatcher.validate_address(envelope.address))
+            self.suppressions.check(
+                channel.name, dispatcher.validate_address(envelope.address), known=known
+            )
             held, claim = self._held(channel, claim)
             if held is not None:
                 return held

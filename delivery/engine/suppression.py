@@ -6,11 +6,12 @@ once, without the provider being called: sending again would be against the reci
 wishes, or would only bounce again and cost the sender's reputation.
 """
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, select
+from sqlalchemy import Engine, Table, bindparam, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.clock import utcnow
@@ -23,6 +24,15 @@ _TABLE = cast(Table, SuppressionRow.__table__)
 _CHECK = select(_TABLE.c.reason).where(
     _TABLE.c.channel == bindparam("channel"), _TABLE.c.address == bindparam("address")
 )
+_AMONG = select(_TABLE.c.channel, _TABLE.c.address, _TABLE.c.reason).where(
+    tuple_(_TABLE.c.channel, _TABLE.c.address).in_(bindparam("pairs", expanding=True))
+)
+#: (channel, address) pairs looked up per statement.
+_AMONG_CHUNK = 500
+
+#: What a batch's one look-up found: (channel, address) -> the reason, or None when the
+#: address is not suppressed.
+Known = Mapping[tuple[str, str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +59,30 @@ class SuppressionList:
         self._reader = read_only(engine)
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
-    def check(self, channel: str, address: str) -> None:
-        """Raises: Suppressed when ``address`` is on ``channel``'s list."""
-        with self._reader.connect() as connection:
-            reason = connection.execute(_CHECK, {"channel": channel, "address": address}).scalar()
+    def check(self, channel: str, address: str, *, known: Known | None = None) -> None:
+        """Raises: Suppressed when ``address`` is on ``channel``'s list (as ``known`` has
+        it, when it has the pair: a batch looks its addresses up at once)."""
+        pair = (channel, address)
+        if known is not None and pair in known:
+            reason = known[pair]
+        else:
+            query = {"channel": channel, "address": address}
+            with self._reader.connect() as connection:
+                reason = connection.execute(_CHECK, query).scalar()
         if reason is not None:
             raise Suppressed(f"{address} is on channel {channel!r}'s suppression list ({reason})")
+
+    def among(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """Each (channel, address) pair with its suppression's reason, or None: for ``check``
+        to answer a batch from one query rather than one per delivery."""
+        known: dict[tuple[str, str], str | None] = dict.fromkeys(pairs)
+        wanted = list(known)
+        with self._reader.connect() as connection:
+            for start in range(0, len(wanted), _AMONG_CHUNK):
+                chunk = wanted[start : start + _AMONG_CHUNK]
+                for channel, address, reason in connection.execute(_AMONG, {"pairs": chunk}):
+                    known[(channel, address)] = reason
+        return known
 
     def add(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
         """Suppress ``address`` on ``channel``; False if it already was (the first reason

@@ -287,3 +287,22 @@ def test_a_batch_past_its_time_budget_hands_the_rest_back(
     assert [d.outcome for d in decisions] == ["delivered", None, None]
     assert [d.action for d in decisions[1:]] == ["requeue", "requeue"]
     assert len(httpserver.log) == 1
+
+
+def test_a_batch_looks_up_suppressions_once_and_fails_only_the_suppressed(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    url = httpserver.url_for("/h")
+    stopped = httpserver.url_for("/stopped")
+    service.suppressions.add("hooks", stopped, "opt-out")
+    # The address as given is compared in the dispatcher's canonical form (stripped).
+    batch = [envelope(url, "s0"), envelope(f"  {stopped} ", "s1"), envelope(url, "s2")]
+    decisions = service.deliver_many(batch)
+    assert [d.outcome for d in decisions] == ["delivered", "failed", "delivered"]
+    assert decisions[1].error is not None and "suppression list" in decisions[1].error
+    assert [request.path for request, _ in httpserver.log] == ["/h", "/h"]
+    assert service.suppressions.among([("hooks", stopped), ("hooks", url)]) == {
+        ("hooks", stopped): "opt-out",
+        ("hooks", url): None,
+    }
