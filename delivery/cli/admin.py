@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from delivery.cli import app, fail, out, print_json
+from delivery.cli import app, fail, out, print_json, safe_url
 from delivery.cli.context import registry
 from delivery.engine.crypto import generate_key
 from delivery.log.database import get_engine
@@ -24,18 +24,15 @@ app.add_typer(db, name="db")
 @db.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create or update the delivery log's tables (Alembic migrations)."""
-    settings = get_settings()
-    url = settings.resolved_database_url
+    from alembic.util import CommandError
+
+    url = get_settings().resolved_database_url
+    get_engine(url)  # a bad URL or a missing driver is named here; creates the SQLite folder
     try:
-        get_engine(url)  # creates the SQLite folder when needed
         upgrade(url, revision)
-    except Exception as exc:  # noqa: BLE001 - any driver error becomes a message
-        fail(f"cannot upgrade the delivery log: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-    out.print(f"delivery log at [bold]{_safe(url)}[/] is up to date")
-
-
-def _safe(url: str) -> str:
-    return get_engine(url).url.render_as_string(hide_password=True)
+    except CommandError as exc:  # e.g. an unknown revision; anything else: the CLI's boundary
+        fail(f"cannot upgrade the delivery log: {exc}")
+    out.print(f"delivery log at [bold]{safe_url(url)}[/] is up to date")
 
 
 @app.command("dispatchers")
@@ -114,6 +111,8 @@ def export_schemas(
     if out_dir is None:
         print_json(docs)
         return
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file: give a folder (it is created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, doc in docs.items():
         (out_dir / f"{name}.schema.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -133,8 +132,9 @@ def worker(
     """Run a Celery worker with the project's defaults; other options go to Celery."""
     from delivery.cli.context import delivery_log
 
-    _settings_or_exit()  # a bad DELIVERY_ variable stops the worker here, not every task
-    delivery_log()  # fail early, with a message, if the log has no tables
+    # A bad DELIVERY_ variable, or a log without tables, stops the worker here, with a
+    # message, not every task.
+    delivery_log()
     from workers.app import app as celery_app
 
     pool = _pool_option(ctx.args)
@@ -143,17 +143,6 @@ def worker(
         # the configured pool, so set the configuration itself.
         celery_app.conf.worker_pool = pool
     celery_app.worker_main(["worker", *(["--beat"] if beat else []), *ctx.args])
-
-
-def _settings_or_exit() -> None:
-    from pydantic import ValidationError
-
-    from schemas.settings import describe
-
-    try:
-        get_settings()
-    except ValidationError as exc:
-        fail(f"invalid settings: {describe(exc)}")
 
 
 def _pool_option(args: list[str]) -> str | None:
@@ -170,7 +159,6 @@ def beat_command(ctx: typer.Context) -> None:
     """Run Celery beat: the sweep that re-enqueues due retries and expired leases."""
     from delivery.cli.context import delivery_log
 
-    _settings_or_exit()
     delivery_log()
     from workers.app import app as celery_app
 

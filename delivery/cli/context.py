@@ -16,11 +16,15 @@ def registry() -> DispatcherRegistry:
 
 
 def engine(*, must_exist: bool = True) -> Assembly:
-    from delivery.cli import fail
+    from delivery.cli import fail, safe_url
 
-    assembly = assemble(get_settings(), registry=registry())
+    settings = get_settings()
+    assembly = assemble(settings, registry=registry())
     if must_exist and not is_current(assembly.log.engine):
-        fail("the delivery log is missing or out of date: run `delivery db upgrade` first")
+        fail(
+            f"the delivery log at {safe_url(settings.resolved_database_url)} is missing or out "
+            "of date: run `delivery db upgrade` first"
+        )
     return assembly
 
 
