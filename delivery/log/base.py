@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
-from delivery.log.database import get_engine
+from delivery.log.database import get_engine, write_lock
 from schemas import Settings
 
 
@@ -23,10 +23,10 @@ class LogBase:
         self._sqlite = engine.dialect.name == "sqlite"
         # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
-        # SQLite has one writer at a time; threads of one process queue here instead of in
-        # SQLite's busy handler, which sleeps in growing steps and wastes the wait.
+        # SQLite has one writer at a time: this process's threads take turns (and the WAL
+        # checkpoint thread waits its turn when it must).
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self._sqlite else contextlib.nullcontext()
+            write_lock(engine) if self._sqlite else contextlib.nullcontext()
         )
 
     @classmethod

@@ -21,6 +21,14 @@ _lock = threading.Lock()
 
 #: Seconds between WAL checkpoints on SQLite, run by a thread of their own (see below).
 CHECKPOINT_INTERVAL = 1.0
+#: WAL frames (pages) past which a checkpoint that writers kept from finishing is finished
+#: with this process's writers held back, so that the WAL starts again from its beginning.
+RESET_FRAMES = 1000
+
+#: Bytes a WAL file is cut back to when it starts over.
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+_write_locks: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
 
 #: Execution option for connections that only read: on SQLite they begin a deferred
 #: transaction, which in WAL mode never waits for a writer (see ``read_only``).
@@ -65,6 +73,8 @@ def make_engine(url: str) -> Engine:
         # commit waits for the copy and its fsync: about once a second at 100 deliveries/s,
         # it was the latency tail (bench section 6). A thread of its own does it instead.
         cursor.execute("PRAGMA wal_autocheckpoint=0")
+        # And when it starts over, a WAL that a burst made large is cut back to this.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
         if checkpointing != [os.getpid()]:  # a forked child starts its own thread
             checkpointing[:] = [os.getpid()]
@@ -101,7 +111,14 @@ def _checkpoint_in_background(engine: Engine) -> None:
                 raw = alive.raw_connection()
                 try:
                     cursor = raw.cursor()
-                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, frames, _ = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= RESET_FRAMES:
+                        # The WAL only starts over when a writer begins with all of it
+                        # copied, and writers appended meanwhile: copy what they added
+                        # with this process's writers waiting (a short copy and one fsync),
+                        # or under steady load the WAL grows for ever.
+                        with write_lock(alive):
+                            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     cursor.close()
                 finally:
                     raw.close()
@@ -110,6 +127,17 @@ def _checkpoint_in_background(engine: Engine) -> None:
             del alive
 
     threading.Thread(target=run, name="delivery-wal-checkpoint", daemon=True).start()
+
+
+def write_lock(engine: Engine) -> threading.Lock:
+    """The lock this process's writers to ``engine`` take in turn (SQLite has one writer
+    at a time; threads queue here instead of in SQLite's busy handler, which sleeps in
+    growing steps and wastes the wait)."""
+    with _lock:
+        lock = _write_locks.get(engine)
+        if lock is None:
+            lock = _write_locks[engine] = threading.Lock()
+        return lock
 
 
 def read_only(engine: Engine) -> Engine:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from delivery.clock import utcnow
-from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished
-from delivery.log.database import make_engine, read_only
+from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished, database
+from delivery.log.database import make_engine, read_only, write_lock
 from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
 
@@ -263,3 +263,39 @@ def test_sqlite_wal_is_checkpointed_by_a_thread_not_by_a_commit(tmp_path: Path) 
     assert database.stat().st_size >= 50 * 8000
     assert "delivery-wal-checkpoint" in {t.name for t in threading.enumerate()}
     engine.dispose()
+
+
+def test_the_wal_starts_over_while_writers_keep_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under steady writes a checkpoint never catches up on its own and the WAL grew for
+    # ever (RSS and disk); the checkpoint thread finishes one with writers held back.
+    monkeypatch.setattr(database, "CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr(database, "RESET_FRAMES", 20)
+    monkeypatch.setattr(database, "WAL_SIZE_LIMIT", 64 * 1024)
+    engine = make_engine(f"sqlite:///{tmp_path}/log.db")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x BLOB)")
+    wal = tmp_path / "log.db-wal"
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            with write_lock(engine), engine.begin() as connection:
+                connection.exec_driver_sql("INSERT INTO t VALUES (randomblob(4000))")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    sizes = []
+    try:
+        for _ in range(150):
+            time.sleep(0.02)
+            sizes.append(wal.stat().st_size)
+    finally:
+        stop.set()
+        writer.join()
+        engine.dispose()
+    # It grew past the limit, and was cut back to it while the writer went on.
+    later = sizes[len(sizes) // 2 :]
+    assert max(sizes) > 4 * 64 * 1024
+    assert min(later) <= 2 * 64 * 1024, later
