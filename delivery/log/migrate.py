@@ -1,22 +1,30 @@
 """Applying the Alembic migrations in ``migrations/`` to a delivery log."""
 
-import importlib.util
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from delivery._layout import require
 from delivery.errors import ConfigurationError
 
 
 def alembic_config(url: str) -> Config:
-    # Found, not imported: the migrations import ``delivery``, and imports point one way.
-    spec = importlib.util.find_spec("migrations")
-    if spec is None or spec.origin is None:
+    # Our own ``migrations``, not another project's that comes first on sys.path: Alembic
+    # would run its env.py against the log. (Its __init__ imports nothing, not even us.)
+    try:
+        package = require("migrations")
+    except ModuleNotFoundError:
+        raise ConfigurationError(
+            "the `migrations` package is not installed beside `delivery`"
+        ) from None
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if package.__file__ is None:
         raise ConfigurationError("the `migrations` package is not installed beside `delivery`")
     config = Config()
-    config.set_main_option("script_location", str(Path(spec.origin).parent))
+    config.set_main_option("script_location", str(Path(package.__file__).parent))
     # Alembic's config is an INI file underneath; a literal % in a password must be escaped.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config

@@ -79,3 +79,22 @@ def test_require_names_a_shadowing_workers_or_migrations(tmp_path: Path, name: s
     result = _python(f"from delivery._layout import require; require({name!r})", tmp_path, tmp_path)
     assert result.returncode != 0
     assert f"`import {name}` found {fake}, which is not delivery's `{name}`" in result.stderr
+
+
+def test_db_upgrade_refuses_another_projects_migrations(tmp_path: Path) -> None:
+    # Alembic would otherwise run that project's env.py against the delivery log.
+    fake = _fake_package(tmp_path, "migrations")
+    env = {**os.environ, "DELIVERY_HOME": str(tmp_path / ".delivery")}
+    env.pop("DELIVERY_DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "delivery", "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"`import migrations` found {fake}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".delivery" / "log.sqlite3").exists()
