@@ -169,6 +169,7 @@ class Publisher:
         """
         deadline = time.monotonic() + self.settings.publish_timeout
         pause = 0.1
+        retries = 0
         while True:
             try:
                 for start in range(0, len(tasks), PIPELINE_SIZE):
@@ -185,9 +186,14 @@ class Publisher:
                         f"{where} within {self.settings.publish_timeout:g}s: it is "
                         f"unreachable ({self._cause(exc)})"
                     ) from None
-                logger.warning(
-                    "broker unreachable (%s); retrying in %.1fs", type(exc).__name__, pause
+                # One warning per publish, not one per retry: the rest is detail.
+                logger.log(
+                    logging.DEBUG if retries else logging.WARNING,
+                    "broker unreachable (%s); retrying for up to %gs",
+                    type(exc).__name__,
+                    self.settings.publish_timeout,
                 )
+                retries += 1
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
 

@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -75,14 +76,21 @@ def test_send_many_of_nothing_is_nothing() -> None:
 
 
 def test_unreachable_broker_raises_a_clear_error_without_the_password(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("DELIVERY_BROKER_URL", "redis://:hunter2@127.0.0.1:1/0")
     monkeypatch.setenv("DELIVERY_PUBLISH_TIMEOUT", "1")
     get_settings.cache_clear()
-    with pytest.raises(PublishError, match="could not publish to the broker") as caught:
+    with (
+        caplog.at_level(logging.DEBUG, logger="delivery.producer.publisher"),
+        pytest.raises(PublishError, match="could not publish to the broker") as caught,
+    ):
         delivery.send("hooks", "https://a", Payload(message="x"))
     assert "hunter2" not in str(caught.value)
+    # One warning for the publish, however many retries (those are at debug level).
+    retries = [r for r in caplog.records if "broker unreachable" in r.getMessage()]
+    assert len(retries) > 1
+    assert [r.levelno for r in retries].count(logging.WARNING) == 1
 
 
 def test_import_delivery_loads_no_database_or_provider_sdk() -> None:
