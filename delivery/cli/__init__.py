@@ -84,12 +84,22 @@ def _root(
     pass
 
 
+def _usage_error() -> type[Exception]:
+    """The class of typer's usage errors: click's ClickException, which typer vendors from
+    0.2x on and takes from click before (the lower bound, 0.13, has no TyperException)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+#: Exits, aborts and typer's usage errors (exit code 2) pass through ``user_errors``.
+_TYPER_EXITS = (typer.Exit, typer.Abort, _usage_error())
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn any error into a message naming what to fix, and exit code 1."""
     try:
         yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
+    except _TYPER_EXITS:
         raise  # exits, and typer's usage errors (exit code 2), stay as they are
     except Exception as exc:  # noqa: BLE001 - the last guard: no traceback, ever
         if _debug():
