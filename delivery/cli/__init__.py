@@ -86,7 +86,7 @@ def _root(
 
 def _usage_error() -> type[Exception]:
     """The class of typer's usage errors: click's ClickException, which typer vendors from
-    0.2x on and takes from click before (the lower bound, 0.13, has no TyperException)."""
+    0.2x on and takes from click before (older typer has no TyperException)."""
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
