@@ -1,6 +1,7 @@
 """Applying the Alembic migrations in ``migrations/`` to a delivery log."""
 
 from pathlib import Path
+from typing import cast
 
 from alembic import command
 from alembic.config import Config
@@ -21,10 +22,10 @@ def alembic_config(url: str) -> Config:
         ) from None
     except ImportError as exc:
         raise ConfigurationError(str(exc)) from None
-    if package.__file__ is None:
-        raise ConfigurationError("the `migrations` package is not installed beside `delivery`")
+    # ``require`` found its marker in its __init__.py: a regular package, with a file.
+    location = Path(cast(str, package.__file__)).parent
     config = Config()
-    config.set_main_option("script_location", str(Path(package.__file__).parent))
+    config.set_main_option("script_location", str(location))
     # Alembic's config is an INI file underneath; a literal % in a password must be escaped.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
