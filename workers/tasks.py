@@ -70,7 +70,7 @@ _DELIVERY_TASK = {
 }
 
 
-@app.task(name=DELIVER_TASK, **_DELIVERY_TASK)
+@app.task(name=DELIVER_TASK, Strategy="workers.coalesce:coalescing_strategy", **_DELIVERY_TASK)
 def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver one envelope. Malformed messages are recorded as failed and never retried."""
     # Any arguments at all are accepted here and judged below: a signature Python enforces

@@ -227,6 +227,12 @@ def _batch_size() -> int:
     return get_settings().batch_size
 
 
+def _coalesce() -> str:
+    from schemas import get_settings
+
+    return str(get_settings().coalesce).lower()
+
+
 def _baseline_settings() -> dict[str, Any]:
     config = baseline_app.app.conf
     return {key: config.get(key) for key in _SHOWN}
@@ -273,6 +279,8 @@ def _summarise(
         f"transaction; '{SINGLE}' publishes one {DELIVER_TASK} per delivery, the path "
         "delivery.send and retries take: it does "
         f"{single_vs_post.format(2, 'x', markup=False)} the requests.post baseline's rate.",
+        f"our worker coalesces single tasks (workers/coalesce.py): DELIVERY_COALESCE="
+        f"{_coalesce()}; run with DELIVERY_COALESCE=false for Celery's own path.",
         f"baseline (bench/baseline_app.py): {_describe(_baseline_settings())}; no log, "
         "no signing (a bare task: what ours adds is what is measured).",
         "timed from 'resume consuming' (queue pre-filled) to the last delivered_at in the log "

@@ -1,0 +1,148 @@
+"""Which task messages the worker coalesces, and that anything unusual, however close to a
+plain delivery, goes Celery's own way instead (where it is retried, revoked or recorded as
+malformed as before). The coalesced path itself runs in a real worker: see
+tests/integration/test_coalesce.py."""
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery.utils.collections import LimitedSet
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from kombu.connection import Connection
+
+from delivery.producer.celery_config import DELIVER_TASK
+from schemas import Settings
+from workers.coalesce import ALONE_HEADER, Coalescer
+
+ENVELOPE = {
+    "id": "d-1",
+    "channel": "hooks",
+    "address": "https://example.com/hook",
+    "payload": {"message": "hello"},
+}
+
+
+@pytest.fixture
+def coalescer(settings: Settings) -> Coalescer:
+    from workers.tasks import deliver
+
+    revoked = LimitedSet()
+    revoked.add("revoked-id")
+    consumer = SimpleNamespace(
+        pool=SimpleNamespace(limit=4),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=revoked)),
+    )
+    return Coalescer(deliver, consumer, limit=25)
+
+
+def message(*, args: Any = None, kwargs: Any = None, embed: Any = None, **headers: Any) -> Any:
+    """A task message as the producer publishes it, read back from a broker."""
+    from workers.app import app
+
+    task_message = app.amqp.create_task_message(
+        "task-1", DELIVER_TASK, [ENVELOPE] if args is None else args, kwargs or {}
+    )
+    body = list(task_message.body)
+    if embed is not None:
+        body[2] = embed
+    merged = {**task_message.headers, **headers}
+    with Connection("memory://") as connection:
+        queue = connection.SimpleQueue("coalesce-test")
+        queue.put(body, headers=merged, serializer="json")
+        received = queue.get(timeout=1)
+        queue.close()
+    return received
+
+
+def test_a_plain_delivery_is_taken_over(coalescer: Coalescer) -> None:
+    pending = coalescer.take_over(message(), ack=lambda *_: None)
+    assert pending is not None
+    assert pending.envelope.id == "d-1" and pending.task_id == "task-1"
+    assert pending.retries == 0
+
+
+def test_the_envelope_may_come_by_keyword(coalescer: Coalescer) -> None:
+    pending = coalescer.take_over(message(args=[], kwargs={"envelope": ENVELOPE}), ack=print)
+    assert pending is not None and pending.envelope.channel == "hooks"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"eta": "2026-12-03T10:00:00+00:00"},
+        {"expires": "2026-12-03T10:00:00+00:00"},
+        {ALONE_HEADER: True},
+        {"timelimit": [5, None]},
+        {"timelimit": 5},
+        {"id": "revoked-id"},
+        {"id": 12},
+        {"retries": "1"},
+        {"retries": -1},
+        {"retries": True},
+        {"retries": 1.5},
+        {"task": "delivery.deliver_batch"},
+        {"args": [ENVELOPE, "extra"]},
+        {"args": ["not an envelope"]},
+        {"args": [{**ENVELOPE, "address": "https://exa\x00mple.com/"}]},
+        {"args": [{**ENVELOPE, "payload": {"message": "x", "data": {"n": float("nan")}}}]},
+        {"args": [{k: v for k, v in ENVELOPE.items() if k != "payload"}]},
+        {"args": [], "kwargs": {"envelope": ENVELOPE, "other": 1}},
+        {"args": [], "kwargs": {"self": ENVELOPE}},
+        {"embed": {"callbacks": [{"task": "x"}]}},
+        {"embed": {"chain": [{"task": "x"}]}},
+        {"embed": "not a dict"},
+    ],
+)
+def test_anything_unusual_goes_celerys_way(coalescer: Coalescer, changes: dict[str, Any]) -> None:
+    options = {k: changes.pop(k) for k in ("args", "kwargs", "embed") if k in changes}
+    assert coalescer.take_over(message(**options, **changes), ack=print) is None
+
+
+def test_a_body_that_is_not_a_task_body_goes_celerys_way(coalescer: Coalescer) -> None:
+    from workers.app import app
+
+    headers = app.amqp.create_task_message("task-2", DELIVER_TASK, [ENVELOPE], {}).headers
+    for body in ({"args": [ENVELOPE]}, [[ENVELOPE], {}], "text", 7):
+        with Connection("memory://") as connection:
+            queue = connection.SimpleQueue("coalesce-odd")
+            queue.put(body, headers=headers, serializer="json")
+            received = queue.get(timeout=1)
+            queue.close()
+        assert coalescer.take_over(received, ack=print) is None
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    header=st.sampled_from(["id", "task", "retries", "eta", "expires", "timelimit", "argsrepr"]),
+    value=_values,
+    field=st.sampled_from(["id", "channel", "address", "payload", "attempt_base", "extra"]),
+    field_value=_values,
+)
+def test_mutated_messages_never_break_the_consumer(
+    coalescer: Coalescer, header: str, value: Any, field: str, field_value: Any
+) -> None:
+    # Whatever the mutation, the consumer's thread gets an answer, never an exception; and
+    # what it takes over is a valid delivery with a string id.
+    for candidate in (
+        message(**{header: value}),
+        message(args=[{**ENVELOPE, field: field_value}]),
+    ):
+        pending = coalescer.take_over(candidate, ack=print)
+        if pending is not None:
+            assert isinstance(pending.task_id, str) and pending.envelope.id

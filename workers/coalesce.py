@@ -1,0 +1,305 @@
+"""Single deliveries coalesced worker-side: ``delivery.send``'s one-task-per-delivery
+messages, sent by the worker threads a few at a time instead of one Celery task each.
+
+Celery spends about as much of the worker's CPU on a task (a request object, a pool job,
+the tracer, three events) as the delivery itself costs. This strategy takes over the
+``delivery.deliver`` messages that need nothing Celery-specific (no ETA, no expiry, no
+callbacks, not revoked, a well-formed envelope): they wait in a buffer, and each worker
+thread that is free takes its share of it and delivers them with ``deliver_many``. Under
+light load a message is taken at once, alone: no added latency. Under load the buffer
+fills while the threads are busy, so batches form by themselves.
+
+Every per-delivery guarantee stays: each message is acknowledged only after its attempt
+is recorded (``acks_late``), a retry goes back to the broker as the same task with its
+retry count, and Flower sees each task received, started and ended as before. Anything
+else falls back to Celery's own handling (``celery.worker.strategy.default``).
+"""
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, Task
+from celery.concurrency.thread import TaskPool
+from celery.utils.saferepr import saferepr
+from celery.worker.strategy import default as default_strategy
+from kombu.message import Message
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from delivery.engine.retry import backoff
+from delivery.engine.service import Decision
+from delivery.errors import DeliveryFailed, RetryableError
+from delivery.log.tables import Outcome
+from schemas import Envelope, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: A header that sends a message down Celery's own path (set on what a coalesced batch
+#: could not handle, so that the second try goes alone).
+ALONE_HEADER = "delivery_alone"
+#: Messages reserved beyond Celery's prefetch, per worker thread, so that batches can form
+#: while every thread is busy. Small: reserved messages wait, and other workers cannot
+#: take them.
+CREDIT_PER_THREAD = 4
+#: Embedded options a coalesced task cannot honour.
+_WORKFLOW = ("callbacks", "errbacks", "chain", "chord")
+
+
+@dataclass(slots=True)
+class Pending:
+    """A task message taken over, waiting for a worker thread."""
+
+    message: Message
+    #: Celery's ack promise, called with a logger and the connection errors.
+    ack: Callable[..., Any]
+    envelope: Envelope
+    raw: dict[str, Any]
+    headers: dict[str, Any]
+    retries: int
+    received: float = field(default_factory=time.monotonic)
+    #: The consumer's prefetch limit was raised by one for this message, and is lowered
+    #: again when it is acknowledged (on the QoS object of its own connection).
+    credit: Any = None
+    acknowledged: bool = False
+
+    @property
+    def task_id(self) -> str:
+        return str(self.headers["id"])
+
+
+def coalescing_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """The ``Strategy`` of ``delivery.deliver``: coalesce what can be, on a threads pool."""
+    fallback = default_strategy(task, app, consumer, **kwargs)
+    if not get_settings().coalesce or not isinstance(consumer.pool, TaskPool):
+        return fallback  # prefork children cannot share this process's buffer
+    coalescer = Coalescer(task, consumer, limit=get_settings().batch_size)
+
+    def task_message_handler(
+        message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
+    ) -> Any:
+        pending = coalescer.take_over(message, ack)
+        if pending is None:
+            return fallback(message, body, ack, reject, callbacks, **kw)
+        coalescer.add(pending)
+        return None
+
+    return task_message_handler
+
+
+class Coalescer:
+    """The buffer, and the worker threads' share of it. ``take_over`` and ``add`` run on
+    the consumer's thread; ``_drain`` on the pool's."""
+
+    def __init__(self, task: Task, consumer: Any, *, limit: int) -> None:
+        self.task = task
+        self.consumer = consumer
+        self.pool: TaskPool = consumer.pool
+        self.threads = max(1, int(self.pool.limit or 1))
+        self.limit = max(1, limit)
+        self.max_credit = self.threads * CREDIT_PER_THREAD
+        self.revoked = consumer.controller.state.revoked
+        self._lock = threading.Lock()
+        self._buffer: deque[Pending] = deque()
+        self._draining = 0
+        self._credit = 0
+
+    # -- on the consumer's thread -----------------------------------------------------
+
+    def take_over(self, message: Message, ack: Callable[..., Any]) -> Pending | None:
+        """The message as a plain delivery, or None where Celery must handle it."""
+        headers = message.headers
+        if not isinstance(headers, dict) or headers.get("task") != self.task.name:
+            return None
+        if headers.get("eta") or headers.get("expires") or headers.get(ALONE_HEADER):
+            return None
+        if headers.get("timelimit") not in (None, [None, None], (None, None)):
+            return None
+        task_id, retries = headers.get("id"), headers.get("retries", 0)
+        if not isinstance(task_id, str) or task_id in self.revoked:
+            return None
+        if type(retries) is not int or retries < 0:
+            return None
+        raw = _envelope_argument(message)
+        if raw is None:
+            return None
+        try:
+            envelope = Envelope.model_validate(raw)
+        except ValidationError:
+            return None  # the task records why, on Celery's path
+        return Pending(message, ack, envelope, raw, headers, retries)
+
+    def add(self, pending: Pending) -> None:
+        self._event(
+            "task-received",
+            pending,
+            name=self.task.name,
+            args=pending.headers.get("argsrepr") or saferepr([pending.raw]),
+            kwargs=pending.headers.get("kwargsrepr") or "{}",
+            root_id=pending.headers.get("root_id"),
+            parent_id=pending.headers.get("parent_id"),
+            retries=pending.retries,
+            eta=None,
+            expires=None,
+        )
+        qos = self.consumer.qos
+        with self._lock:
+            self._buffer.append(pending)
+            if self._credit < self.max_credit:
+                self._credit += 1
+                pending.credit = qos
+            start = self._draining < self.threads
+            if start:
+                self._draining += 1
+        if pending.credit is not None:
+            qos.increment_eventually()
+        if start:
+            self.pool.apply_async(self._drain, callback=_ignore)
+
+    # -- on a worker thread -----------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Deliver from the buffer until it is empty."""
+        while batch := self._share():
+            try:
+                self._deliver(batch)
+            except Exception:
+                logger.exception("a coalesced batch of %d failed; each goes alone", len(batch))
+                for pending in batch:
+                    if not pending.acknowledged:
+                        self._again(
+                            pending, backoff(pending.retries, base=1.0, cap=30.0), alone=True
+                        )
+
+    def _share(self) -> list[Pending]:
+        """This thread's share of the buffer: an even split among the threads, so that no
+        thread takes a long batch while another has nothing."""
+        with self._lock:
+            size = min(self.limit, max(1, math.ceil(len(self._buffer) / self.threads)))
+            batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
+            if not batch:
+                self._draining -= 1
+            return batch
+
+    def _deliver(self, batch: list[Pending]) -> None:
+        from workers.tasks import get_service
+
+        started = time.monotonic()
+        for pending in batch:
+            self._event("task-started", pending)
+        envelopes = [p.envelope for p in batch]
+        service = get_service()
+        try:
+            if len(envelopes) == 1:
+                decisions = [service.deliver(envelopes[0])]
+            else:
+                decisions = service.deliver_many(envelopes)
+        except SQLAlchemyError as exc:
+            # Not recorded, so not done: each goes back to the broker for later.
+            logger.warning(
+                "delivery log unavailable (%s); %d deliveries again later",
+                type(exc).__name__,
+                len(batch),
+            )
+            for pending in batch:
+                self._again(pending, _later(pending))
+            return
+        runtime = time.monotonic() - started
+        for pending, decision in zip(batch, decisions, strict=True):
+            self._finish(pending, decision, runtime)
+
+    def _finish(self, pending: Pending, decision: Decision, runtime: float) -> None:
+        if decision.action == "requeue":
+            self._again(pending, decision.countdown, reason=decision.error)
+            return
+        if decision.outcome is Outcome.FAILED:
+            failure = DeliveryFailed(decision.error or "failed")
+            logger.info("Task %s[%s] raised expected: %r", self.task.name, pending.task_id, failure)
+            self._event("task-failed", pending, exception=saferepr(failure), traceback="")
+        elif decision.outcome is Outcome.RETRY:
+            reason = f"{decision.error}; next attempt in {decision.countdown:.0f}s, from the log"
+            retry = RetryableError(reason)
+            logger.info("Task %s[%s] retry: %s", self.task.name, pending.task_id, reason)
+            self._event("task-retried", pending, exception=saferepr(retry), traceback="")
+        else:
+            result = decision.outcome.value if decision.outcome else "skipped"
+            self._event("task-succeeded", pending, result=saferepr(result), runtime=runtime)
+        self._acknowledge(pending)
+
+    def _again(
+        self, pending: Pending, countdown: float, *, reason: str | None = None, alone: bool = False
+    ) -> None:
+        """Publish the message again as the same task, one retry on, and acknowledge this
+        one (as Celery's ``task.retry`` does). If the broker refuses, the claim the log
+        holds brings the delivery back with the sweep."""
+        headers = pending.headers
+        info = pending.message.delivery_info or {}
+        try:
+            self.task.apply_async(
+                args=[pending.raw],
+                task_id=pending.task_id,
+                countdown=countdown or None,
+                retries=pending.retries + 1,
+                root_id=headers.get("root_id"),
+                parent_id=headers.get("parent_id"),
+                argsrepr=headers.get("argsrepr"),
+                kwargsrepr=headers.get("kwargsrepr"),
+                exchange=info.get("exchange"),
+                routing_key=info.get("routing_key"),
+                headers={ALONE_HEADER: True} if alone else None,
+            )
+        except Exception:  # the broker's own errors: the sweep finds it in the log
+            logger.exception("could not publish %s again; the sweep will", pending.task_id)
+        shown = RetryableError(f"{reason or 'waiting'}; next attempt in {countdown:.1f}s")
+        self._event("task-retried", pending, exception=saferepr(shown), traceback="")
+        self._acknowledge(pending)
+
+    def _acknowledge(self, pending: Pending) -> None:
+        pending.acknowledged = True
+        # On the consumer's thread, soon: Celery's ack promise, as a task's own ack is.
+        pending.ack(logger, self.consumer.connection_errors)
+        if pending.credit is not None:
+            pending.credit.decrement_eventually()
+            with self._lock:
+                self._credit -= 1
+
+    def _event(self, kind: str, pending: Pending, **fields: Any) -> None:
+        eventer = self.consumer.event_dispatcher
+        if eventer is not None and eventer.enabled and self.task.send_events:
+            eventer.send(kind, uuid=pending.task_id, **fields)
+
+
+def _envelope_argument(message: Message) -> dict[str, Any] | None:
+    """The message's one envelope argument, or None for anything else."""
+    try:
+        decoded = message.decode()  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - any decoding error: Celery's path reports it
+        return None
+    if not isinstance(decoded, list | tuple) or len(decoded) != 3:
+        return None
+    args, kwargs, embed = decoded
+    if not isinstance(embed, dict) or any(embed.get(k) for k in _WORKFLOW):
+        return None
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        return None
+    if len(args) == 1 and not kwargs:
+        raw = args[0]
+    elif not args and list(kwargs) == ["envelope"]:
+        raw = kwargs["envelope"]
+    else:
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _later(pending: Pending) -> float:
+    """Seconds before another try of a message that could not be handled now."""
+    return backoff(pending.retries, base=1.0, cap=30.0)
+
+
+def _ignore(_: Any) -> None:
+    """The pool calls back with the job's result; the drain has none."""
