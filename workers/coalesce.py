@@ -172,9 +172,7 @@ class Coalescer:
                 logger.exception("a coalesced batch of %d failed; each goes alone", len(batch))
                 for pending in batch:
                     if not pending.acknowledged:
-                        self._again(
-                            pending, backoff(pending.retries, base=1.0, cap=30.0), alone=True
-                        )
+                        self._again(pending, _later(pending), alone=True)
 
     def _share(self) -> list[Pending]:
         """This thread's share of the buffer: an even split among the threads, so that no
