@@ -96,9 +96,9 @@ class Settings(BaseSettings):
     #: claimed and recorded in one transaction each and costs the broker one message;
     #: small sends are still spread over ``worker_concurrency`` tasks.
     batch_size: int = Field(default=25, ge=1, le=500)
-    #: On a threads pool, single deliveries (``delivery.send``) waiting while every worker
-    #: thread is busy are sent a few at a time, up to ``batch_size``, instead of one Celery
-    #: task each: the same guarantees, and Flower sees every task, at half the worker CPU.
+    #: On a threads pool, single deliveries (``delivery.send``) skip Celery's per-task
+    #: work, and those waiting while every worker thread is busy are sent a few at a time
+    #: (up to ``batch_size``): the same guarantees and task events, less worker CPU.
     coalesce: bool = True
     #: Task arguments in full in Flower and task events. Off, they show the channel, the
     #: delivery id and a masked address, never the message text.
