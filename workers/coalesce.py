@@ -3,10 +3,10 @@ messages, sent by the worker threads a few at a time instead of one Celery task 
 
 Celery's own work per task (a request object, a pool job, the tracer) was an eighth of the
 worker's CPU on the one-task path (bench section 1, DELIVERY_COALESCE off and on). This
-strategy takes over the
-``delivery.deliver`` messages that need nothing Celery-specific (no ETA, no expiry, no
-callbacks, not revoked, a well-formed envelope): they wait in a buffer, and each worker
-thread that is free takes its share of it and delivers them with ``deliver_many``. Under
+strategy takes over the ``delivery.deliver`` messages that need nothing Celery-specific
+(no ETA, no expiry, no callbacks, not revoked, a well-formed envelope): they wait in a
+buffer, and each worker thread that is free takes its share of it and delivers them with
+``deliver_many``. Under
 light load a message is taken at once, alone: no added latency. Under load the buffer
 fills while the threads are busy, so batches form by themselves.
 
@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
@@ -63,7 +63,6 @@ class Pending:
     raw: dict[str, Any]
     headers: dict[str, Any]
     retries: int
-    received: float = field(default_factory=time.monotonic)
     #: The consumer's prefetch limit was raised by one for this message, and is lowered
     #: again when it is acknowledged (on the QoS object of its own connection).
     credit: Any = None
@@ -166,14 +165,23 @@ class Coalescer:
 
     def _drain(self) -> None:
         """Deliver from the buffer until it is empty."""
-        while batch := self._share():
-            try:
-                self._deliver(batch)
-            except Exception:
-                logger.exception("a coalesced batch of %d failed; each goes alone", len(batch))
-                for pending in batch:
-                    if not pending.acknowledged:
-                        self._again(pending, _later(pending), alone=True)
+        try:
+            while batch := self._share():
+                self._deliver_or_hand_back(batch)
+        except BaseException:
+            # A thread stopped mid-batch (shutdown): another drain must be able to start.
+            with self._lock:
+                self._draining -= 1
+            raise
+
+    def _deliver_or_hand_back(self, batch: list[Pending]) -> None:
+        try:
+            self._deliver(batch)
+        except Exception:
+            logger.exception("a coalesced batch of %d failed; each goes alone", len(batch))
+            for pending in batch:
+                if not pending.acknowledged:
+                    self._again(pending, _later(pending), alone=True)
 
     def _share(self) -> list[Pending]:
         """This thread's share of the buffer: an even split among the threads, so that no
