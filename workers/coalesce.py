@@ -6,9 +6,8 @@ worker's CPU on the one-task path (bench section 1, DELIVERY_COALESCE off and on
 strategy takes over the ``delivery.deliver`` messages that need nothing Celery-specific
 (no ETA, no expiry, no callbacks, not revoked, a well-formed envelope): they wait in a
 buffer, and each worker thread that is free takes its share of it and delivers them with
-``deliver_many``. Under
-light load a message is taken at once, alone: no added latency. Under load the buffer
-fills while the threads are busy, so batches form by themselves.
+``deliver_many``. Under light load a message is taken at once, alone: no added latency.
+Under load the buffer fills while the threads are busy, so batches form by themselves.
 
 Every per-delivery guarantee stays: each message is acknowledged only after its attempt
 is recorded (``acks_late``), a retry goes back to the broker as the same task with its
@@ -33,11 +32,12 @@ from kombu.message import Message
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.engine.retry import backoff
+from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision
 from delivery.errors import DeliveryFailed, RetryableError
 from delivery.log.tables import Outcome
 from schemas import Envelope, get_settings
+from workers.tasks import get_service, one_argument, retry_from_the_log, task_result
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class Coalescer:
             logger.exception("a coalesced batch of %d failed; each goes alone", len(batch))
             for pending in batch:
                 if not pending.acknowledged:
-                    self._again(pending, _later(pending), alone=True)
+                    self._again(pending, outage_backoff(pending.retries), alone=True)
 
     def _share(self) -> list[Pending]:
         """This thread's share of the buffer: an even split among the threads, so that no
@@ -194,8 +194,6 @@ class Coalescer:
             return batch
 
     def _deliver(self, batch: list[Pending]) -> None:
-        from workers.tasks import get_service
-
         started = time.monotonic()
         for pending in batch:
             self._event("task-started", pending)
@@ -214,7 +212,7 @@ class Coalescer:
                 len(batch),
             )
             for pending in batch:
-                self._again(pending, _later(pending))
+                self._again(pending, outage_backoff(pending.retries))
             return
         runtime = time.monotonic() - started
         for pending, decision in zip(batch, decisions, strict=True):
@@ -229,13 +227,13 @@ class Coalescer:
             logger.info("Task %s[%s] raised expected: %r", self.task.name, pending.task_id, failure)
             self._event("task-failed", pending, exception=saferepr(failure), traceback="")
         elif decision.outcome is Outcome.RETRY:
-            reason = f"{decision.error}; next attempt in {decision.countdown:.0f}s, from the log"
+            reason = retry_from_the_log(decision)
             retry = RetryableError(reason)
             logger.info("Task %s[%s] retry: %s", self.task.name, pending.task_id, reason)
             self._event("task-retried", pending, exception=saferepr(retry), traceback="")
         else:
-            result = decision.outcome.value if decision.outcome else "skipped"
-            self._event("task-succeeded", pending, result=saferepr(result), runtime=runtime)
+            result = saferepr(task_result(decision))
+            self._event("task-succeeded", pending, result=result, runtime=runtime)
         self._acknowledge(pending)
 
     def _again(
@@ -294,18 +292,8 @@ def _envelope_argument(message: Message) -> dict[str, Any] | None:
         return None
     if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
         return None
-    if len(args) == 1 and not kwargs:
-        raw = args[0]
-    elif not args and list(kwargs) == ["envelope"]:
-        raw = kwargs["envelope"]
-    else:
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _later(pending: Pending) -> float:
-    """Seconds before another try of a message that could not be handled now."""
-    return backoff(pending.retries, base=1.0, cap=30.0)
+    given, raw = one_argument(args, kwargs, "envelope")
+    return raw if given and isinstance(raw, dict) else None
 
 
 def _ignore(_: Any) -> None:

@@ -8,7 +8,7 @@ from celery import Task
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.engine.retry import backoff
+from delivery.engine.retry import outage_backoff
 from delivery.errors import DeliveryFailed, PublishError
 from delivery.notifications import Notifier
 from delivery.producer.celery_config import FANOUT_TASK
@@ -64,7 +64,7 @@ def fanout(self: Task, *args: Any, **kwargs: Any) -> str:
         done = get_notifier().fan_out(request, get_publisher())
     except (SQLAlchemyError, PublishError) as exc:
         # Nothing is sent twice by trying again: every delivery id is derived.
-        countdown = backoff(self.request.retries, base=1.0, cap=30.0)
+        countdown = outage_backoff(self.request.retries)
         logger.warning(
             "could not fan out event %s (%s); again in %.1fs",
             request.id,

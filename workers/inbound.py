@@ -11,7 +11,7 @@ from celery.signals import worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.engine.retry import backoff
+from delivery.engine.retry import outage_backoff
 from delivery.errors import DeliveryFailed
 from delivery.inbound.inbox import MessageStatus
 from delivery.inbound.router import Router
@@ -71,7 +71,7 @@ def route_inbound(self: Task, *args: Any, **kwargs: Any) -> str:
         routed = get_router().route(request.id)
     except SQLAlchemyError as exc:
         # Nothing was recorded: route it again later rather than acknowledge it.
-        countdown = backoff(self.request.retries, base=1.0, cap=30.0)
+        countdown = outage_backoff(self.request.retries)
         logger.warning(
             "delivery log unavailable (%s); routing %s again in %.1fs",
             type(exc).__name__,

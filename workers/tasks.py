@@ -3,6 +3,7 @@
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any, NoReturn, TypeGuard
 
 from celery import Task
@@ -13,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.clock import utcnow
 from delivery.engine.assembly import Assembly, assemble
-from delivery.engine.retry import backoff
+from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision, DeliveryService
 from delivery.errors import DeliveryFailed, PublishError, RetryableError
 from delivery.log.tables import Outcome
@@ -75,7 +76,7 @@ def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver one envelope. Malformed messages are recorded as failed and never retried."""
     # Any arguments at all are accepted here and judged below: a signature Python enforces
     # would fail a message that names ``self`` before it could be recorded.
-    given, envelope = _one_argument(args, kwargs, "envelope")
+    given, envelope = one_argument(args, kwargs, "envelope")
     if not given:
         reason = "task called with unexpected arguments"
         _reject(self, args[0] if args else None, reason)
@@ -93,9 +94,9 @@ def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
         raise DeliveryFailed(decision.error or "failed")
     if decision.outcome is Outcome.RETRY:
         # Scheduled from the log (too far ahead for the broker): a retry all the same.
-        reason = f"{decision.error}; next attempt in {decision.countdown:.0f}s, from the log"
+        reason = retry_from_the_log(decision)
         raise Retry(reason, exc=RetryableError(reason), when=decision.countdown)
-    return decision.outcome.value if decision.outcome else "skipped"
+    return task_result(decision)
 
 
 @app.task(name=DELIVER_BATCH_TASK, **_DELIVERY_TASK)
@@ -103,7 +104,7 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
     """Deliver a batch of envelopes (what ``send_many`` publishes). A malformed one is
     recorded as failed on its own; the rest go ahead. Failures make the task a FAILURE
     that lists them, once the rest are done."""
-    given, envelopes = _one_argument(args, kwargs, "envelopes")
+    given, envelopes = one_argument(args, kwargs, "envelopes")
     if not given or not isinstance(envelopes, list):
         reason = "batch task called with unexpected arguments"
         _reject(self, None, reason)
@@ -136,6 +137,16 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
     return tally
 
 
+def retry_from_the_log(decision: Decision) -> str:
+    """What Flower shows for a retry scheduled in the log (too far ahead for the broker)."""
+    return f"{decision.error}; next attempt in {decision.countdown:.0f}s, from the log"
+
+
+def task_result(decision: Decision) -> str:
+    """A delivery task's result, as Flower shows it: the outcome, or why nothing was sent."""
+    return decision.outcome.value if decision.outcome else "skipped"
+
+
 def _requeue(requests: list[Envelope], decisions: list[Decision]) -> None:
     later = [
         (r, d.countdown or None)
@@ -163,7 +174,7 @@ def _again(task: Task, countdown: float) -> Retry:
     )
 
 
-def _one_argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[bool, Any]:
+def one_argument(args: Sequence[Any], kwargs: dict[str, Any], name: str) -> tuple[bool, Any]:
     """The task's one argument, given by position or by ``name``; (False, None) if the
     message holds anything else."""
     if len(args) == 1 and not kwargs:
@@ -186,7 +197,7 @@ def _validated(task: Task, raw: Any) -> tuple[Envelope | None, str]:
 def _retry_later(task: Task, exc: SQLAlchemyError, delivery_id: str) -> NoReturn:
     """The log is unreachable: the attempt is not recorded, so the message is not done.
     Publish it again for later rather than acknowledging it as handled."""
-    countdown = backoff(task.request.retries, base=1.0, cap=30.0)
+    countdown = outage_backoff(task.request.retries)
     logger.warning(
         "delivery log unavailable (%s); %s again in %.1fs",
         type(exc).__name__,

@@ -20,6 +20,12 @@ def backoff(
     return float(ceiling * rand())
 
 
+def outage_backoff(retries: int) -> float:
+    """Seconds before a task tries again when the log or the broker is unavailable: up to
+    a second at first, never more than 30 (what it waits for is ours, not a provider)."""
+    return backoff(retries, base=1.0, cap=30.0)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Either a channel's explicit schedule or exponential backoff.
