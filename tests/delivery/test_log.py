@@ -1,3 +1,4 @@
+import itertools
 import threading
 import time
 from datetime import timedelta
@@ -295,7 +296,11 @@ def test_the_wal_starts_over_while_writers_keep_writing(
         stop.set()
         writer.join()
         engine.dispose()
-    # It grew past the limit, and was cut back to it while the writer went on.
+    # It grew past the limit, and started over again and again while the writer went on.
+    # A WAL file only shrinks when it starts over (to the limit), so each fall between two
+    # samples is one; how low a sample catches it depends on the machine's speed, so the
+    # test counts falls instead of reading sizes (CI caught 259 kB, 20 ms after a reset).
     later = sizes[len(sizes) // 2 :]
+    falls = sum(1 for before, after in itertools.pairwise(later) if after < before)
     assert max(sizes) > 4 * 64 * 1024
-    assert min(later) <= 2 * 64 * 1024, later
+    assert falls >= 2, later
