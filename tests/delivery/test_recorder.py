@@ -18,7 +18,10 @@ def test_each_caller_gets_its_own_result_and_waits_for_its_write() -> None:
     commit: GroupCommit[int, int] = GroupCommit(write)
     results: dict[int, int] = {}
 
+    start = threading.Barrier(16)
+
     def worker(i: int) -> None:
+        start.wait()  # all at once, however slowly the threads were started
         results[i] = commit(i)
         # when commit returns, the item has been written
         assert any(i in group for group in groups)

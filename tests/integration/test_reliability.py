@@ -88,10 +88,11 @@ def test_redis_restart_loses_nothing(redis_server: RedisServer, redis_stack: Sta
 def test_breaker_opens_while_the_provider_is_down_and_closes_after(redis_stack: Stack) -> None:
     # A short schedule: without the breaker these would fail within a second or two
     secret = _channel(redis_stack, retry_schedule=(0, 0.2, 0.2))
-    recovers_at = time.monotonic() + 4
+    # Down until the breaker is seen open, however long the worker took to start.
+    recovered = threading.Event()
 
     def down_for_a_while(_: Received) -> Answer:
-        return Answer(503) if time.monotonic() < recovers_at else Answer(204)
+        return Answer(204) if recovered.is_set() else Answer(503)
 
     with Receiver(secret) as receiver:
         receiver.responder = down_for_a_while
@@ -104,11 +105,13 @@ def test_breaker_opens_while_the_provider_is_down_and_closes_after(redis_stack: 
         )
         ids = _send(receiver, 30)
         opened = False
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not opened:
             opened = redis_stack.channels.summaries()[0]["state"] == "breaker open"
             time.sleep(0.05)
         assert opened
+        time.sleep(1)  # a probe or two finds it still down
+        recovered.set()
         counts = redis_stack.wait_until(ids, {"delivered", "failed"}, timeout=60)
     assert counts == {"delivered": 30}  # nothing failed that should have waited
     assert redis_stack.channels.summaries()[0]["state"] == "active"
@@ -228,13 +231,22 @@ def test_messages_taken_by_a_dead_consumer_are_put_back(
 
 def test_database_outage_delays_but_loses_nothing(postgres_server, postgres_stack: Stack) -> None:
     secret = _channel(postgres_stack)
+    answer = threading.Event()
+
+    def held_after_ten(_: Received) -> Answer:
+        # Deliveries stay in flight until the log is gone, however fast this machine is.
+        if len(receiver.received) > 10:
+            answer.wait(30)
+        return Answer(204)
+
     with Receiver(secret) as receiver:
-        receiver.latency = 0.02
+        receiver.responder = held_after_ten
         postgres_stack.worker("--concurrency", "4", "--beat")
         ids = _send(receiver, 60)
-        receiver.wait_for(10)
-        # The log goes away mid-run: attempts cannot be claimed or recorded
+        receiver.wait_for(12)
+        # The log goes away mid-run: the attempts in flight cannot be recorded
         postgres_server.stop()
+        answer.set()
         time.sleep(2)
         postgres_server.start()
         postgres_stack.wait_until(ids, {"delivered"}, timeout=90)
