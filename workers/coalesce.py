@@ -48,6 +48,14 @@ ALONE_HEADER = "delivery_alone"
 #: while every thread is busy. Small: reserved messages wait, and other workers cannot
 #: take them.
 CREDIT_PER_THREAD = 4
+#: While the process keeps this much of a CPU busy (its threads contend for one GIL), a
+#: thread takes at least ``BUSY_SHARE`` from the buffer: more threads cannot send faster
+#: then, and each small batch costs its own claim, look-up and commit. Otherwise the
+#: buffer is split evenly, so that slow providers keep every thread waiting on its own.
+BUSY_CPU = 0.8
+BUSY_SHARE = 8
+#: How often the process's CPU use is read.
+CPU_SAMPLE_SECONDS = 0.5
 #: Embedded options a coalesced task cannot honour.
 _WORKFLOW = ("callbacks", "errbacks", "chain", "chord")
 
@@ -103,11 +111,15 @@ class Coalescer:
         self.threads = max(1, int(self.pool.limit or 1))
         self.limit = max(1, limit)
         self.max_credit = self.threads * CREDIT_PER_THREAD
+        self.busy_drainers = max(2, self.threads // 2)
         self.revoked = consumer.controller.state.revoked
         self._lock = threading.Lock()
         self._buffer: deque[Pending] = deque()
         self._draining = 0
         self._credit = 0
+        self._busy = False
+        self._sampled_at = time.monotonic()
+        self._cpu_at = time.process_time()
 
     # -- on the consumer's thread -----------------------------------------------------
 
@@ -153,7 +165,10 @@ class Coalescer:
             if self._credit < self.max_credit:
                 self._credit += 1
                 pending.credit = qos
-            start = self._draining < self.threads
+            # While the process is CPU-bound, more drainers only take the GIL from the
+            # consumer's thread, which then feeds the buffer slower (measured: half the
+            # batches were of one, the buffer empty, with all 16 threads draining).
+            start = self._draining < (self.busy_drainers if self._busy else self.threads)
             if start:
                 self._draining += 1
         if pending.credit is not None:
@@ -185,13 +200,26 @@ class Coalescer:
 
     def _share(self) -> list[Pending]:
         """This thread's share of the buffer: an even split among the threads, so that no
-        thread takes a long batch while another has nothing."""
+        thread takes a long batch while another has nothing; at least ``BUSY_SHARE`` while
+        the process is CPU-bound, when other threads could only wait for the GIL."""
         with self._lock:
-            size = min(self.limit, max(1, math.ceil(len(self._buffer) / self.threads)))
+            size = max(1, math.ceil(len(self._buffer) / self.threads))
+            if self._cpu_bound():
+                size = max(size, BUSY_SHARE)
+            size = min(self.limit, size)
             batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
             if not batch:
                 self._draining -= 1
             return batch
+
+    def _cpu_bound(self) -> bool:
+        """Whether the process kept ``BUSY_CPU`` of a CPU busy lately (under the lock)."""
+        now = time.monotonic()
+        if now - self._sampled_at >= CPU_SAMPLE_SECONDS:
+            cpu = time.process_time()
+            self._busy = (cpu - self._cpu_at) / (now - self._sampled_at) >= BUSY_CPU
+            self._sampled_at, self._cpu_at = now, cpu
+        return self._busy
 
     def _deliver(self, batch: list[Pending]) -> None:
         started = time.monotonic()

@@ -146,3 +146,38 @@ def test_mutated_messages_never_break_the_consumer(
         pending = coalescer.take_over(candidate, ack=print)
         if pending is not None:
             assert isinstance(pending.task_id, str) and pending.envelope.id
+
+
+def _buffered(coalescer: Coalescer, count: int) -> None:
+    for n in range(count):
+        pending = coalescer.take_over(message(args=[{**ENVELOPE, "id": f"d-{n}"}]), ack=print)
+        assert pending is not None
+        coalescer._buffer.append(pending)
+    coalescer._draining = 1  # the thread that takes its share
+
+
+def test_threads_split_the_buffer_evenly_while_they_wait_on_providers(
+    coalescer: Coalescer,
+) -> None:
+    _buffered(coalescer, 10)
+    # Half a second in which the process used almost no CPU: sends are waiting.
+    coalescer._sampled_at -= 1.0
+    assert [p.envelope.id for p in coalescer._share()] == ["d-0", "d-1", "d-2"]  # 10 / 4
+    assert not coalescer._busy
+
+
+def test_a_cpu_bound_process_takes_bigger_shares_with_fewer_threads(
+    coalescer: Coalescer,
+) -> None:
+    import time
+
+    from workers.coalesce import BUSY_SHARE
+
+    _buffered(coalescer, 10)
+    # The last half second cost as much CPU as it lasted: threads only wait for the GIL.
+    coalescer._sampled_at = time.monotonic() - 0.5
+    coalescer._cpu_at = time.process_time() - 0.5
+    assert len(coalescer._share()) == BUSY_SHARE
+    assert coalescer._busy and coalescer.busy_drainers == 2  # of 4 threads
+    assert len(coalescer._share()) == 2  # what is left
+    assert coalescer._share() == [] and coalescer._draining == 0
