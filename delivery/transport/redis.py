@@ -205,7 +205,11 @@ class Channel(kombu_redis.Channel):
             room = self.qos.can_consume_max_estimate()
             more = MOST_TAKEN_AT_ONCE if room is None else min(MOST_TAKEN_AT_ONCE, room - 1)
             messages, taken = self._record(source, [item], more=max(0, more))
-            self._deliver_recorded(messages, queue)
+            try:
+                self._deliver_recorded(messages, queue)
+            except BaseException:
+                self._put_back(source, taken)  # or they wait in flight while we live
+                raise
             if taken:
                 messages, _ = self._record(source, taken, more=0)
                 self._deliver_recorded(messages, queue)
@@ -250,6 +254,18 @@ class Channel(kombu_redis.Channel):
             self._log_set_aside(item, bytes_to_str(source), problem)
         return messages, [item for item in replies[len(replies) - more :] if item] if more else []
 
+    def _put_back(self, source: str, items: list[bytes]) -> None:
+        """Return items moved but not recorded to the end of ``source`` consumers take
+        from, oldest last (so first), in one transaction."""
+        if not items:
+            return
+        inflight = self._inflight_key(source)
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            for item in reversed(items):
+                pipe.lrem(inflight, 1, item).rpush(source, item)
+            pipe.execute()
+
     def _deliver_recorded(self, messages: list[dict[str, Any]], queue: str) -> None:
         """Hand recorded messages to the consumer; what it does not take (no consumer, or
         no acknowledgement wanted) is unrecorded, and what an error kept from it goes back
@@ -262,7 +278,8 @@ class Channel(kombu_redis.Channel):
                 self.connection._deliver(message, queue)
                 delivered += 1
         finally:
-            for number, tag in enumerate(tags):
+            # Newest first, each to the end consumers take from: the oldest goes first.
+            for number, tag in reversed(list(enumerate(tags))):
                 if tag not in self.recorded:
                     continue
                 self.recorded.discard(tag)
