@@ -82,9 +82,12 @@ def inspect(item: bytes | str, *, task: bool = True) -> tuple[dict[str, Any] | N
 
 def set_aside(client: Any, item: bytes | str) -> None:
     """Keep ``item`` whole on the set-aside list, for a person to look at."""
-    client.pipeline(transaction=False).lpush(SET_ASIDE, item).ltrim(
-        SET_ASIDE, 0, SET_ASIDE_KEEP - 1
-    ).execute()
+    set_aside_in(client.pipeline(transaction=False), item).execute()
+
+
+def set_aside_in(pipe: Any, item: bytes | str) -> Any:
+    """``set_aside`` as commands added to ``pipe`` (one transaction with others)."""
+    return pipe.lpush(SET_ASIDE, item).ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
 
 
 def is_task_queue(queue: str) -> bool:
@@ -237,7 +240,7 @@ class Channel(kombu_redis.Channel):
                 message, problem = inspect(item, task=task)
                 if message is None:
                     refused.append((item, problem))
-                    pipe.lpush(SET_ASIDE, item).ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
+                    set_aside_in(pipe, item)
                 else:
                     properties = message["properties"]
                     info = properties["delivery_info"]
