@@ -18,8 +18,9 @@ Two gaps in kombu's own transport are closed here:
 And two costs of kombu's are cut: a message took three broker round trips on the worker's
 consumer thread (pop, record, acknowledge), which at a few hundred a second was most of
 that thread's time (bench section 1, py-spy). Here the round trip that records a message
-also moves as many more as the prefetch has room for, recorded together in one more; and
-the acknowledgements made in one turn of the worker's event loop go in one pipeline.
+also moves more, recorded together in one more: twice as many as the last one brought, as
+far as the prefetch has room (so that under light load nothing is asked of an empty
+queue); and the acknowledgements made in one turn of the event loop go in one pipeline.
 """
 
 import logging
@@ -155,6 +156,8 @@ class Channel(kombu_redis.Channel):
         #: Delivery tags recorded as unacknowledged when taken, for QoS.append to skip.
         self.recorded: set[str] = set()
         self._sync_client: Any = None
+        #: How many more to move with the next message taken (see ``_brpop_read``).
+        self._more = 1
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         # kombu builds a new redis client for every publish, acknowledgement and event;
@@ -207,7 +210,13 @@ class Channel(kombu_redis.Channel):
             self._queue_cycle.rotate(queue)
             room = self.qos.can_consume_max_estimate()
             more = MOST_TAKEN_AT_ONCE if room is None else min(MOST_TAKEN_AT_ONCE, room - 1)
-            messages, taken = self._record(source, [item], more=max(0, more))
+            # Ask for as many as last time brought back, doubled: under light load a
+            # message does not pay for moves that find the queue empty.
+            more = max(0, min(more, self._more))
+            messages, taken = self._record(source, [item], more=more)
+            if more:  # (none asked for: the prefetch was full, which says nothing)
+                full = len(taken) == more
+                self._more = min(MOST_TAKEN_AT_ONCE, 2 * more) if full else max(1, len(taken))
             try:
                 self._deliver_recorded(messages, queue)
             except BaseException:

@@ -74,6 +74,12 @@ def _consume(
     return channel, received
 
 
+def _drain(connection: Connection, received: list[Message], count: int) -> None:
+    while len(received) < count:
+        connection.drain_events(timeout=5)
+    assert len(received) == count
+
+
 def _inflight(client: redis.Redis) -> int:
     return sum(int(client.llen(k)) for k in client.keys("delivery.inflight.*"))
 
@@ -83,10 +89,16 @@ def test_one_read_takes_what_the_prefetch_allows(
 ) -> None:
     markers = _queue(client, template, 12)
     channel, received = _consume(connection, prefetch=5)
+    # The first read takes one and one more, the next twice as many as came, up to what
+    # the prefetch allows: the oldest first, each recorded as unacknowledged.
     connection.drain_events(timeout=5)
-    # One read of the socket handed over five, the oldest first, each recorded as
-    # unacknowledged; seven wait on the queue and nothing is left in flight.
+    assert [m.delivery_tag for m in received] == markers[:2]
+    connection.drain_events(timeout=5)
     assert [m.delivery_tag for m in received] == markers[:5]
+    # And no further: the prefetch is full, so the consumer does not read again.
+    with pytest.raises(TimeoutError):
+        connection.drain_events(timeout=0.5)
+    # Seven wait on the queue and nothing is left in flight.
     assert sorted(k.decode() for k in client.hkeys(UNACKED)) == sorted(markers[:5])  # type: ignore[union-attr]
     assert client.zcard(UNACKED_INDEX) == 5
     assert client.llen("delivery") == 7
@@ -106,8 +118,7 @@ def test_acknowledgements_of_one_turn_go_together_and_none_is_lost_at_close(
 ) -> None:
     _queue(client, template, 4)
     channel, received = _consume(connection, prefetch=4)
-    connection.drain_events(timeout=5)
-    assert len(received) == 4
+    _drain(connection, received, 4)
     transport = connection.transport
     transport.flush_acknowledgements()  # this thread is now the event loop's
     for message in received[:3]:
@@ -149,8 +160,7 @@ def test_a_consumer_without_acknowledgements_leaves_nothing_recorded(
 ) -> None:
     _queue(client, template, 3)
     channel, received = _consume(connection, prefetch=3, no_ack=True)
-    connection.drain_events(timeout=5)
-    assert len(received) == 3
+    _drain(connection, received, 3)
     assert client.hlen(UNACKED) == 0 and client.zcard(UNACKED_INDEX) == 0
     assert _inflight(client) == 0
     channel.close()
