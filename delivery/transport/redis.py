@@ -210,8 +210,9 @@ class Channel(kombu_redis.Channel):
             self._queue_cycle.rotate(queue)
             room = self.qos.can_consume_max_estimate()
             more = MOST_TAKEN_AT_ONCE if room is None else min(MOST_TAKEN_AT_ONCE, room - 1)
-            # Ask for as many as last time brought back, doubled: under light load a
-            # message does not pay for moves that find the queue empty.
+            # As TCP's slow start: twice as many as last time if all came, else as many as
+            # came (one at least), so that under light load a message does not pay for
+            # moves that find the queue empty, and a burst is taken in a few round trips.
             more = max(0, min(more, self._more))
             messages, taken = self._record(source, [item], more=more)
             if more:  # (none asked for: the prefetch was full, which says nothing)
