@@ -52,9 +52,9 @@ def test_revoking_takes_effect_and_the_key_is_never_logged(
     assert api.app.state.api.keys.revoke("billing")
     assert api.get("/v1/deliveries", key=key).status_code == 401
     assert not api.app.state.api.keys.revoke("billing")  # already
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     assert secret not in caplog.text
-    assert api.key.rsplit("_", 1)[1] not in caplog.text
+    assert api.key.split("_", 2)[2] not in caplog.text
 
 
 def test_the_openapi_document_comes_from_the_models(api: Api) -> None:
