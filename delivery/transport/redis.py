@@ -113,7 +113,10 @@ class QoS(kombu_redis.QoS):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
-        if not self.channel.connection.in_event_loop():
+        transport = self.channel.connection  # None once the channel is closed
+        if transport is None or not transport.in_event_loop():
+            # kombu's way; on a closed channel that is the connection error Celery expects
+            # ("Couldn't ack"; see Channel._connparams), never an AttributeError.
             super().ack(delivery_tag)
             return
         # On the event loop's thread: Redis hears of it with the others of this turn, before

@@ -155,6 +155,22 @@ def test_what_a_failing_consumer_did_not_see_goes_back_at_once(
     assert client.hlen(UNACKED) == 0
 
 
+def test_acknowledging_through_a_channel_kombu_closed_still_works(
+    client: redis.Redis, connection: Connection, template: dict[str, Any]
+) -> None:
+    # After Redis restarts, tasks still running acknowledge through the old channel, whose
+    # connection kombu has detached. Anything but a connection error ("Couldn't ack", the
+    # message back after the timeout) would stop the worker; with the channel's client
+    # still at hand, the acknowledgement simply goes through, at once.
+    [marker] = _queue(client, template, 1)
+    channel, received = _consume(connection, prefetch=1)
+    _drain(connection, received, 1)
+    connection.transport.flush_acknowledgements()  # acknowledged on the loop's thread
+    connection.transport.close_channel(channel)
+    received[0].ack()
+    assert not client.hexists(UNACKED, marker)
+
+
 def test_a_consumer_without_acknowledgements_leaves_nothing_recorded(
     client: redis.Redis, connection: Connection, template: dict[str, Any]
 ) -> None:
