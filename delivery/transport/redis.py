@@ -268,7 +268,8 @@ class Channel(kombu_redis.Channel):
             replies = pipe.execute()
         for item, problem in refused:
             self._log_set_aside(item, bytes_to_str(source), problem)
-        return messages, [item for item in replies[len(replies) - more :] if item] if more else []
+        # The last ``more`` replies are the moves' (an empty slice when there were none).
+        return messages, [item for item in replies[len(replies) - more :] if item]
 
     def _put_back(self, source: str, items: list[bytes]) -> None:
         """Return items moved but not recorded to the end of ``source`` consumers take
