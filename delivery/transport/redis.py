@@ -23,6 +23,7 @@ far as the prefetch has room (so that under light load nothing is asked of an em
 queue); and the acknowledgements made in one turn of the event loop go in one pipeline.
 """
 
+import json
 import logging
 import threading
 import time
@@ -89,6 +90,16 @@ def set_aside(client: Any, item: bytes | str) -> None:
 def set_aside_in(pipe: Any, item: bytes | str) -> Any:
     """``set_aside`` as commands added to ``pipe`` (one transaction with others)."""
     return pipe.lpush(SET_ASIDE, item).ltrim(SET_ASIDE, 0, SET_ASIDE_KEEP - 1)
+
+
+def _unacked(item: bytes | str, properties: dict[str, Any]) -> bytes:
+    """The unacknowledged record of a message kombu restores, ``[message, exchange,
+    routing_key]`` in JSON, made from the item as it came (valid JSON: ``inspect`` read
+    it) rather than by encoding the decoded message again."""
+    info = properties["delivery_info"]
+    raw = item.encode() if isinstance(item, str) else item
+    route = json.dumps([info.get("exchange"), info.get("routing_key")]).encode()
+    return b"[" + raw + b"," + route[1:]
 
 
 def is_task_queue(queue: str) -> bool:
@@ -247,6 +258,7 @@ class Channel(kombu_redis.Channel):
         inflight = self._inflight_key(source)
         task = is_task_queue(bytes_to_str(source))
         messages, refused = [], []
+        unacked: dict[str, bytes] = {}
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=True)
             for item in items:
@@ -256,13 +268,12 @@ class Channel(kombu_redis.Channel):
                     set_aside_in(pipe, item)
                 else:
                     properties = message["properties"]
-                    info = properties["delivery_info"]
-                    tag = properties["delivery_tag"]
-                    raw = dumps([message, info.get("exchange"), info.get("routing_key")])
-                    pipe.zadd(self.qos.unacked_index_key, {tag: time.time()})
-                    pipe.hset(self.qos.unacked_key, tag, raw)
+                    unacked[properties["delivery_tag"]] = _unacked(item, properties)
                     messages.append(message)
                 pipe.lrem(inflight, 1, item)
+            if unacked:
+                pipe.zadd(self.qos.unacked_index_key, dict.fromkeys(unacked, time.time()))
+                pipe.hset(self.qos.unacked_key, mapping=unacked)
             for _ in range(more):
                 pipe.lmove(source, inflight, "RIGHT", "LEFT")
             replies = pipe.execute()
