@@ -1,12 +1,13 @@
-"""Group commit: each thread's attempt is recorded before it sends again, in one
+"""Group commit: a thread's ended attempts are recorded before it sends much more, in one
 transaction with whatever other threads finished meanwhile.
 
 A batch that recorded its attempts only at its end re-sent all of them after a crash; one
 transaction per attempt costs a commit per delivery, and on SQLite the threads of a process
-queue for its one writer. Here a thread hands its ended attempt over and waits until it is
-committed; the first waiting thread writes everything handed over so far in one
-transaction, while the others wait for it. So a crash re-sends at most one delivery per
-thread (the one it was sending), and under load a commit records many attempts.
+queue for its one writer. Here a thread hands its ended attempts over and waits until they
+are committed; the first waiting thread writes everything handed over so far in one
+transaction, while the others wait for it. So a crash re-sends only the few a thread had
+not handed over yet (``delivery.engine.service.RECORD_EVERY``), and under load a commit
+records many attempts.
 """
 
 import threading
@@ -38,10 +39,21 @@ class GroupCommit(Generic[T, R]):
         self._writing = False
 
     def __call__(self, item: T) -> R:
-        ticket: _Ticket[T, R] = _Ticket(item)
+        return self.many([item])[0]
+
+    def many(self, items: Sequence[T]) -> list[R]:
+        """Each item's result, all written in one call of ``write`` (with others').
+
+        Raises:
+            BaseException: what that call raised.
+        """
+        tickets: list[_Ticket[T, R]] = [_Ticket(item) for item in items]
+        if not tickets:
+            return []
+        last = tickets[-1]  # a group takes everything pending: all of these, or none
         with self._condition:
-            self._pending.append(ticket)
-            while not ticket.written:
+            self._pending.extend(tickets)
+            while not last.written:
                 if self._writing:
                     self._condition.wait()
                     continue
@@ -54,9 +66,9 @@ class GroupCommit(Generic[T, R]):
                     self._condition.acquire()
                     self._writing = False
                     self._condition.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
-        return ticket.result  # type: ignore[return-value]
+        if last.error is not None:
+            raise last.error
+        return [ticket.result for ticket in tickets]  # type: ignore[misc]
 
     def _write_group(self, group: list[_Ticket[T, R]]) -> None:
         try:

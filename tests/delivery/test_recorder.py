@@ -46,3 +46,26 @@ def test_a_failed_write_fails_every_caller_of_its_group() -> None:
     # and the next caller writes again
     with pytest.raises(RuntimeError):
         commit(2)
+
+
+def test_items_handed_over_together_are_written_in_one_group_in_order() -> None:
+    groups: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        groups.append(list(items))
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(write)
+    assert commit.many([3, 1, 2]) == [30, 10, 20]
+    assert commit.many([]) == []
+    assert commit(4) == 40
+    assert groups == [[3, 1, 2], [4]]
+
+
+def test_a_failed_write_fails_all_the_items_handed_over_together() -> None:
+    def write(items: Sequence[int]) -> list[int]:
+        raise RuntimeError("log away")
+
+    commit: GroupCommit[int, int] = GroupCommit(write)
+    with pytest.raises(RuntimeError, match="log away"):
+        commit.many([1, 2])

@@ -244,6 +244,33 @@ def test_a_batch_is_delivered_and_recorded_like_single_deliveries(
     assert len(httpserver.log) == 5
 
 
+def test_a_batch_records_its_attempts_as_they_end_a_few_at_a_time(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    from werkzeug import Request, Response
+
+    from delivery.engine.service import RECORD_EVERY
+
+    # The receiver notes, as each request arrives, how many of the batch the log has
+    # recorded as delivered: what a crash at that moment would not send again.
+    recorded_before: list[int] = []
+
+    def respond(request: Request) -> Response:
+        recorded_before.append(service.log.count_by_status().get("delivered", 0))
+        return Response(status=204)
+
+    httpserver.expect_request("/h").respond_with_handler(respond)
+    url = httpserver.url_for("/h")
+    batch = [envelope(url, delivery_id=f"r{i}") for i in range(7)]
+    decisions = service.deliver_many(batch)
+    assert [d.outcome for d in decisions] == ["delivered"] * 7
+    # Before each send, those before it are in the log two at a time (RECORD_EVERY), not
+    # only at the end of the batch: a crash re-sends at most the last two
+    assert RECORD_EVERY == 2
+    assert recorded_before == [0, 0, 2, 2, 4, 4, 6]
+    assert service.log.count_by_status() == {"delivered": 7}
+
+
 def test_after_a_failure_the_rest_of_the_batch_goes_one_task_each(
     service: DeliveryService, httpserver: HTTPServer
 ) -> None:
