@@ -3,6 +3,7 @@ plain delivery, goes Celery's own way instead (where it is retried, revoked or r
 malformed as before). The coalesced path itself runs in a real worker: see
 tests/integration/test_coalesce.py."""
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -181,3 +182,31 @@ def test_a_cpu_bound_process_takes_bigger_shares_with_fewer_threads(
     assert coalescer._busy and coalescer.busy_drainers == min(BUSY_DRAINERS, 4)  # of 4 threads
     assert len(coalescer._share()) == 2  # what is left
     assert coalescer._share() == [] and coalescer._draining == 0
+
+
+def test_a_cpu_bound_process_reserves_more_beyond_the_prefetch(settings: Settings) -> None:
+    from workers.coalesce import BUSY_CREDIT_PER_THREAD, CREDIT_PER_THREAD
+    from workers.tasks import deliver
+
+    raised: list[int] = []
+    consumer = SimpleNamespace(
+        pool=SimpleNamespace(limit=4, apply_async=lambda *_, **__: None),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
+        qos=SimpleNamespace(increment_eventually=lambda: raised.append(1)),
+        event_dispatcher=None,
+    )
+    coalescer = Coalescer(deliver, consumer, limit=25)
+    pending = coalescer.take_over(message(), ack=print)
+    assert pending is not None
+
+    def buffer(count: int) -> None:
+        for _ in range(count):
+            coalescer.add(dataclasses.replace(pending, credit=None))
+
+    # While threads wait on providers, the prefetch is raised by a few per thread at most
+    buffer(100)
+    assert len(raised) == 4 * CREDIT_PER_THREAD
+    # and while the process is CPU-bound (batches drain fast), by more
+    coalescer._busy = True
+    buffer(100)
+    assert len(raised) == 4 * BUSY_CREDIT_PER_THREAD > 4 * CREDIT_PER_THREAD
