@@ -45,8 +45,8 @@ MAX_RATE_WAIT = 2.0
 #: Longest a batch of deliveries runs before the rest goes one task each.
 BATCH_BUDGET = 30.0
 #: A batch's ended attempts are recorded two at a time: half the transactions of one per
-#: attempt (a fifth of the worker's CPU on the one-task path, bench section 1), and a
-#: crash re-sends at most this many per thread.
+#: attempt (a third of the pool threads' time on the one-task path, cProfile of a batch of
+#: 8), and a crash re-sends at most this many per thread.
 RECORD_EVERY = 2
 
 
