@@ -20,7 +20,6 @@ from delivery.errors import DeliveryFailed, PublishError, RetryableError
 from delivery.log.tables import Outcome
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
-from delivery.transport.redis import set_aside
 from schemas import Envelope, get_settings
 from schemas.messages import storable_problem
 from schemas.validation import explain
@@ -275,15 +274,22 @@ def _set_aside_request(task: Task, reason: str) -> None:
         "args": request.args,
         "kwargs": request.kwargs,
     }
-    _set_aside(task.app, json.dumps(document, default=repr, ensure_ascii=True))
-
-
-def _set_aside(celery: Any, item: str | bytes) -> None:
-    if not get_settings().is_redis_broker:
-        return  # logged already; only the Redis broker has a set-aside list
+    item = json.dumps(document, default=repr, ensure_ascii=True)
     try:
-        with celery.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as r:
-            set_aside(r, item)
+        with task.app.producer_or_acquire() as producer:
+            _set_aside(producer.channel, item, reason)
+    except Exception:  # the broker's own errors; what matters is going on
+        logger.exception("could not set the message aside")
+
+
+def _set_aside(channel: Any, item: str | bytes, reason: str) -> None:
+    """Keep ``item`` where the broker's transport keeps what it refuses (each of ours has
+    a ``set_aside``); on another transport it is only logged, which has been done."""
+    keep = getattr(channel, "set_aside", None)
+    if keep is None:
+        return
+    try:
+        keep(item, reason)
     except Exception:  # the broker's own errors; what matters is going on
         logger.exception("could not set the message aside")
 
@@ -295,10 +301,6 @@ def _set_aside_refused(message: Any = None, **_: Any) -> None:
     read); keep it instead, whole, where the transport keeps what it refuses."""
     raw = getattr(message, "_raw", None)
     channel = getattr(message, "channel", None)
-    if raw is None or channel is None or not get_settings().is_redis_broker:
+    if raw is None or channel is None:
         return
-    try:
-        with channel.conn_or_acquire() as client:
-            set_aside(client, json.dumps(raw, default=repr))
-    except Exception:  # the broker's own errors; what matters is going on
-        logger.exception("could not set the message aside")
+    _set_aside(channel, json.dumps(raw, default=repr), "refused by Celery")

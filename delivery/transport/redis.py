@@ -33,10 +33,10 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from delivery.transport.shape import MAX_ITEM_BYTES, kombu_problem, task_problem
+from delivery.transport.shape import inspect, kombu_problem
 
 logger = logging.getLogger(__name__)
 
@@ -55,31 +55,6 @@ ALIVE_SECONDS = 25
 ALIVE_REFRESH = 5.0
 #: Most messages moved in one round trip beyond the one a blocking pop returned.
 MOST_TAKEN_AT_ONCE = 64
-
-
-def decode(item: bytes | str, *, task: bool = True) -> dict[str, Any] | None:
-    """The kombu message in ``item``, or None if it is not one (see ``inspect``)."""
-    return inspect(item, task=task)[0]
-
-
-def inspect(item: bytes | str, *, task: bool = True) -> tuple[dict[str, Any] | None, str]:
-    """The kombu message in ``item`` and "", or None and why it is refused.
-
-    With ``task``, the message must also be a Celery task message our workers can run
-    (``delivery.transport.shape``): a queue of tasks holds nothing else.
-    """
-    if len(item) > MAX_ITEM_BYTES:
-        return None, f"larger than {MAX_ITEM_BYTES} bytes"
-    try:
-        message = loads(bytes_to_str(item))
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
-        return None, "not JSON"
-    problem = kombu_problem(message)
-    if problem is None and task:
-        problem = task_problem(message)
-    if problem is not None:
-        return None, problem
-    return message, ""
 
 
 def set_aside(client: Any, item: bytes | str) -> None:
@@ -351,9 +326,13 @@ class Channel(kombu_redis.Channel):
             self._maybe_update_queues_expire(client, queue)
             raise Empty()
 
-    def _set_aside(self, item: bytes, queue: str, problem: str) -> None:
+    def set_aside(self, item: bytes | str, reason: str) -> None:
+        """Keep ``item`` whole on the set-aside list (the reason is the caller's to log)."""
         with self.conn_or_acquire() as client:
             set_aside(client, item)
+
+    def _set_aside(self, item: bytes, queue: str, problem: str) -> None:
+        self.set_aside(item, problem)
         self._log_set_aside(item, queue, problem)
 
     def _log_set_aside(self, item: bytes, queue: str, problem: str) -> None:

@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
 #: The largest item taken from a queue. A batch message from ``send_many`` carries at most
 #: 500 envelopes of at most 256 KiB each, base64-encoded once; anything larger is not ours.
 MAX_ITEM_BYTES = 256 * 1024 * 1024
@@ -219,3 +222,24 @@ def _body_problem(message: Mapping[str, Any]) -> str | None:
         if not check(embed.get(key)):
             return f"body: embed.{key} not what Celery expects"
     return None
+
+
+def inspect(item: bytes | str, *, task: bool = True) -> tuple[dict[str, Any] | None, str]:
+    """The kombu message in ``item`` (a queue item: kombu's JSON) and "", or None and why
+    it is refused.
+
+    With ``task``, the message must also be a Celery task message our workers can run: a
+    queue of tasks holds nothing else.
+    """
+    if len(item) > MAX_ITEM_BYTES:
+        return None, f"larger than {MAX_ITEM_BYTES} bytes"
+    try:
+        message = loads(bytes_to_str(item))
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        return None, "not JSON"
+    problem = kombu_problem(message)
+    if problem is None and task:
+        problem = task_problem(message)
+    if problem is not None:
+        return None, problem
+    return message, ""

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from delivery.transport.redis import decode, inspect
+from delivery.transport.shape import inspect
 from tests.support.messages import DELETE, DROPPED, KILLERS, spoil
 
 
@@ -37,21 +37,25 @@ def encoded(message: Any) -> bytes:
     return json.dumps(message).encode()
 
 
+def _decode(item: bytes | str, *, task: bool = True) -> dict[str, Any] | None:
+    return inspect(item, task=task)[0]
+
+
 def test_a_task_message_decodes() -> None:
-    decoded = decode(encoded(task_message()))
+    decoded = _decode(encoded(task_message()))
     assert decoded is not None and decoded["properties"]["delivery_tag"] == "t1"
 
 
 def test_a_control_reply_need_not_be_a_task() -> None:
     reply = task_message()
     reply["headers"] = {}
-    assert decode(encoded(reply)) is None
-    assert decode(encoded(reply), task=False) is not None
+    assert _decode(encoded(reply)) is None
+    assert _decode(encoded(reply), task=False) is not None
 
 
 def test_an_eta_within_a_day_decodes() -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
-    assert decode(encoded(spoil(task_message(), ("headers", "eta"), soon))) is not None
+    assert _decode(encoded(spoil(task_message(), ("headers", "eta"), soon))) is not None
 
 
 @pytest.mark.parametrize(
@@ -68,7 +72,7 @@ def test_an_eta_within_a_day_decodes() -> None:
     ],
 )
 def test_anything_else_is_refused(item: bytes) -> None:
-    assert decode(item) is None
+    assert _decode(item) is None
 
 
 @pytest.mark.parametrize(
