@@ -1,4 +1,5 @@
-"""Fixtures that start real servers on loopback: redis-server, PostgreSQL, worker processes."""
+"""Fixtures that start real servers on loopback: redis-server, RabbitMQ, PostgreSQL, worker
+processes."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from schemas import get_settings
-from tests.support.servers import PostgresServer, RedisServer, WorkerProcess
+from tests.support.servers import PostgresServer, RabbitServer, RedisServer, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit_server() -> Iterator[RabbitServer]:
+    # Not under pytest's tmp dir: when we are root the node runs as the rabbitmq user, who
+    # cannot enter pytest's private directory. Started once: a node takes seconds to boot.
+    directory = Path(tempfile.mkdtemp(prefix="delivery-rabbit-"))
+    directory.chmod(0o777)
+    server = RabbitServer(directory)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +156,15 @@ def redis_stack(
     """Real redis-server broker (flushed), SQLite log in tmp_path."""
     redis_server.flush()
     return stack_factory(redis_server.url, f"sqlite:///{tmp_path / 'log.sqlite3'}")
+
+
+@pytest.fixture
+def rabbit_stack(
+    rabbit_server: RabbitServer, tmp_path: Path, stack_factory: Callable[[str, str], Stack]
+) -> Stack:
+    """Real RabbitMQ broker (its queues deleted), SQLite log in tmp_path."""
+    rabbit_server.flush()
+    return stack_factory(rabbit_server.url, f"sqlite:///{tmp_path / 'log.sqlite3'}")
 
 
 @pytest.fixture
