@@ -2,7 +2,6 @@
 
 import gc
 import logging
-import time
 from typing import Any
 
 from celery import Celery
@@ -15,10 +14,9 @@ from workers.event_flush import BatchedTaskEvents
 
 logger = logging.getLogger(__name__)
 
-#: Consumed messages the embedded broker keeps are removed once they are this old.
-PROCESSED_MAX_AGE = 300.0
-
-app = Celery("delivery", include=["workers.tasks", "workers.inbound", "workers.events"])
+app = Celery(
+    "delivery", include=["workers.tasks", "workers.inbound", "workers.events", "workers.sweeper"]
+)
 app.conf.update(celery_config(get_settings()))
 app.steps["consumer"].add(BatchedTaskEvents)
 # Beat keeps its schedule file here, whatever the broker.
@@ -26,18 +24,22 @@ get_settings().home.mkdir(parents=True, exist_ok=True)
 
 
 @worker_init.connect
-def _tidy_embedded_broker(**_: Any) -> None:
+def _adopt_old_embedded_queue(**_: Any) -> None:
     settings = get_settings()
-    if not settings.is_embedded_broker:
+    if not settings.is_embedded_broker or not (settings.broker_folder / "queue").is_dir():
         return
-    # The filesystem transport keeps each consumed message as a file; old ones are spent.
-    cutoff = time.time() - PROCESSED_MAX_AGE
-    for path in (settings.broker_folder / "processed").glob("*.msg"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except OSError:
-            continue
+    # The embedded broker was kombu's filesystem transport, a folder of message files:
+    # what waits there moves into the SQLite file, once.
+    from delivery.transport.embedded_store import QueueFile, adopt_filesystem_queue
+
+    moved = adopt_filesystem_queue(settings.broker_folder, QueueFile.open(settings.broker_file))
+    if moved:
+        logger.warning(
+            "moved %d messages from the old embedded broker's folder %s into %s",
+            moved,
+            settings.broker_folder / "queue",
+            settings.broker_file,
+        )
 
 
 @worker_process_init.connect

@@ -12,7 +12,6 @@ from celery.signals import task_rejected, task_unknown, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from delivery.clock import utcnow
 from delivery.engine.assembly import Assembly, assemble
 from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision, DeliveryService
@@ -24,11 +23,9 @@ from schemas import Envelope, get_settings
 from schemas.messages import storable_problem
 from schemas.validation import explain
 from workers.app import app
+from workers.sweeper import sweep_if_due
 
 logger = logging.getLogger(__name__)
-
-#: Seconds past its end before the sweep takes a lease over (clock skew between hosts).
-LEASE_SLACK = 1.0
 
 _assembly: Assembly | None = None
 _assembly_lock = threading.Lock()
@@ -216,26 +213,11 @@ def _tally(decisions: list[Decision], *, rejected: int = 0) -> str:
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep(*_: Any, **__: Any) -> int:
-    """Re-enqueue what the log says is due and the broker does not hold (Celery beat).
+    """The sweep as a task, for a beat schedule made before the workers swept by themselves:
+    it sweeps only if the site's turn is due, so it never doubles the workers' own sweep.
     Takes no arguments, and ignores any a hand-made message gives it."""
-    settings = get_settings()
-    log = get_service().log
-    interval = settings.sweep_interval
-    grace = max(2 * interval, 10.0)
-    found = log.sweep(
-        now=utcnow(),
-        horizon=interval,
-        grace=grace,
-        resweep=settings.delay_limit + 2 * grace,
-        # Live workers renew their leases: one that ran out belongs to a worker that died,
-        # and its deliveries are taken over now (a second's slack for clocks that differ).
-        lease_grace=LEASE_SLACK,
-    )
-    if found:
-        # Those due now travel in batches, like send_many's: after an outage there are many.
-        get_publisher(settings).publish_envelopes(found, batch=True)
-        logger.info("sweep re-enqueued %d deliveries", len(found))
-    return len(found)
+    found = sweep_if_due(get_service().log, get_settings(), worker=f"task {sweep.request.id}")
+    return found or 0
 
 
 def _reject(task: Task, raw: Any, reason: str) -> None:

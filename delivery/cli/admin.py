@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from delivery.cli import app, fail, out, print_json, safe_url
+from delivery.cli import app, err, fail, out, print_json, safe_url
 from delivery.cli.context import registry
 from delivery.engine.crypto import generate_key
 from delivery.log.database import get_engine
@@ -126,7 +126,7 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 def worker(
     ctx: typer.Context,
     beat: Annotated[
-        bool, typer.Option("--beat", help="Also run the periodic sweep (one per site)")
+        bool, typer.Option("--beat", hidden=True, help="Not needed: workers sweep by themselves")
     ] = False,
 ) -> None:
     """Run a Celery worker with the project's defaults; other options go to Celery."""
@@ -137,12 +137,16 @@ def worker(
     delivery_log()
     from workers.app import app as celery_app
 
+    if beat:
+        err.print(
+            "note: --beat is no longer needed: the workers take turns at the sweep themselves"
+        )
     pool = _pool_option(ctx.args)
     if pool is not None:
         # Celery cannot tell an explicit "--pool prefork" from its default and would keep
         # the configured pool, so set the configuration itself.
         celery_app.conf.worker_pool = pool
-    celery_app.worker_main(["worker", *(["--beat"] if beat else []), *ctx.args])
+    celery_app.worker_main(["worker", *ctx.args])
 
 
 def _pool_option(args: list[str]) -> str | None:
@@ -156,10 +160,11 @@ def _pool_option(args: list[str]) -> str | None:
 
 @app.command("beat", context_settings=PASS_THROUGH)
 def beat_command(ctx: typer.Context) -> None:
-    """Run Celery beat: the sweep that re-enqueues due retries and expired leases."""
+    """Run Celery beat, for schedules of your own: the sweep needs none (workers take turns)."""
     from delivery.cli.context import delivery_log
 
     delivery_log()
+    err.print("note: the sweep needs no beat: the workers take turns at it themselves")
     from workers.app import app as celery_app
 
     celery_app.start(["beat", *ctx.args])

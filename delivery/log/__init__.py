@@ -3,10 +3,12 @@ only transport.
 
 ``tables`` (the schema Alembic creates), ``database`` (engines), ``migrate``, and the parts
 of ``DeliveryLog``: ``store`` (the hot path: claims and attempts), ``records`` (read
-models), ``sweep`` (what is due) and ``admin`` (reject, reopen).
+models), ``sweep`` (what is due), ``periodic`` (whose turn it is to sweep) and ``admin``
+(reject, reopen).
 """
 
 from delivery.log.admin import DeliveryAdmin
+from delivery.log.periodic import PeriodicJobs
 from delivery.log.records import AttemptRecord, DeliveryReads, DeliveryRecord
 from delivery.log.store import (
     AttemptResult,
@@ -19,7 +21,7 @@ from delivery.log.sweep import DeliverySweep
 from delivery.log.tables import Outcome, Status
 
 
-class DeliveryLog(DeliveryStore, DeliverySweep, DeliveryAdmin, DeliveryReads):
+class DeliveryLog(DeliveryStore, DeliverySweep, PeriodicJobs, DeliveryAdmin, DeliveryReads):
     """The whole log, as the worker, the CLI and the API use it."""
 
 

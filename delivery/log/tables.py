@@ -170,3 +170,16 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PeriodicJobRow(Base):
+    """When a site-wide periodic job (the sweep) next runs, and who ran it last (migration
+    0006). Every worker looks now and then; the one whose update moves ``next_run_at`` on
+    runs it, so a job runs once per interval whatever the number of workers, with no beat."""
+
+    __tablename__ = "periodic_jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_run_by: Mapped[str | None] = mapped_column(String(255))
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -8,7 +8,7 @@ from schemas import Settings
 DELIVER_TASK = "delivery.deliver"
 #: Many deliveries in one task message: what ``send_many`` publishes.
 DELIVER_BATCH_TASK = "delivery.deliver_batch"
-#: The periodic task that re-enqueues what the log says is due.
+#: The sweep as a task, for beat schedules of old; the workers now sweep by themselves.
 SWEEP_TASK = "delivery.sweep"
 #: Hands one recorded inbound message to the router (``workers.inbound``).
 ROUTE_INBOUND_TASK = "delivery.route_inbound"
@@ -41,14 +41,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             ROUTE_INBOUND_TASK: {"queue": settings.queue},
             FANOUT_TASK: {"queue": settings.queue},
         },
-        "beat_schedule": {
-            "delivery-sweep": {
-                "task": SWEEP_TASK,
-                "schedule": settings.sweep_interval,
-                # A sweep that waited past the next one is pointless; drop it.
-                "options": {"expires": settings.sweep_interval},
-            }
-        },
+        # The sweep needs no beat: the workers take turns at it (``workers.sweeper``).
+        "beat_schedule": {},
         "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
         "worker_concurrency": settings.worker_concurrency,
         # Threads: delivery is network-bound, and threads share the per-thread HTTP and
@@ -59,17 +53,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
     }
     if settings.is_embedded_broker:
-        folder = settings.broker_folder
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        # A SQLite file of its own (not the log's): nothing taken is lost if a worker dies,
+        # and garbage on the queue cannot stop one. ``filesystem://`` (the old default)
+        # means the same.
+        config["broker_transport"] = "delivery.transport.embedded:Transport"
         config["broker_transport_options"] = {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            # Kept beside the queue so taking a message is an atomic rename on one disk.
-            "processed_folder": str(folder / "processed"),
-            "store_processed": True,
-            "control_folder": str(folder / "control"),
-            "polling_interval": 0.1,
+            "database": str(settings.broker_file),
+            "polling_interval": 0.05,
         }
     elif settings.is_redis_broker:
         # Our subclass of kombu's Redis transport: garbage on the queue cannot stop a worker.
@@ -77,9 +67,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["broker_transport_options"] = {
             "visibility_timeout": settings.visibility_timeout,
             "socket_connect_timeout": 5,
-            # Look for unacknowledged messages whose worker died every few seconds; kombu's
-            # default (every tenth check of ten seconds) leaves them for minutes.
-            "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 4)),
+            # Keep the heartbeat alive and look for what dead workers held every few seconds;
+            # kombu's default (every tenth check of ten seconds) leaves them for minutes.
+            "unacked_restore_interval": max(1.0, min(5.0, settings.visibility_timeout / 4)),
             "unacked_restore_throttle": 1,
             # One list per queue (no priorities), so a worker can take messages with BLMOVE.
             "priority_steps": [0],

@@ -31,7 +31,7 @@ def test_a_killed_worker_is_taken_over_in_seconds_and_resends_only_its_unrecorde
     with Receiver(secret) as receiver:
         receiver.latency = 0.3  # batches stay in flight for seconds
         doomed = redis_stack.worker("--concurrency", str(THREADS), **DEFAULTS)
-        survivor = redis_stack.worker("--concurrency", str(THREADS), "--beat", **DEFAULTS)
+        survivor = redis_stack.worker("--concurrency", str(THREADS), **DEFAULTS)
         ids = [
             r.id
             for r in delivery.send_many(
@@ -73,7 +73,7 @@ def test_a_send_slower_than_the_lease_keeps_its_lease(redis_stack: Stack) -> Non
     short = {"DELIVERY_LEASE_SECONDS": "6", "DELIVERY_SWEEP_INTERVAL": "0.5"}
     with Receiver(secret) as receiver:
         receiver.latency = 10.0  # the provider takes longer than the lease
-        redis_stack.worker("--concurrency", "2", "--beat", **short)
+        redis_stack.worker("--concurrency", "2", **short)
         redis_stack.worker("--concurrency", "2", **short)
         receipt = delivery.send("hooks", receiver.url("/slow"), Payload(message="patience"))
         redis_stack.wait_until([receipt.id], {"delivered"}, timeout=60)

@@ -65,7 +65,7 @@ def test_killed_workers_lose_nothing(redis_stack: Stack) -> None:
         receiver.wait_for(120)
         # then the whole worker, main process and children
         first.kill()
-        redis_stack.worker("--concurrency", "8", "--beat")
+        redis_stack.worker("--concurrency", "8")
         redis_stack.wait_until(ids, {"delivered"}, timeout=90)
     _assert_duplicates_explained(redis_stack, receiver, ids)
 
@@ -97,7 +97,6 @@ def test_breaker_opens_while_the_provider_is_down_and_closes_after(redis_stack: 
     with Receiver(secret) as receiver:
         receiver.responder = down_for_a_while
         redis_stack.worker(
-            "--beat",
             "--concurrency",
             "4",
             DELIVERY_BREAKER_THRESHOLD="3",
@@ -241,7 +240,7 @@ def test_database_outage_delays_but_loses_nothing(postgres_server, postgres_stac
 
     with Receiver(secret) as receiver:
         receiver.responder = held_after_ten
-        postgres_stack.worker("--concurrency", "4", "--beat")
+        postgres_stack.worker("--concurrency", "4")
         ids = _send(receiver, 60)
         receiver.wait_for(12)
         # The log goes away mid-run: the attempts in flight cannot be recorded

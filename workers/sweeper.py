@@ -1,0 +1,133 @@
+"""The sweep, run by the workers themselves: no beat to deploy, once per interval per site.
+
+What the log says is due and the broker does not hold — retries scheduled from the log,
+deliveries whose worker died mid-send (their lease ran out), deliveries reopened while the
+broker was away — is published again by the sweep. It used to be a Celery task sent by
+beat every few seconds: a process more to deploy (most Celery users run workers only, and
+without it a dead worker's deliveries waited for the broker's visibility timeout), and
+17,000 tasks a day in Flower and the worker's log. Now a thread in every worker asks the
+log whose turn it is (``PeriodicJobs.take_turn``); one worker on the site sweeps per
+interval, and nothing shows unless the sweep finds something.
+"""
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import SQLAlchemyError
+
+from delivery.clock import utcnow
+from delivery.errors import PublishError
+from delivery.log import DeliveryLog
+from delivery.producer.publisher import get_publisher
+from schemas import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: The periodic job's name in the log.
+SWEEP_JOB = "sweep"
+#: Seconds past its end before the sweep takes a lease over (clock skew between hosts).
+LEASE_SLACK = 1.0
+#: How often, per interval, each worker asks whether it is its turn: the sweep then runs
+#: every interval to one and a half intervals, however many workers there are.
+LOOKS_PER_INTERVAL = 2
+#: Seconds between two warnings that the log or the broker is away.
+QUIET_FOR = 60.0
+
+
+def sweep_once(log: DeliveryLog, settings: Settings) -> int:
+    """Publish what the log says is due and the broker does not hold; how many."""
+    interval = settings.sweep_interval
+    grace = max(2 * interval, 10.0)
+    found = log.sweep(
+        now=utcnow(),
+        horizon=interval,
+        grace=grace,
+        resweep=settings.delay_limit + 2 * grace,
+        # Live workers renew their leases: one that ran out belongs to a worker that died,
+        # and its deliveries are taken over now (a second's slack for clocks that differ).
+        lease_grace=LEASE_SLACK,
+    )
+    if found:
+        # Those due now travel in batches, like send_many's: after an outage there are many.
+        get_publisher(settings).publish_envelopes(found, batch=True)
+        logger.info("sweep re-enqueued %d deliveries", len(found))
+    return len(found)
+
+
+def sweep_if_due(log: DeliveryLog, settings: Settings, *, worker: str) -> int | None:
+    """Sweep if it is this worker's turn on the site; how many it found (None: not its
+    turn)."""
+    if not log.take_turn(SWEEP_JOB, now=utcnow(), every=settings.sweep_interval, worker=worker):
+        return None
+    return sweep_once(log, settings)
+
+
+class Sweeper:
+    """The thread that takes this worker's turns at the sweep."""
+
+    def __init__(self, log: DeliveryLog, settings: Settings, *, worker: str) -> None:
+        self.log = log
+        self.settings = settings
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_at = -QUIET_FOR
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="delivery-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _pause(self) -> float:
+        # Jittered, so that workers started together do not all ask at the same moment.
+        return self.settings.sweep_interval / LOOKS_PER_INTERVAL * random.uniform(0.75, 1.25)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._pause()):
+            self.look()
+
+    def look(self) -> int | None:
+        """One look: sweep if it is this worker's turn. Never raises: the log or the broker
+        being away is said now and then, and the next look tries again."""
+        try:
+            return sweep_if_due(self.log, self.settings, worker=self.worker)
+        except (SQLAlchemyError, PublishError) as exc:
+            now = time.monotonic()
+            if now - self._warned_at >= QUIET_FOR:
+                self._warned_at = now
+                logger.warning("could not sweep the log (%s); trying again", type(exc).__name__)
+        except Exception:  # a bug must not end the thread: the sweep is the safety net
+            logger.exception("the sweep failed; trying again")
+        return None
+
+
+_sweeper: Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeping(sender: Any = None, **_: Any) -> None:
+    """Every worker takes turns at the sweep, in its main process (whatever the pool)."""
+    global _sweeper
+    from workers.tasks import get_service
+
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    _sweeper = Sweeper(get_service().log, get_settings(), worker=f"{hostname}/{os.getpid()}")
+    _sweeper.start()
+
+
+@worker_shutdown.connect
+def _stop_sweeping(**_: Any) -> None:
+    global _sweeper
+    if _sweeper is not None:
+        _sweeper.stop()
+        _sweeper = None
