@@ -8,9 +8,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The embedded broker: kombu's filesystem transport, which needs no server and works
-#: across processes on one machine. Its folders live under ``DELIVERY_HOME``.
-EMBEDDED_BROKER_URL = "filesystem://localhost"
+#: The embedded broker (``delivery.transport.embedded``): a SQLite file of its own,
+#: ``DELIVERY_HOME/broker.sqlite3``, which needs no server and works across processes on one
+#: machine. ``filesystem://…`` (the old default, kombu's filesystem transport) means it too.
+EMBEDDED_BROKER_URL = "embedded://"
+EMBEDDED_BROKER_SCHEMES = ("embedded://", "filesystem://")
 
 
 #: A retry schedule has at most this many delays, each at most this long (30 days).
@@ -44,7 +46,7 @@ def parse_delays(value: str | list[float] | tuple[float, ...]) -> tuple[float, .
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore")
 
-    #: Where the embedded defaults keep their files (broker folders, SQLite log, key file).
+    #: Where the embedded defaults keep their files (broker file, SQLite log, key file).
     home: Path = Path(".delivery")
     broker_url: str = EMBEDDED_BROKER_URL
     #: Empty means a SQLite file under ``home``.
@@ -113,7 +115,7 @@ class Settings(BaseSettings):
 
     @property
     def is_embedded_broker(self) -> bool:
-        return self.broker_url.startswith("filesystem://")
+        return self.broker_url.startswith(EMBEDDED_BROKER_SCHEMES)
 
     @property
     def is_redis_broker(self) -> bool:
@@ -127,7 +129,13 @@ class Settings(BaseSettings):
 
     @property
     def broker_folder(self) -> Path:
+        """The old embedded broker's folders (kombu's filesystem transport)."""
         return self.home / "broker"
+
+    @property
+    def broker_file(self) -> Path:
+        """The embedded broker's SQLite file (not the delivery log's)."""
+        return self.home / "broker.sqlite3"
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,8 +1,9 @@
 """What the HTTP service asks the broker directly: is it there, and how much waits on it.
 
 The Redis broker is asked with its own commands (``PING``, ``LLEN``); the embedded broker
-is a folder, whose message files are counted. Every answer comes from the broker itself,
-so it is the same whichever API process is asked, however many workers consume.
+is a SQLite file, whose rows are counted (WAL: a reader never waits on the workers). Every
+answer comes from the broker itself, so it is the same whichever API process is asked,
+however many workers consume.
 """
 
 import threading
@@ -58,9 +59,7 @@ class BrokerProbe:
             except redis.RedisError as exc:
                 raise OSError(f"redis: {type(exc).__name__}") from None
         elif settings.is_embedded_broker:
-            folder = settings.broker_folder / "queue"
-            if not folder.is_dir():
-                raise OSError("the embedded broker's folder is missing")
+            self._embedded_depth()
         else:
             self._kombu_check()
 
@@ -98,12 +97,25 @@ class BrokerProbe:
                 raise OSError(f"redis: {type(exc).__name__}") from None
             return QueueDepth(int(ready), int(unacked))
         if settings.is_embedded_broker:
-            # kombu's filesystem transport names each message <time>_<uuid>.<queue>.msg.
-            suffix = f".{settings.queue}.msg"
-            folder = settings.broker_folder / "queue"
-            ready = sum(1 for p in folder.iterdir() if p.name.endswith(suffix))
-            return QueueDepth(ready, None)
+            ready, unacked = self._embedded_depth()
+            return QueueDepth(ready, unacked)
         return None
+
+    def _embedded_depth(self) -> tuple[int, int]:
+        """Ready and unacknowledged rows of the delivery queue in the broker file (created
+        if no producer or worker has yet: the embedded broker is wherever its file can be).
+
+        Raises:
+            OSError: the file cannot be opened or read.
+        """
+        import sqlite3
+
+        from delivery.transport.embedded_store import QueueFile
+
+        try:
+            return QueueFile.open(self.settings.broker_file).depth(self.settings.queue)
+        except sqlite3.Error as exc:
+            raise OSError(f"embedded broker: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
