@@ -2,13 +2,14 @@
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, TypeGuard
 
 from celery import Task
 from celery.exceptions import Retry
-from celery.signals import task_rejected, task_unknown, worker_shutdown
+from celery.signals import celeryd_after_setup, task_rejected, task_unknown, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,12 +32,25 @@ _assembly: Assembly | None = None
 _assembly_lock = threading.Lock()
 
 
+#: This worker's Celery node name (``-n``; ``celery@<hostname>`` by default), once known.
+_node_name: str | None = None
+
+
+@celeryd_after_setup.connect
+def _remember_node_name(sender: Any = None, **_: Any) -> None:
+    global _node_name
+    _node_name = str(sender) if sender else None
+
+
 def get_assembly() -> Assembly:
     """This process's engine, assembled on first use."""
     global _assembly
     with _assembly_lock:
         if _assembly is None:
             _assembly = assemble(get_settings())
+            if _node_name is not None:
+                # Attempts name the worker as Flower and `celery inspect` do, with the pid.
+                _assembly.service.worker_name = f"{_node_name}:{os.getpid()}"
         return _assembly
 
 
@@ -282,6 +296,12 @@ def _set_aside_refused(message: Any = None, **_: Any) -> None:
     """Celery drops a task message it cannot run (an unknown task name, an ETA it cannot
     read); keep it instead, whole, where the transport keeps what it refuses."""
     raw = getattr(message, "_raw", None)
+    if raw is None and message is not None and hasattr(message, "body"):
+        # py-amqp keeps no raw form: the message's own parts (its body is UTF-8 JSON, the
+        # transport checked it; the properties hold the headers).
+        body = message.body
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+        raw = {"body": text, "properties": message.properties}
     channel = getattr(message, "channel", None)
     if raw is None or channel is None:
         return

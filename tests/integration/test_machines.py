@@ -1,0 +1,68 @@
+"""Three workers standing in for three machines: each its own ``DELIVERY_HOME`` and node
+name, sharing one broker and one PostgreSQL log, with the default lease, sweep and
+visibility timeout and no beat. One is killed mid-run; the other two finish its work, and
+no delivery is recorded twice."""
+
+import time
+
+import pytest
+
+import delivery
+from schemas import Payload, Settings
+from tests.conftest import webhook_secret
+from tests.integration.conftest import Stack
+from tests.support.ledger import ledger
+from tests.support.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+#: What recovery depends on, at the defaults a user runs with (the Stack shortens them).
+DEFAULTS = {
+    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
+    for name in ("lease_seconds", "sweep_interval", "visibility_timeout")
+}
+MACHINES = ("host-a", "host-b", "host-c")
+
+
+def test_three_machines_one_dies_the_others_finish_its_work(postgres_stack: Stack) -> None:
+    secret = webhook_secret()
+    postgres_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    with Receiver(secret) as receiver:
+        receiver.latency = 0.2  # each worker holds deliveries in flight, and more reserved
+        workers = [
+            postgres_stack.worker(
+                "--concurrency",
+                "4",
+                "-n",
+                f"worker@{host}",
+                DELIVERY_HOME=str(postgres_stack.tmp_path / host),
+                **DEFAULTS,
+            )
+            for host in MACHINES
+        ]
+        ids = [
+            delivery.send("hooks", receiver.url("/hook"), Payload(message=f"m{i}")).id
+            for i in range(240)
+        ]
+        receiver.wait_for(40)
+        # When one machine dies (SIGKILL: no goodbye; its leases and heartbeat just stop)
+        workers[0].kill()
+        killed_at = time.monotonic()
+        # Then the other two deliver everything, its work included (the promise is 30 s
+        # after the death; the bound leaves room for a loaded machine)
+        postgres_stack.wait_until(ids, {"delivered"}, timeout=120)
+        finished_in = time.monotonic() - killed_at
+    result = ledger(postgres_stack.log, receiver, ids)
+    print(f"all {len(ids)} delivered {finished_in:.1f}s after the kill")
+    assert (result.delivered, result.unknown) == (len(ids), 0)
+    # Each survivor did part of the work, and kept its own home
+    attempts_by = {
+        attempt.worker
+        for delivery_id in ids
+        for attempt in postgres_stack.log.get(delivery_id).attempts  # type: ignore[union-attr]
+    }
+    assert {w for w in attempts_by if w and "host-b" in w} and {
+        w for w in attempts_by if w and "host-c" in w
+    }, attempts_by
+    for host in MACHINES:
+        assert (postgres_stack.tmp_path / host).is_dir()
