@@ -14,6 +14,7 @@ from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from schemas import get_settings
+from schemas.settings import EMBEDDED_BROKER_URL
 from tests.support.servers import PostgresServer, RabbitServer, RedisServer, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -156,6 +157,13 @@ def redis_stack(
     """Real redis-server broker (flushed), SQLite log in tmp_path."""
     redis_server.flush()
     return stack_factory(redis_server.url, f"sqlite:///{tmp_path / 'log.sqlite3'}")
+
+
+@pytest.fixture
+def embedded_stack(tmp_path: Path, stack_factory: Callable[[str, str], Stack]) -> Stack:
+    """The embedded default broker (its SQLite file under the stack's DELIVERY_HOME), SQLite
+    log in tmp_path."""
+    return stack_factory(EMBEDDED_BROKER_URL, f"sqlite:///{tmp_path / 'log.sqlite3'}")
 
 
 @pytest.fixture
