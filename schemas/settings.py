@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         return self.broker_url.startswith(("redis://", "rediss://"))
 
     @property
+    def is_amqp_broker(self) -> bool:
+        """RabbitMQ (kombu's py-amqp transport)."""
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    @property
     def delay_limit(self) -> float:
         if self.broker_delay_limit is not None:
             return self.broker_delay_limit

@@ -74,4 +74,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # One list per queue (no priorities), so a worker can take messages with BLMOVE.
             "priority_steps": [0],
         }
+    elif settings.is_amqp_broker:
+        # Our subclass of kombu's py-amqp transport: a crafted message cannot stop a worker.
+        secure = settings.broker_url.startswith("amqps://")
+        config["broker_transport"] = (
+            f"delivery.transport.amqp:{'SSLTransport' if secure else 'Transport'}"
+        )
+        config["broker_transport_options"] = {
+            # Publisher confirms: a publish returns once RabbitMQ has the message.
+            "confirm_publish": True,
+        }
     return config

@@ -213,15 +213,21 @@ class Publisher:
 
     def _publish_tasks(self, tasks: Sequence[_Task]) -> None:
         with self.app.producer_or_acquire() as producer:
-            if len(tasks) == 1:
-                self._send(producer, tasks[0])
-                return
-            # One pipelined round trip where the transport supports it (Redis); kombu
-            # before 5.7 has no batches, and publishes one by one.
-            batch = getattr(producer, "batch", None)
-            with batch(max_size=len(tasks)) if batch else contextlib.nullcontext():
-                for task in tasks:
-                    self._send(producer, task)
+            connection = producer.connection
+            try:
+                if len(tasks) == 1:
+                    self._send(producer, tasks[0])
+                    return
+                # One pipelined round trip where the transport supports it (Redis); kombu
+                # before 5.7 has no batches, and publishes one by one.
+                batch = getattr(producer, "batch", None)
+                with batch(max_size=len(tasks)) if batch else contextlib.nullcontext():
+                    for task in tasks:
+                        self._send(producer, task)
+            except Exception as exc:
+                if self.settings.is_amqp_broker:
+                    _forget_amqp_connection(connection, exc)
+                raise
 
     def _send(self, producer: Any, task: _Task) -> None:
         self.app.send_task(
@@ -231,8 +237,20 @@ class Publisher:
             countdown=task.countdown,
             producer=producer,
             retry=False,
+            **self._amqp_options,
             **({} if self.settings.task_args_in_events else _shown_arguments(task)),
         )
+
+    @property
+    def _amqp_options(self) -> dict[str, Any]:
+        if not self.settings.is_amqp_broker:
+            return {}
+        timeout = self.settings.publish_timeout
+        # Publisher confirms (celery_config) tell that RabbitMQ took the message, even when
+        # no queue did: with ``mandatory``, a message no queue takes comes back as an error
+        # instead. And neither the write nor the wait for the confirm outlasts the publish
+        # timeout (a broker short of memory blocks publishers without a word).
+        return {"mandatory": True, "timeout": timeout, "confirm_timeout": timeout}
 
     def _safe_url(self) -> str:
         from kombu.utils.url import maybe_sanitize_url
@@ -290,6 +308,30 @@ def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = N
         idempotency_key=message.idempotency_key,
         not_before=not_before,
     )
+
+
+#: AMQP's reply code for a mandatory message that no queue took.
+_NO_ROUTE = 312
+
+
+class _Unroutable(ConnectionError):
+    """RabbitMQ had no queue for the message (it was deleted after this process declared it;
+    kombu declares a queue once per connection): worth a retry, which declares it again."""
+
+
+def _forget_amqp_connection(connection: Any, exc: Exception) -> None:
+    """After a failed publish to RabbitMQ, make the next try start afresh: declare the
+    queue again, and never wait on a channel where a late confirm from this try could be
+    taken for the next one's.
+
+    Raises:
+        _Unroutable: ``exc`` was a message returned for want of a queue.
+    """
+    with contextlib.suppress(Exception):  # already broken: nothing more to undo
+        connection.declared_entities.clear()
+        connection.collect()  # the pool connects again when the producer is next used
+    if getattr(exc, "reply_code", None) == _NO_ROUTE:
+        raise _Unroutable(f"no queue took the message ({exc})") from exc
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -8,12 +8,15 @@ checks here are the shape those code paths rely on (kombu's virtual ``Message`` 
 Celery's protocol 2 as read by ``celery.worker.strategy``, ``Request`` and
 ``celery.app.trace``), so that a message which fails none of them cannot fail there either.
 
-Each check returns why the message is refused, or None.
+Each check returns why the message is refused, or None. ``inspect`` reads a queue item as
+kombu's virtual transports keep it (Redis: one JSON document); ``amqp_problem`` checks an
+AMQP message as py-amqp decoded it (RabbitMQ), through the same task rules.
 """
 
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,7 +207,9 @@ def _body_problem(message: Mapping[str, Any]) -> str | None:
     if message["properties"].get("body_encoding") == "base64":
         raw = base64.b64decode(raw)
     try:
-        body = json.loads(raw)
+        # kombu decodes the body as UTF-8 (the content-encoding checked above) before it
+        # parses it; json.loads alone would also take UTF-16 and UTF-32.
+        body = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "body: not JSON"
     if not (isinstance(body, list) and len(body) == 3):
@@ -243,3 +248,100 @@ def inspect(item: bytes | str, *, task: bool = True) -> tuple[dict[str, Any] | N
     if problem is not None:
         return None, problem
     return message, ""
+
+
+#: How deep AMQP header tables and arrays may nest (JSON headers from our producers: 2).
+MAX_TABLE_DEPTH = 16
+
+
+def _json_like_problem(value: Any, depth: int = 0) -> str | None:
+    """Why an AMQP header value is not one a JSON message could carry (what Celery reads,
+    copies into the task's request and publishes again on a retry); None if it is.
+
+    AMQP tables carry more than JSON: byte arrays (and strings that are not UTF-8, which
+    py-amqp hands over as bytes), timestamps, decimals, NaN; keys that are bytes.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, str) and not _utf8(value):
+            return "a string that is not UTF-8"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a float that is not finite"
+    if depth >= MAX_TABLE_DEPTH:
+        return f"nested deeper than {MAX_TABLE_DEPTH}"
+    if isinstance(value, list):
+        return next(filter(None, (_json_like_problem(v, depth + 1) for v in value)), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _utf8(key):
+                return f"a key that is not a UTF-8 string ({key!r:.40})"
+            problem = _json_like_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"a {type(value).__name__}, which JSON has not"
+
+
+def _utf8(text: str) -> bool:
+    # py-amqp decodes with "surrogatepass": a lone surrogate cannot be encoded again.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: py-amqp's decoded basic properties that are strings on the wire (shortstr).
+_AMQP_STRINGS = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+
+
+def amqp_problem(body: bytes, properties: Mapping[str, Any], *, task: bool = True) -> str | None:
+    """Why an AMQP message (its body, and its basic properties as py-amqp decoded them)
+    is not one kombu and Celery can take; None if it is.
+
+    With ``task``, it must also be a Celery task message our workers can run, by the
+    same rules as a queue item on Redis (``task_problem``): what differs between brokers
+    is only how a message is laid out, so the rules live once, here.
+    """
+    if len(body) > MAX_ITEM_BYTES:
+        return f"larger than {MAX_ITEM_BYTES} bytes"
+    for name in _AMQP_STRINGS:
+        value = properties.get(name)
+        if value is not None and (not isinstance(value, str) or not _utf8(value)):
+            return f"properties.{name}: not a UTF-8 string"
+    headers = properties.get("application_headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            return "headers: not a table"
+        problem = _json_like_problem(headers)
+        if problem is not None:
+            return f"headers: {problem}"
+    if not task:
+        return None
+    return task_problem(as_kombu_message(body, properties))
+
+
+def as_kombu_message(body: bytes, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """An AMQP message laid out as kombu's virtual transports keep one, for the checks
+    above: what kombu's ``pyamqp.Message`` hands Celery (headers, content type and
+    encoding, the body as it came)."""
+    message: dict[str, Any] = {
+        "body": body,
+        "headers": properties.get("application_headers") or {},
+        "properties": {},
+    }
+    for name, key in (("content_type", "content-type"), ("content_encoding", "content-encoding")):
+        if properties.get(name) is not None:
+            message[key] = properties[name]
+    return message

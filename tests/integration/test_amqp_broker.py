@@ -1,0 +1,331 @@
+"""RabbitMQ as the broker (``DELIVERY_BROKER_URL=amqp://…``), with real worker processes:
+deliveries go through; whatever is published to the task queue, the worker goes on, and
+what it cannot run is kept whole on ``delivery.undecodable``."""
+
+import base64
+import json
+import math
+import struct
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import delivery
+from delivery.errors import PublishError
+from delivery.transport.amqp import REASON_HEADER, SET_ASIDE
+from schemas import Message, Payload
+from tests.conftest import webhook_secret
+from tests.integration.conftest import Stack
+from tests.support import amqp_messages as am
+from tests.support.messages import DELETE, DROPPED, KILLERS, body_of, fresh, spoil
+from tests.support.receiver import Receiver
+from tests.support.servers import RabbitServer, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queue(rabbit_server: RabbitServer, rabbit_stack: Stack) -> Iterator[tuple[Any, Receiver, Any]]:
+    """A webhook channel, its receiver, and a real task message taken off the queue."""
+    secret = webhook_secret()
+    rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    with Receiver(secret) as receiver:
+        connection = am.connect(rabbit_server.url)
+        channel = am.channel_of(connection)
+        try:
+            yield channel, receiver, am.capture(channel, receiver.url("/template"))
+        finally:
+            connection.close()
+
+
+def test_deliveries_go_through_rabbitmq(rabbit_stack: Stack, queue) -> None:
+    _, receiver, _ = queue
+    rabbit_stack.worker("--concurrency", "4")
+    one = delivery.send("hooks", receiver.url("/one"), Payload(message="hello")).id
+    many = delivery.send_many(
+        Message(channel="hooks", address=receiver.url("/many"), payload=Payload(message=f"m{i}"))
+        for i in range(60)
+    )
+    ids = [one, *(r.id for r in many)]
+    rabbit_stack.wait_until(ids, {"delivered"}, timeout=45)
+    assert receiver.requests_to("/one")[0].verified
+    assert len(receiver.requests_to("/many")) == 60
+
+
+#: Killers whose field AMQP cannot carry (the broker sets it, or the wire type is fixed):
+#: they cannot be published to RabbitMQ at all.
+NOT_SAYABLE = {
+    "delivery_tag a list",
+    "delivery_tag an object",
+    "delivery_tag null",
+    "delivery_info empty (reconnect loop)",
+    "no exchange (reconnect loop)",
+    "no routing_key (reconnect loop)",
+    "body_encoding a number",
+    "body_encoding a list",
+    "body_encoding unknown",
+    "headers a string",
+    "headers a number",
+    "content-type a list",
+    "content-encoding a number",
+}
+
+
+def _amqp_only(template: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Messages only AMQP can carry: (name, message, marker)."""
+    crafted = []
+
+    def add(name: str, headers_extra: dict[Any, Any] | None = None, **options: Any) -> None:
+        message, marker = fresh(template)
+        body = options.pop("body", base64.b64decode(message["body"]))
+        headers = {**message["headers"], **(headers_extra or {})}
+        raw = am.properties_bytes(headers=headers, correlation_id=marker.encode(), **options)
+        assert raw is not None
+        crafted.append((name, am.RawMessage(body, raw), marker))
+
+    # The message of the bug report: a task header and a body of {}.
+    marker = fresh(template)[1]
+    raw = am.properties_bytes(headers={"task": "delivery.deliver", "id": marker})
+    assert raw is not None
+    crafted.append(("{} body", am.RawMessage(b"{}", raw), marker))
+    add("a timestamp past year 9999", {"x-when": am.timestamp(2**62)})
+    add("tables nested 20,000 deep", {"x-deep": am.nested(20_000)})
+    add("a content type that is not UTF-8", content_type=b"\xff\xfe")
+    add("a header key that is not UTF-8", {b"\xff\xfe": 1})
+    add("a header string that is not UTF-8", {"x-text": b"\xff\xfe"})
+    add("NaN as a float header", {"x-nan": math.nan})
+    add("a decimal header", {"x-money": am.Raw(b"D" + struct.pack(">Bi", 2, 12345))})
+    add("a byte-array header", {"x-bytes": am.Raw(b"x" + struct.pack(">I", 2) + b"\x00\xff")})
+    add("a table as the task name", {"task": {"a": 1}})
+    add("a huge retries count", {"retries": 2**62})
+    add("a NUL in the task name", {"task": "delivery.deliver\x00"})
+    message, marker = fresh(template)
+    args, kwargs, embed = body_of(message)
+    text = json.dumps([args, kwargs, embed]).encode()
+    add("a body that is not UTF-8", body=b"\xff" + text + marker.encode())
+    add("a body in UTF-16", body=json.dumps([args, kwargs, embed]).encode("utf-16"))
+    return crafted
+
+
+def test_each_crafted_message_is_set_aside_and_the_worker_goes_on(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, queue
+) -> None:
+    channel, receiver, template = queue
+    markers: dict[str, str] = {}
+    for name, path, value in KILLERS + DROPPED:
+        message, marker = fresh(template)
+        crafted = am.as_amqp(spoil(message, path, value))
+        if crafted is None:
+            assert name in NOT_SAYABLE
+            continue
+        am.publish(channel, crafted)
+        markers[name] = marker
+    assert len(markers) == len(KILLERS) + len(DROPPED) - len(NOT_SAYABLE)
+    for name, crafted, marker in _amqp_only(template):
+        am.publish(channel, crafted)
+        markers[name] = marker
+    # Given all of them on the queue before the worker starts
+    worker = rabbit_stack.worker("--concurrency", "2")
+    # Then a good delivery sent after them still goes through
+    good = delivery.send("hooks", receiver.url("/good"), Payload(message="after")).id
+    rabbit_stack.wait_until([good], {"delivered"}, timeout=30)
+    deadline = time.monotonic() + 20
+    while am.depth(rabbit_server.url) < len(markers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    held = am.set_aside(rabbit_server.url)
+    # And each crafted one is on the set-aside queue, with its reason
+    missing = [name for name, marker in markers.items() if not any(marker in t for _, t in held)]
+    assert missing == []
+    assert len(held) == len(markers)
+    assert all(reason not in ("", "None") for reason, _ in held)
+    assert worker.process is not None and worker.process.poll() is None
+    output = worker.output()
+    assert "Unrecoverable error" not in output
+    assert "Trying to re-establish the connection" not in output
+    # (two were refused by Celery itself, an unknown task name: set aside by the task layer)
+    assert output.count(f"see queue '{SET_ASIDE}'") >= len(markers) - 2
+    assert not receiver.requests_to("/template")
+
+
+#: Fields of a real message to spoil: those AMQP can carry.
+PATHS: list[tuple[Any, ...]] = [
+    ("body",),
+    ("content-type",),
+    ("content-encoding",),
+    ("headers",),
+    *[
+        ("headers", key)
+        for key in (
+            "task", "id", "lang", "shadow", "eta", "expires", "group", "group_index",
+            "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",
+            "origin", "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
+            "compression", "x-other",
+        )
+    ],
+    *[("properties", key) for key in ("priority", "reply_to", "correlation_id")],
+    ("body", 0),
+    ("body", 1),
+    ("body", 2),
+    ("body", 0, 0),
+    *[("body", 0, 0, key) for key in ("schema_version", "channel", "address", "payload")],
+    ("body", 0, 0, "payload", "message"),
+    ("body", 2, "callbacks"),
+    ("body", 2, "chain"),
+]  # fmt: skip
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats()  # NaN and infinities too: AMQP carries them
+    | st.text(max_size=20)  # NUL and lone surrogates included
+    | st.binary(max_size=8)  # a byte array, or a string that is not UTF-8
+)
+#: Header values only an AMQP table can hold.
+WIRE = st.sampled_from(
+    [
+        am.timestamp(2**62),
+        am.timestamp(0),
+        am.nested(5_000),
+        am.Raw(b"D" + struct.pack(">Bi", 255, -1)),
+        am.Raw(b"T" + struct.pack(">Q", int(datetime(2030, 1, 1).timestamp()))),
+    ]
+)
+VALUES = (
+    st.recursive(
+        SCALARS | WIRE,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=8,
+    )
+    | st.just(DELETE)
+    | st.sampled_from(["x" * 100_000, "2999-01-01T00:00:00"])
+)
+
+
+def test_spoiled_real_messages_never_stop_the_worker(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, queue
+) -> None:
+    channel, receiver, template = queue
+    worker = rabbit_stack.worker("--concurrency", "4")
+    published = [0]
+    seen: set[str] = set()
+
+    def kept(marker: str) -> bool:
+        if marker in seen:
+            return True
+        for _, text in am.set_aside(rabbit_server.url):
+            seen.update(m for m in pending if m in text)
+        return marker in seen
+
+    pending: set[str] = set()
+
+    @settings(
+        deadline=None,
+        max_examples=150,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(path=st.sampled_from(PATHS), value=VALUES)
+    def published_one(path: tuple[Any, ...], value: Any) -> None:
+        message, marker = fresh(template)
+        try:
+            spoil(message, path, value)
+        except (KeyError, IndexError, TypeError):
+            return  # the field is gone with an earlier part of the path
+        try:
+            crafted = am.as_amqp(message)
+        except (TypeError, ValueError, RecursionError):
+            return  # a value JSON cannot encode (bytes in the body, a nested timestamp)
+        if crafted is None:
+            return  # AMQP cannot say it
+        pending.add(marker)
+        am.publish(channel, crafted)
+        published[0] += 1
+        # Then the message ends up somewhere a person can find it: the log or the queue.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if rabbit_stack.log.get(marker) is not None or kept(marker):
+                break
+            assert worker.process is not None and worker.process.poll() is None, worker.output()
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"{path}={value!r:.200}: neither recorded nor set aside")
+
+    published_one()
+    assert published[0] >= 60  # most examples reach the queue
+    assert worker.process is not None and worker.process.poll() is None
+    good = delivery.send("hooks", receiver.url("/good"), Payload(message="after")).id
+    rabbit_stack.wait_until([good], {"delivered"}, timeout=30)
+    output = worker.output()
+    assert "Unrecoverable error" not in output
+    assert "Trying to re-establish the connection" not in output
+
+
+def test_set_aside_messages_keep_their_body_properties_and_reason(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, queue
+) -> None:
+    channel, _, template = queue
+    message, marker = fresh(template)
+    crafted = am.as_amqp(spoil(message, ("headers", "timelimit"), 7))
+    am.publish(channel, crafted)
+    rabbit_stack.worker("--concurrency", "1")
+    deadline = time.monotonic() + 30
+    while am.depth(rabbit_server.url) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    connection = am.connect(rabbit_server.url)
+    try:
+        kept = am.channel_of(connection).basic_get(SET_ASIDE, no_ack=True)
+    finally:
+        connection.close()
+    assert kept is not None
+    headers = kept.properties["application_headers"]
+    assert headers[REASON_HEADER] == "headers.timelimit: not what kombu and Celery expect"
+    assert headers["id"] == marker and headers["timelimit"] == 7
+    assert kept.properties["content_type"] == "application/json"
+    assert kept.properties["delivery_mode"] == 2
+    assert bytes(kept.body) == base64.b64decode(message["body"])
+
+
+def test_publishing_to_a_broker_that_is_not_there_raises_publish_error(
+    rabbit_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from delivery.producer import reset_publisher
+    from schemas import get_settings
+
+    monkeypatch.setenv("DELIVERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    monkeypatch.setenv("DELIVERY_PUBLISH_TIMEOUT", "1.5")
+    get_settings.cache_clear()
+    reset_publisher()
+    message = {"channel": "hooks", "address": "https://example.com/h", "payload": {"message": "m"}}
+    started = time.monotonic()
+    for call in (
+        lambda: delivery.send("hooks", "https://example.com/h", Payload(message="m")),
+        lambda: delivery.send_many([message, message]),
+        lambda: delivery.notify("order.shipped", {"n": 1}),
+    ):
+        with pytest.raises(PublishError, match="unreachable"):
+            call()
+    assert time.monotonic() - started < 60  # bounded by the publish timeout, not hung
+
+
+def test_send_send_many_and_notify_are_confirmed_by_rabbitmq(
+    rabbit_server: RabbitServer, rabbit_stack: Stack
+) -> None:
+    from delivery.producer.publisher import get_publisher
+
+    message = {"channel": "hooks", "address": "https://example.com/h", "payload": {"message": "m"}}
+    delivery.send("hooks", "https://example.com/h", Payload(message="m"))
+    delivery.send_many([message] * 3)
+    delivery.notify("order.shipped", {"n": 1})
+    # confirm_publish: the producer's connection waits for each basic.ack
+    with get_publisher().app.connection_for_write() as connection:
+        assert connection.transport_options.get("confirm_publish") is True
+    # Once send returns, RabbitMQ has the message: counted at once, no waiting.
+    assert am.depth(rabbit_server.url, "delivery") >= 5
