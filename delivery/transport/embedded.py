@@ -227,9 +227,9 @@ class Channel(virtual.Channel):
     @staticmethod
     def _message(row: Taken, *, task: bool) -> tuple[dict[str, Any] | None, str]:
         payload = row.payload
+        if row.too_large:
+            return None, f"larger than {MAX_PAYLOAD} bytes"
         if payload is None:
-            if row.size > MAX_PAYLOAD:
-                return None, f"larger than {MAX_PAYLOAD} bytes"
             return None, "no payload"
         if not isinstance(payload, str | bytes):
             return None, f"payload: a {type(payload).__name__}, not text"

@@ -119,6 +119,8 @@ class Taken:
     id: int
     payload: Any
     size: int
+    #: Larger than MAX_PAYLOAD: left unread (``payload`` is None).
+    too_large: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +251,15 @@ class QueueFile:
         with self.transaction() as tx:
             rows = tx.execute(sql, params).fetchall()
         return sorted(
-            (Taken(id=row[0], payload=row[1], size=row[2] or 0) for row in rows),
+            (
+                Taken(
+                    id=row[0],
+                    payload=row[1],
+                    size=row[2] or 0,
+                    too_large=row[1] is None and (row[2] or 0) > MAX_PAYLOAD,
+                )
+                for row in rows
+            ),
             key=lambda taken: taken.id,
         )
 

@@ -5,6 +5,7 @@ control reaches a worker from another process."""
 import contextlib
 import sqlite3
 import time
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -27,7 +28,7 @@ def _broker(stack: Stack) -> sqlite3.Connection:
     return sqlite3.connect(stack.tmp_path / ".delivery" / "broker.sqlite3", timeout=30)
 
 
-def _query(stack: Stack, sql: str, *params: object) -> list[tuple[object, ...]]:
+def _query(stack: Stack, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with contextlib.closing(_broker(stack)) as broker:
         return broker.execute(sql, params).fetchall()
 
