@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.settings import EMBEDDED_BROKER_URL
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["embedded", "redis"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     if request.param == "embedded":
-        return "filesystem://localhost"
+        return EMBEDDED_BROKER_URL
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
 
