@@ -130,3 +130,28 @@ def test_remote_control_reaches_a_worker_from_another_process(embedded_stack: St
     assert _query(embedded_stack, "SELECT count(*) FROM binding WHERE queue LIKE '%.reply.%'") == [
         (0,)
     ]
+
+
+def test_a_worker_stopped_mid_run_hands_back_what_it_reserved_without_copies(
+    embedded_stack: Stack,
+) -> None:
+    secret = webhook_secret()
+    embedded_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    with Receiver(secret) as receiver:
+        receiver.latency = 0.5
+        first = embedded_stack.worker("--concurrency", str(THREADS))
+        ids = [
+            delivery.send("hooks", receiver.url("/hook"), Payload(message=f"m{i}")).id
+            for i in range(60)
+        ]
+        receiver.wait_for(THREADS)
+        # When the worker is stopped (a warm shutdown: what runs finishes)
+        first.stop()
+        # Then nothing it held stays held, and no message was copied
+        left = _query(embedded_stack, "SELECT owner FROM message WHERE queue = 'delivery'")
+        assert left and all(owner is None for (owner,) in left)
+        assert len(left) + len(receiver.count_by_id()) <= len(ids)
+        embedded_stack.worker("--concurrency", "8")
+        embedded_stack.wait_until(ids, {"delivered"})
+        receiver.wait_for(len(ids))
+    assert sorted(receiver.count_by_id().values()) == [1] * len(ids)
