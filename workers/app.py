@@ -30,7 +30,8 @@ def _adopt_old_embedded_queue(**_: Any) -> None:
         return
     # The embedded broker was kombu's filesystem transport, a folder of message files:
     # what waits there moves into the SQLite file, once.
-    from delivery.transport.embedded_store import QueueFile, adopt_filesystem_queue
+    from delivery.transport.embedded_adopt import adopt_filesystem_queue
+    from delivery.transport.embedded_store import QueueFile
 
     moved = adopt_filesystem_queue(settings.broker_folder, QueueFile.open(settings.broker_file))
     if moved:

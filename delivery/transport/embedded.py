@@ -24,6 +24,7 @@ Here (see ``delivery.transport.embedded_store`` for the file):
 """
 
 import logging
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -98,14 +99,16 @@ class Channel(virtual.Channel):
         )
         #: This channel's consumer id: the owner of the rows it takes.
         self.consumer_id = uuid.uuid4().hex
-        self._registered = False
+        #: The process that registered the consumer id (a forked child closing the channel
+        #: it inherited must not release its parent's rows).
+        self._registered_by: int | None = None
         #: Queues consumed without acknowledgement: their rows are removed when taken.
         self._no_ack: set[str] = set()
 
     def _register(self) -> None:
-        if not self._registered:
+        if self._registered_by is None:
             self.queue_file.register(self.consumer_id)
-            self._registered = True
+            self._registered_by = os.getpid()
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -279,8 +282,8 @@ class Channel(virtual.Channel):
     def close(self) -> None:
         if not self.closed:
             super().close()  # kombu restores what was not acknowledged (``_restore``)
-            if self._registered:
-                self._registered = False
+            registered_by, self._registered_by = self._registered_by, None
+            if registered_by == os.getpid():
                 try:
                     self.queue_file.unregister(self.consumer_id)
                 except Exception:  # the heartbeat expires on its own, and housekeeping

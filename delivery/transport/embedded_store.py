@@ -49,6 +49,8 @@ TRANSIENT_MAX_AGE = 300.0
 UNBOUND_MAX_AGE = 30.0
 #: Items set aside: the newest are kept.
 SET_ASIDE_KEEP = 10_000
+#: Bytes the WAL file is cut back to once checkpointed.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: The largest payload read into memory; larger rows are set aside without being read.
 MAX_PAYLOAD = 256 * 1024 * 1024
 
@@ -177,6 +179,8 @@ class QueueFile:
             # WAL makes commits durable at the next checkpoint rather than each one: a
             # power cut may lose the last moments, a killed process loses nothing.
             connection.execute("PRAGMA synchronous = NORMAL")
+            # After a burst the WAL is cut back to this when it starts over.
+            connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 
@@ -485,9 +489,8 @@ def _heartbeat(ref: "weakref.ref[QueueFile]", stop: threading.Event) -> None:
         try:
             queue_file.beat()
             queue_file.housekeep()
-        except sqlite3.Error:
-            # Retried at the next beat; an expiry is ten beats away.
-            logger.warning("could not renew the broker heartbeat", exc_info=True)
+        except Exception:  # whatever it is, this thread must go on: an expiry is ten beats away
+            logger.exception("could not renew the broker heartbeat; trying again")
         del queue_file
 
 
@@ -497,30 +500,3 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def adopt_filesystem_queue(folder: Path, queue_file: QueueFile) -> int:
-    """Move the messages waiting in kombu's filesystem transport's folder (the embedded
-    broker before this one: ``<folder>/queue/<time>_<uuid>.<queue>.msg``) onto the same
-    queues here, oldest first, once; return how many. Each file is renamed before it is
-    read, so two workers starting together never both move it; what is not a message is
-    moved all the same, and set aside by whoever takes it. Remote-control and event
-    messages are long stale: dropped. So are the consumed copies in ``processed``."""
-    moved = 0
-    for path in sorted((folder / "queue").glob("*.msg")):
-        queue = path.name.partition(".")[2].removesuffix(".msg")
-        claimed = path.with_name(path.name + ".adopting")
-        try:
-            path.rename(claimed)
-        except OSError:
-            continue  # another worker took it
-        try:
-            if queue and is_task_queue(queue):
-                queue_file.put(queue, claimed.read_bytes().decode("utf-8", "replace"))
-                moved += 1
-            claimed.unlink()
-        except OSError:
-            logger.warning("could not move %s into the broker file", path, exc_info=True)
-    for path in (folder / "processed").glob("*.msg"):
-        path.unlink(missing_ok=True)
-    return moved

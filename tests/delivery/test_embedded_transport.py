@@ -22,11 +22,11 @@ from kombu.messaging import Consumer, Producer
 
 from delivery.producer.celery_config import DELIVER_TASK, celery_config
 from delivery.transport.embedded import Channel
+from delivery.transport.embedded_adopt import adopt_filesystem_queue
 from delivery.transport.embedded_store import (
     HEARTBEAT_EXPIRES,
     TRANSIENT_MAX_AGE,
     QueueFile,
-    adopt_filesystem_queue,
     is_task_queue,
 )
 from schemas import Settings
