@@ -50,11 +50,18 @@ def test_a_killed_worker_loses_none_of_the_messages_it_had_reserved(
         receiver.wait_for(2 * THREADS)
         # When the worker dies with no goodbye
         doomed.kill()
+        killed_at = time.monotonic()
+        dead = _query(embedded_stack, "SELECT DISTINCT owner FROM message WHERE owner NOTNULL")
         ((reserved,),) = _query(embedded_stack, "SELECT count(*) FROM message WHERE owner NOTNULL")
         assert reserved > THREADS, "the worker held no more than it was sending"
         # Then another worker delivers every one: the free messages at once, the dead one's
         # once its heartbeat has expired, and what it had claimed in the log by the sweep
         embedded_stack.worker("--concurrency", "8")
+        held = f"SELECT count(*) FROM message WHERE owner IN ({','.join('?' * len(dead))})"
+        while _query(embedded_stack, held, *(owner for (owner,) in dead)) != [(0,)]:
+            assert time.monotonic() - killed_at < 60, "the dead worker's messages stay held"
+            time.sleep(0.2)
+        released_in = time.monotonic() - killed_at
         embedded_stack.wait_until(ids, {"delivered"}, timeout=90)
         receiver.wait_for(len(ids))
     seen = receiver.count_by_id()
@@ -62,7 +69,10 @@ def test_a_killed_worker_loses_none_of_the_messages_it_had_reserved(
     # Duplicates only of sends the dead worker made and had not yet recorded (at most
     # RECORD_EVERY per thread), never of a message the broker handed out twice
     duplicates = {i: n - 1 for i, n in seen.items() if n > 1}
-    print(f"reserved {reserved} when killed, duplicates {sum(duplicates.values())}")
+    print(
+        f"reserved {reserved} when killed, released in {released_in:.1f} s,"
+        f" duplicates {sum(duplicates.values())}"
+    )
     assert sum(duplicates.values()) <= THREADS * RECORD_EVERY, duplicates
     # And the broker holds nothing more
     assert _query(embedded_stack, "SELECT count(*) FROM message WHERE queue = 'delivery'") == [(0,)]
