@@ -16,6 +16,7 @@ then acknowledged. It is logged at ERROR and the worker goes on.
 """
 
 import logging
+import struct
 import threading
 from struct import unpack_from
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from amqp import spec  # type: ignore[import-untyped]
 from amqp.basic_message import Message as AmqpMessage  # type: ignore[import-untyped]
 from amqp.exceptions import UnexpectedFrame  # type: ignore[import-untyped]
+from kombu.connection import Connection as KombuConnection
 from kombu.transport import pyamqp
 
 from delivery.transport.shape import amqp_problem
@@ -230,42 +232,43 @@ class Connection(pyamqp.Connection):
         raw = getattr(msg, "raw_properties", None)
         if raw is not None:
             extra[RAW_PROPERTIES_HEADER] = raw
+        message = AmqpMessage(
+            body, **{**properties, "application_headers": {**(headers or {}), **extra}}
+        )
+        try:
+            message._serialize_properties()
+        except (ValueError, TypeError, OverflowError, ArithmeticError, struct.error) as exc:
+            # Decoded, but not encoded again (py-amqp writes fewer types than it reads):
+            # the body as it came, the properties in words.
+            logger.warning("set-aside properties kept as text (%r)", exc)
+            extra[PROPERTIES_HEADER] = repr(msg.properties)[:60_000]
+            message = AmqpMessage(body, application_headers=extra)
+        message.properties["delivery_mode"] = 2  # persistent: kept across a broker restart
         with self._aside_lock:
             try:
-                try:
-                    self._publish_aside(
-                        body,
-                        {**properties, "application_headers": {**(headers or {}), **extra}},
-                    )
-                except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
-                    # Decoded, but not encoded again (py-amqp writes fewer types than it
-                    # reads): the body as it came, the properties in words.
-                    logger.warning("set-aside properties kept as text (%r)", exc)
-                    extra[PROPERTIES_HEADER] = repr(msg.properties)[:60_000]
-                    self._publish_aside(body, {"application_headers": extra})
+                self._aside_channel_open().basic_publish(
+                    message,
+                    exchange="",
+                    routing_key=SET_ASIDE,
+                    timeout=CONFIRM_TIMEOUT,
+                    confirm_timeout=CONFIRM_TIMEOUT,
+                )
             except BaseException:
                 self._close_aside()
                 raise
 
-    def _publish_aside(self, body: bytes, properties: dict[str, Any]) -> None:
+    def _aside_channel_open(self) -> Any:
         channel = self._aside_channel
         if channel is None:
-            client = self.client  # the kombu connection that made this one
-            self._aside = client.clone(
-                transport_options={**client.transport_options, "confirm_publish": True}
-            )
+            # The kombu connection that made this one, again, with confirms.
+            info = self.client.info()
+            options = {**(info.get("transport_options") or {}), "confirm_publish": True}
+            self._aside = KombuConnection(**{**info, "transport_options": options})
             self._aside.connect()  # once: a broker that is away fails this set-aside now
             channel = self._aside.channel()
             channel.queue_declare(SET_ASIDE, durable=True, auto_delete=False)
             self._aside_channel = channel
-        properties["delivery_mode"] = 2  # persistent: kept across a broker restart
-        channel.basic_publish(
-            AmqpMessage(body, **properties),
-            exchange="",
-            routing_key=SET_ASIDE,
-            timeout=CONFIRM_TIMEOUT,
-            confirm_timeout=CONFIRM_TIMEOUT,
-        )
+        return channel
 
     def _close_aside(self) -> None:
         aside, self._aside, self._aside_channel = self._aside, None, None

@@ -4,7 +4,6 @@ what it cannot run is kept whole on ``delivery.undecodable``."""
 
 import base64
 import json
-import math
 import struct
 import time
 from collections.abc import Iterator
@@ -30,17 +29,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def queue(rabbit_server: RabbitServer, rabbit_stack: Stack) -> Iterator[tuple[Any, Receiver, Any]]:
-    """A webhook channel, its receiver, and a real task message taken off the queue."""
+def queue(
+    rabbit_server: RabbitServer, rabbit_stack: Stack
+) -> Iterator[tuple[am.Sender, Receiver, Any]]:
+    """A webhook channel, its receiver, a sender of crafted messages, and a real task
+    message taken off the queue."""
     secret = webhook_secret()
     rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
     with Receiver(secret) as receiver:
-        connection = am.connect(rabbit_server.url)
-        channel = am.channel_of(connection)
+        sender = am.Sender(rabbit_server.url)
         try:
-            yield channel, receiver, am.capture(channel, receiver.url("/template"))
+            yield sender, receiver, am.capture(sender.channel, receiver.url("/template"))
         finally:
-            connection.close()
+            sender.close()
 
 
 def test_deliveries_go_through_rabbitmq(rabbit_stack: Stack, queue) -> None:
@@ -98,7 +99,6 @@ def _amqp_only(template: dict[str, Any]) -> list[tuple[str, Any, str]]:
     add("a content type that is not UTF-8", content_type=b"\xff\xfe")
     add("a header key that is not UTF-8", {b"\xff\xfe": 1})
     add("a header string that is not UTF-8", {"x-text": b"\xff\xfe"})
-    add("NaN as a float header", {"x-nan": math.nan})
     add("a decimal header", {"x-money": am.Raw(b"D" + struct.pack(">Bi", 2, 12345))})
     add("a byte-array header", {"x-bytes": am.Raw(b"x" + struct.pack(">I", 2) + b"\x00\xff")})
     add("a table as the task name", {"task": {"a": 1}})
@@ -115,19 +115,19 @@ def _amqp_only(template: dict[str, Any]) -> list[tuple[str, Any, str]]:
 def test_each_crafted_message_is_set_aside_and_the_worker_goes_on(
     rabbit_server: RabbitServer, rabbit_stack: Stack, queue
 ) -> None:
-    channel, receiver, template = queue
+    sender, receiver, template = queue
     markers: dict[str, str] = {}
     for name, path, value in KILLERS + DROPPED:
         message, marker = fresh(template)
         crafted = am.as_amqp(spoil(message, path, value))
-        if crafted is None:
+        if crafted is None or set(path) & set(am.NOT_ON_AMQP):
             assert name in NOT_SAYABLE
             continue
-        am.publish(channel, crafted)
+        assert sender.publish(crafted), name
         markers[name] = marker
     assert len(markers) == len(KILLERS) + len(DROPPED) - len(NOT_SAYABLE)
     for name, crafted, marker in _amqp_only(template):
-        am.publish(channel, crafted)
+        assert sender.publish(crafted), name
         markers[name] = marker
     # Given all of them on the queue before the worker starts
     worker = rabbit_stack.worker("--concurrency", "2")
@@ -182,7 +182,9 @@ SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats()  # NaN and infinities too: AMQP carries them
+    # NaN and infinities too, though RabbitMQ refuses them in headers: it closes the
+    # publisher's connection (INTERNAL_ERROR), and they never reach a worker.
+    | st.floats()
     | st.text(max_size=20)  # NUL and lone surrogates included
     | st.binary(max_size=8)  # a byte array, or a string that is not UTF-8
 )
@@ -212,7 +214,7 @@ VALUES = (
 def test_spoiled_real_messages_never_stop_the_worker(
     rabbit_server: RabbitServer, rabbit_stack: Stack, queue
 ) -> None:
-    channel, receiver, template = queue
+    sender, receiver, template = queue
     worker = rabbit_stack.worker("--concurrency", "4")
     published = [0]
     seen: set[str] = set()
@@ -245,8 +247,9 @@ def test_spoiled_real_messages_never_stop_the_worker(
             return  # a value JSON cannot encode (bytes in the body, a nested timestamp)
         if crafted is None:
             return  # AMQP cannot say it
+        if not sender.publish(crafted):
+            return  # RabbitMQ refused it
         pending.add(marker)
-        am.publish(channel, crafted)
         published[0] += 1
         # Then the message ends up somewhere a person can find it: the log or the queue.
         deadline = time.monotonic() + 20
@@ -271,10 +274,10 @@ def test_spoiled_real_messages_never_stop_the_worker(
 def test_set_aside_messages_keep_their_body_properties_and_reason(
     rabbit_server: RabbitServer, rabbit_stack: Stack, queue
 ) -> None:
-    channel, _, template = queue
+    sender, _, template = queue
     message, marker = fresh(template)
     crafted = am.as_amqp(spoil(message, ("headers", "timelimit"), 7))
-    am.publish(channel, crafted)
+    assert sender.publish(crafted)
     rabbit_stack.worker("--concurrency", "1")
     deadline = time.monotonic() + 30
     while am.depth(rabbit_server.url) < 1 and time.monotonic() < deadline:
@@ -290,7 +293,7 @@ def test_set_aside_messages_keep_their_body_properties_and_reason(
     assert headers["id"] == marker and headers["timelimit"] == 7
     assert kept.properties["content_type"] == "application/json"
     assert kept.properties["delivery_mode"] == 2
-    assert bytes(kept.body) == base64.b64decode(message["body"])
+    assert am.as_bytes(kept.body) == base64.b64decode(message["body"])
 
 
 def test_publishing_to_a_broker_that_is_not_there_raises_publish_error(

@@ -10,6 +10,7 @@ thousands deep.
 
 import base64
 import binascii
+import contextlib
 import json
 import struct
 from typing import Any
@@ -29,16 +30,22 @@ MAX_PROPERTIES = 120_000
 NOT_ON_AMQP = ("delivery_tag", "delivery_info", "body_encoding", "exchange", "routing_key")
 
 
-def connect(url: str) -> Any:
+def connect(url: str, *, confirm_publish: bool = False) -> Any:
     parts = urlsplit(url)
     connection = amqp.Connection(
         f"{parts.hostname}:{parts.port}",
         userid=parts.username or "guest",
         password=parts.password or "guest",
         connect_timeout=10,
+        confirm_publish=confirm_publish,
     )
     connection.connect()
     return connection
+
+
+def as_bytes(body: bytes | str) -> bytes:
+    """A body as it came (py-amqp leaves "" where there was none)."""
+    return body.encode() if isinstance(body, str) else bytes(body)
 
 
 def channel_of(connection: Any) -> Any:
@@ -56,7 +63,7 @@ def capture(channel: Any, address: str, *, queue: str = "delivery") -> dict[str,
     assert message is not None, "nothing was published"
     props = message.properties
     return {
-        "body": base64.b64encode(bytes(message.body)).decode(),
+        "body": base64.b64encode(as_bytes(message.body)).decode(),
         "content-type": props.get("content_type"),
         "content-encoding": props.get("content_encoding"),
         "headers": dict(props.get("application_headers") or {}),
@@ -118,8 +125,34 @@ def as_amqp(message: dict[str, Any]) -> Any:
     return RawMessage(raw, raw_properties)
 
 
-def publish(channel: Any, message: Any, *, queue: str = "delivery") -> None:
-    channel.basic_publish(message, exchange="", routing_key=queue)
+class Sender:
+    """Publishes crafted messages with confirms, so that one RabbitMQ refuses (it closes
+    the connection on a NaN in a header: INTERNAL_ERROR) is known, and the next one goes
+    on a new connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection: Any = None
+        self.channel: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        self.connection = connect(self.url, confirm_publish=True)
+        self.channel = channel_of(self.connection)
+
+    def publish(self, message: Any, *, queue: str = "delivery") -> bool:
+        """Whether RabbitMQ took the message."""
+        try:
+            self.channel.basic_publish(message, exchange="", routing_key=queue)
+            return True
+        except (amqp.exceptions.AMQPError, OSError):
+            self.close()
+            self._open()
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(amqp.exceptions.AMQPError, OSError, AttributeError):
+            self.connection.close()
 
 
 def set_aside(url: str) -> list[tuple[str, str]]:
@@ -131,7 +164,7 @@ def set_aside(url: str) -> list[tuple[str, str]]:
         channel = channel_of(connection)
         while (message := channel.basic_get(SET_ASIDE, no_ack=False)) is not None:
             headers = message.properties.get("application_headers") or {}
-            text = bytes(message.body).decode(errors="replace") + repr(headers)
+            text = as_bytes(message.body).decode(errors="replace") + repr(headers)
             held.append((str(headers.get(REASON_HEADER)), text))
     finally:
         connection.close()  # unacknowledged: all of them go back on the queue
