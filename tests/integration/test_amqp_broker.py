@@ -5,7 +5,9 @@ what it cannot run is kept whole on ``delivery.undecodable``."""
 import base64
 import json
 import struct
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -15,14 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import delivery
+from delivery.engine.service import RECORD_EVERY
 from delivery.errors import PublishError
 from delivery.transport.amqp import REASON_HEADER, SET_ASIDE
-from schemas import Message, Payload
+from schemas import Message, Payload, Settings
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
 from tests.support import amqp_messages as am
 from tests.support.messages import DELETE, DROPPED, KILLERS, body_of, fresh, spoil
-from tests.support.receiver import Receiver
+from tests.support.receiver import Answer, Receiver
 from tests.support.servers import RabbitServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -332,3 +335,143 @@ def test_send_send_many_and_notify_are_confirmed_by_rabbitmq(
         assert connection.transport_options.get("confirm_publish") is True
     # Once send returns, RabbitMQ has the message: counted at once, no waiting.
     assert am.depth(rabbit_server.url, "delivery") >= 5
+
+
+BATCHED = Payload(message="in a batch")
+
+
+def test_coalesced_and_batched_deliveries_on_rabbitmq(
+    rabbit_server: RabbitServer, rabbit_stack: Stack
+) -> None:
+    secret = webhook_secret()
+    rabbit_stack.channels.add(
+        "hooks", "webhook", {"secret": secret, "timeout": 5}, retry_schedule=(0, 0.3, 0.3)
+    )
+    with Receiver(secret) as receiver:
+        # A slow receiver and two threads: single deliveries pile up behind the busy threads
+        # and are coalesced (DELIVERY_COALESCE, on by default); send_many's go in batch tasks.
+        receiver.latency = 0.05
+        receiver.script("/flaky", Answer(503))
+        receiver.script("/bad", Answer(400))
+        rabbit_stack.worker("--concurrency", "2")
+        reserved = _Reserved(rabbit_server)
+        singles = [
+            delivery.send("hooks", receiver.url(f"/n/{n}"), Payload(message="x")).id
+            for n in range(40)
+        ]
+        flaky = delivery.send("hooks", receiver.url("/flaky"), Payload(message="x")).id
+        bad = delivery.send("hooks", receiver.url("/bad"), Payload(message="x")).id
+        batched = [
+            r.id
+            for r in delivery.send_many(
+                Message(
+                    channel="hooks", address=receiver.url(f"/b/{n}"), payload=Payload(message="y")
+                )
+                for n in range(60)
+            )
+        ]
+        ids = [*singles, flaky, bad, *batched]
+        counts = rabbit_stack.wait_until(ids, {"delivered", "failed"}, timeout=90)
+        assert counts == {"delivered": 101, "failed": 1}
+        reserved.stop()
+        # The worker held more unacknowledged than its prefetch (2) while its threads were
+        # busy: the coalescer's credit raised the prefetch on RabbitMQ too.
+        assert reserved.most > 2, reserved.most
+        time.sleep(0.5)
+        paths = Counter(r.path for r in receiver.received)
+        assert all(paths[f"/n/{n}"] == 1 for n in range(40)), paths
+        assert all(paths[f"/b/{n}"] == 1 for n in range(60)), paths
+        assert all(r.verified for r in receiver.received)
+    flaky_record, bad_record = rabbit_stack.log.get(flaky), rabbit_stack.log.get(bad)
+    assert flaky_record is not None and bad_record is not None
+    assert [(a.outcome, a.status_code) for a in flaky_record.attempts] == [
+        ("retry", 503),
+        ("delivered", 204),
+    ]
+    assert [(a.outcome, a.status_code) for a in bad_record.attempts] == [("failed", 400)]
+    # Every message was acknowledged: nothing ready or unacknowledged remains.
+    deadline = time.monotonic() + 10
+    while _queue_counts(rabbit_server) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _queue_counts(rabbit_server) == (0, 0)
+
+
+def _queue_counts(server: RabbitServer) -> tuple[int, int]:
+    """(ready, unacknowledged) on the task queue, as RabbitMQ counts them."""
+    text = server.ctl_run(
+        "list_queues", "name", "messages_ready", "messages_unacknowledged", "--quiet",
+        "--no-table-headers",
+    )  # fmt: skip
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "delivery":
+            return int(fields[1]), int(fields[2])
+    return 0, 0
+
+
+class _Reserved:
+    """The most messages RabbitMQ counted as unacknowledged at once, sampled in a thread
+    (each sample is a ``rabbitmqctl`` call: a few a second)."""
+
+    def __init__(self, server: RabbitServer) -> None:
+        self.server = server
+        self.most = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.most = max(self.most, _queue_counts(self.server)[1])
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+
+#: The settings recovery depends on, at their defaults (the Stack shortens them).
+DEFAULTS = {
+    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
+    for name in ("lease_seconds", "sweep_interval", "visibility_timeout", "retry_schedule")
+}
+
+
+def test_a_killed_worker_is_taken_over_on_rabbitmq(rabbit_stack: Stack) -> None:
+    secret = webhook_secret()
+    rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    with Receiver(secret) as receiver:
+        receiver.latency = 0.3  # batches stay in flight for seconds
+        # Two workers on one host need their own node names on RabbitMQ: each one's remote
+        # control queue (<name>.celery.pidbox) is exclusive to it.
+        doomed = rabbit_stack.worker("--concurrency", "4", "-n", "doomed@%h", **DEFAULTS)
+        # No --beat: the workers sweep the log by themselves.
+        survivor = rabbit_stack.worker("--concurrency", "4", "-n", "survivor@%h", **DEFAULTS)
+        ids = [
+            r.id
+            for r in delivery.send_many(
+                Message(
+                    channel="hooks",
+                    address=receiver.url("/hook"),
+                    payload=Payload(message=f"m{i}"),
+                    idempotency_key=f"k{i}",
+                )
+                for i in range(100)
+            )
+        ]
+        receiver.wait_for(10)
+        # When one worker dies mid-batch (SIGKILL): RabbitMQ hands what its connection held
+        # unacknowledged to the survivor at once; what it had claimed in the log (status
+        # sending) comes back when its leases run out, through the survivor's sweep.
+        doomed.kill()
+        killed_at = time.monotonic()
+        held = [r.id for r in rabbit_stack.log.find(status="sending", limit=1000)]
+        assert held, "nothing was in flight when the worker died"
+        rabbit_stack.wait_until(held, {"delivered"}, timeout=60)
+        taken_over_in = time.monotonic() - killed_at
+        rabbit_stack.wait_until(ids, {"delivered"}, timeout=60)
+    seen = receiver.count_by_id()
+    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    print(f"held {len(held)}, taken over in {taken_over_in:.1f}s, duplicates {duplicates}")
+    assert duplicates <= 4 * RECORD_EVERY
+    assert set(seen) == set(ids)
+    assert survivor.process is not None and survivor.process.poll() is None
