@@ -310,3 +310,9 @@ class Transport(virtual.Transport):
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # No host to connect to: ``embedded://`` is complete (kombu would warn, every time a
+        # connection is made, that it "reverts" to localhost).
+        return {"port": None, "hostname": ""}
