@@ -1,9 +1,9 @@
 """What the HTTP service asks the broker directly: is it there, and how much waits on it.
 
-The Redis broker is asked with its own commands (``PING``, ``LLEN``); the embedded broker
-is a SQLite file, whose rows are counted (WAL: a reader never waits on the workers). Every
-answer comes from the broker itself, so it is the same whichever API process is asked,
-however many workers consume.
+The Redis broker is asked with its own commands (``PING``, ``LLEN``), RabbitMQ with a
+passive ``queue.declare``; the embedded broker is a SQLite file, whose rows are counted
+(WAL: a reader never waits on the workers). Every answer comes from the broker itself, so
+it is the same whichever API process is asked, however many workers consume.
 """
 
 import threading
@@ -24,6 +24,8 @@ class QueueDepth:
     ready: int
     #: Task messages taken by a worker and not yet acknowledged (None: not known here).
     unacked: int | None
+    #: Consumers taking from the queue (None: not known here).
+    consumers: int | None = None
 
 
 class BrokerProbe:
@@ -99,7 +101,37 @@ class BrokerProbe:
         if settings.is_embedded_broker:
             ready, unacked = self._embedded_depth()
             return QueueDepth(ready, unacked)
+        if settings.is_amqp_broker:
+            return self._amqp_depth()
         return None
+
+    def _amqp_depth(self) -> QueueDepth:
+        """RabbitMQ's own count, from a passive declare: messages ready (not those taken and
+        unacknowledged, which AMQP does not tell) and consumers.
+
+        Raises:
+            OSError: the broker cannot be reached.
+        """
+        from amqp.exceptions import NotFound  # type: ignore[import-untyped]
+        from kombu.connection import Connection
+
+        options = {"read_timeout": PROBE_TIMEOUT, "write_timeout": PROBE_TIMEOUT}
+        connection = Connection(  # type: ignore[no-untyped-call]
+            self.settings.broker_url, connect_timeout=PROBE_TIMEOUT, transport_options=options
+        )
+        with connection as conn:
+            try:
+                conn.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT)
+                channel = conn.channel()
+                try:
+                    _, ready, consumers = channel.queue_declare(
+                        queue=self.settings.queue, passive=True
+                    )
+                except NotFound:
+                    return QueueDepth(0, None, 0)  # not declared yet: nothing was published
+            except Exception as exc:  # noqa: BLE001 - every transport raises its own
+                raise OSError(f"amqp: {type(exc).__name__}") from None
+        return QueueDepth(int(ready), None, int(consumers))
 
     def _embedded_depth(self) -> tuple[int, int]:
         """Ready and unacknowledged rows of the delivery queue in the broker file (created

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import delivery
+from delivery.api.broker import QueueDepth
 from delivery.engine.service import RECORD_EVERY
 from delivery.errors import PublishError
 from delivery.transport.amqp import REASON_HEADER, SET_ASIDE
@@ -475,3 +476,25 @@ def test_a_killed_worker_is_taken_over_on_rabbitmq(rabbit_stack: Stack) -> None:
     assert duplicates <= 4 * RECORD_EVERY
     assert set(seen) == set(ids)
     assert survivor.process is not None and survivor.process.poll() is None
+
+
+def test_readiness_and_depth_come_from_rabbitmq(rabbit_stack: Stack) -> None:
+    from delivery.api.broker import BrokerProbe
+    from schemas import get_settings
+
+    probe = BrokerProbe(get_settings())
+    probe.check()
+    assert probe.depth() == QueueDepth(0, None, 0)  # nothing published: no queue yet
+    for n in range(3):
+        delivery.send("hooks", f"https://example.com/{n}", Payload(message="m"))
+    assert probe.depth() == QueueDepth(3, None, 0)
+    rabbit_stack.worker("--concurrency", "1")  # no channel "hooks": each one fails
+    deadline = time.monotonic() + 30
+    while (depth := probe.depth()) is not None and depth.ready and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert probe.depth() == QueueDepth(0, None, 1)
+    gone = BrokerProbe(Settings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
+    with pytest.raises(OSError):
+        gone.check()
+    with pytest.raises(OSError):
+        gone.depth()
