@@ -7,8 +7,14 @@ its encoding and its broker round trip on the consumer's thread, per event. Meas
 one-task-per-delivery path (bench section 1), that was a fifth of the worker's CPU time.
 
 Here the flush runs at most every ``FLUSH_INTERVAL`` seconds, so Flower sees a task's
-events up to that much later; Celery itself still flushes whenever its buffer holds 24
-events, and this step flushes what is left when the consumer stops.
+events up to that much later, and this step flushes what is left when the consumer stops.
+
+Every flush runs on the event loop's thread. Celery would also flush from whichever thread
+sent the event that filled its buffer (24 events), and worker threads send events; on
+RabbitMQ, with publisher confirms, a worker thread waiting for its confirm on the events'
+connection hung for good now and then (seen under py-spy: every thread waiting for the
+dispatcher's lock, the one holding it waiting for a confirm that never came), and the
+worker stopped taking messages.
 """
 
 import logging
@@ -21,6 +27,9 @@ logger = logging.getLogger(__name__)
 #: Longest an event waits before it is published. Flower's view lags by this at most; the
 #: deliveries themselves are not delayed at all.
 FLUSH_INTERVAL = 0.05
+#: Celery's buffer limit, raised so that only the timed flush publishes (a few hundred
+#: events a second make some dozens per interval).
+NO_FLUSH_ON_SEND = 1_000_000
 
 
 class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -40,6 +49,7 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         self._dispatcher = dispatcher
         self._armed = False
+        dispatcher.buffer_limit = NO_FLUSH_ON_SEND
 
         def flush() -> None:
             # Disarm before flushing: an event buffered during the flush arms the next one.
