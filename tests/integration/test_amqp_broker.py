@@ -498,3 +498,34 @@ def test_readiness_and_depth_come_from_rabbitmq(rabbit_stack: Stack) -> None:
         gone.check()
     with pytest.raises(OSError):
         gone.depth()
+
+
+def test_a_broker_that_blocks_publishers_is_a_publish_error_in_time(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from delivery.producer import reset_publisher
+    from schemas import get_settings
+
+    monkeypatch.setenv("DELIVERY_PUBLISH_TIMEOUT", "2")
+    get_settings.cache_clear()
+    reset_publisher()
+    delivery.send("hooks", "https://example.com/before", Payload(message="m"))
+    # Given RabbitMQ out of memory: it blocks publishers and never confirms
+    rabbit_server.ctl_run("set_vm_memory_high_watermark", "0")
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishError):
+            delivery.send("hooks", "https://example.com/blocked", Payload(message="m"))
+        # Then send gives up after the publish timeout, not never (generous: 2 shared cores)
+        assert time.monotonic() - started < 30
+    finally:
+        rabbit_server.ctl_run("set_vm_memory_high_watermark", "0.4")
+    # And once RabbitMQ has room again, the next send goes through on a new connection
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            delivery.send("hooks", "https://example.com/after", Payload(message="m"))
+            break
+        except PublishError:
+            assert time.monotonic() < deadline
+    assert am.depth(rabbit_server.url, "delivery") >= 2
