@@ -463,3 +463,17 @@ def test_the_old_filesystem_queue_is_adopted_once(tmp_path: Path, path: Path) ->
     assert adopt_filesystem_queue(folder, queue_file) == 0
     assert [queue for _, queue, _ in rows(path)] == [QUEUE, QUEUE]
     assert not list(folder.rglob("*.msg"))
+
+
+def test_the_api_reads_ready_and_unacknowledged_counts_from_the_file(
+    tmp_path: Path, publish: Any, path: Path
+) -> None:
+    from delivery.api.broker import BrokerProbe, QueueDepth
+
+    probe = BrokerProbe(Settings(home=tmp_path, broker_url=EMBEDDED_BROKER_URL))
+    assert probe.settings.broker_file == path  # where the publish fixture's producer wrote
+    publish(3)
+    with connect(path) as conn:
+        assert conn.channel().basic_get(QUEUE) is not None  # taken, not acknowledged
+        probe.check()
+        assert probe.depth() == QueueDepth(ready=2, unacked=1)
