@@ -4,6 +4,7 @@ control reaches a worker from another process."""
 
 import contextlib
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -165,3 +166,43 @@ def test_a_worker_stopped_mid_run_hands_back_what_it_reserved_without_copies(
         embedded_stack.wait_until(ids, {"delivered"})
         receiver.wait_for(len(ids))
     assert sorted(receiver.count_by_id().values()) == [1] * len(ids)
+
+
+def test_task_events_reach_a_receiver_in_another_process_as_flower_gets_them(
+    embedded_stack: Stack,
+) -> None:
+    secret = webhook_secret()
+    embedded_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    app = Celery("flower-like", set_as_current=False)
+    app.conf.update(celery_config(get_settings()))
+    events: list[dict[str, Any]] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        listening = threading.Thread(
+            target=receiver.capture, kwargs={"limit": None, "wakeup": False}, daemon=True
+        )
+        listening.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not _query(embedded_stack, "SELECT 1 FROM binding WHERE exchange = 'celeryev'"):
+                assert time.monotonic() < deadline, "the receiver never bound its queue"
+                time.sleep(0.1)
+            embedded_stack.worker("--concurrency", "2")
+            with Receiver(secret) as hooks:
+                # When a worker runs a task
+                sent = delivery.send("hooks", hooks.url("/hook"), Payload(message="watched"))
+                embedded_stack.wait_until([sent.id], {"delivered"})
+            # Then its events arrive here: received, started and succeeded
+            seen: set[str] = set()
+            while not {"task-received", "task-succeeded"} <= seen:
+                assert time.monotonic() < deadline + 30, sorted(seen)
+                time.sleep(0.1)
+                seen = {e["type"] for e in list(events) if e.get("uuid") == sent.id}
+        finally:
+            receiver.should_stop = True
+            listening.join(timeout=10)
+    app.close()
+    # And once the receiver has gone, nothing is routed to its queue any more
+    assert _query(embedded_stack, "SELECT count(*) FROM binding WHERE exchange = 'celeryev'") == [
+        (0,)
+    ]
