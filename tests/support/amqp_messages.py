@@ -166,6 +166,8 @@ def set_aside(url: str) -> list[tuple[str, str]]:
             headers = message.properties.get("application_headers") or {}
             text = as_bytes(message.body).decode(errors="replace") + repr(headers)
             held.append((str(headers.get(REASON_HEADER)), text))
+    except amqp.exceptions.NotFound:
+        pass  # nothing was set aside yet: the workers declare the queue the first time
     finally:
         connection.close()  # unacknowledged: all of them go back on the queue
     return held
