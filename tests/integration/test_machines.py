@@ -1,9 +1,10 @@
 """Three workers standing in for three machines: each its own ``DELIVERY_HOME`` and node
-name, sharing one broker and one PostgreSQL log, with the default lease, sweep and
-visibility timeout and no beat. One is killed mid-run; the other two finish its work, and
-no delivery is recorded twice."""
+name, sharing one broker (Redis, then RabbitMQ) and one PostgreSQL log, with the default
+lease, sweep and visibility timeout and no beat. One is killed mid-run; the other two
+finish its work, and no delivery is recorded twice."""
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -24,18 +25,31 @@ DEFAULTS = {
 MACHINES = ("host-a", "host-b", "host-c")
 
 
-def test_three_machines_one_dies_the_others_finish_its_work(postgres_stack: Stack) -> None:
+@pytest.fixture(params=["redis", "rabbitmq"])
+def shared_stack(
+    request: pytest.FixtureRequest, stack_factory: Callable[[str, str], Stack]
+) -> Stack:
+    """One broker server and one PostgreSQL log, as several machines would share them."""
+    broker = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "rabbit_server"
+    )
+    broker.flush()
+    postgres = request.getfixturevalue("postgres_server")
+    return stack_factory(broker.url, postgres.create_database(f"machines_{request.param}"))
+
+
+def test_three_machines_one_dies_the_others_finish_its_work(shared_stack: Stack) -> None:
     secret = webhook_secret()
-    postgres_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    shared_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
     with Receiver(secret) as receiver:
         receiver.latency = 0.2  # each worker holds deliveries in flight, and more reserved
         workers = [
-            postgres_stack.worker(
+            shared_stack.worker(
                 "--concurrency",
                 "4",
                 "-n",
                 f"worker@{host}",
-                DELIVERY_HOME=str(postgres_stack.tmp_path / host),
+                DELIVERY_HOME=str(shared_stack.tmp_path / host),
                 **DEFAULTS,
             )
             for host in MACHINES
@@ -50,19 +64,19 @@ def test_three_machines_one_dies_the_others_finish_its_work(postgres_stack: Stac
         killed_at = time.monotonic()
         # Then the other two deliver everything, its work included (the promise is 30 s
         # after the death; the bound leaves room for a loaded machine)
-        postgres_stack.wait_until(ids, {"delivered"}, timeout=120)
+        shared_stack.wait_until(ids, {"delivered"}, timeout=120)
         finished_in = time.monotonic() - killed_at
-    result = ledger(postgres_stack.log, receiver, ids)
+    result = ledger(shared_stack.log, receiver, ids)
     print(f"all {len(ids)} delivered {finished_in:.1f}s after the kill")
     assert (result.delivered, result.unknown) == (len(ids), 0)
     # Each survivor did part of the work, and kept its own home
     attempts_by = {
         attempt.worker
         for delivery_id in ids
-        for attempt in postgres_stack.log.get(delivery_id).attempts  # type: ignore[union-attr]
+        for attempt in shared_stack.log.get(delivery_id).attempts  # type: ignore[union-attr]
     }
     assert {w for w in attempts_by if w and "host-b" in w} and {
         w for w in attempts_by if w and "host-c" in w
     }, attempts_by
     for host in MACHINES:
-        assert (postgres_stack.tmp_path / host).is_dir()
+        assert (shared_stack.tmp_path / host).is_dir()
