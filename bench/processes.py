@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -215,6 +216,41 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+class RabbitServer:
+    """A throwaway RabbitMQ node: the test suite's (``tests.support.servers.RabbitServer``:
+    its own node name, ports, epmd and folders, as the ``rabbitmq`` user when root), stopped
+    with the run. It takes several seconds to start, so a run starts one at most.
+    """
+
+    def __init__(self, processes: Processes) -> None:
+        find_binary("rabbitmq-server")  # a BenchSetupError, not a pytest skip
+        from tests.support.servers import RabbitServer as Node
+
+        # Not in the run's scratch folder: as root the node runs as another user.
+        directory = Path(tempfile.mkdtemp(prefix="delivery-bench-rabbit-"))
+        directory.chmod(0o777)
+        self.node = Node(directory)
+        processes.on_exit("rabbitmq-server", self._stop)
+        try:
+            self.node.start()
+        except TimeoutError as exc:
+            raise BenchSetupError(str(exc)) from None
+        self.startup_seconds = self.node.startup_seconds
+
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    def flush(self) -> None:
+        self.node.flush()
+
+    def _stop(self) -> None:
+        try:
+            self.node.stop()
+        finally:
+            shutil.rmtree(self.node.directory, ignore_errors=True)
 
 
 class PostgresServer:

@@ -15,11 +15,12 @@ from typing import Any
 
 from bench import baseline_app
 from bench.context import BenchContext, payload
+from bench.processes import BenchSetupError, RabbitServer
 from bench.report import SectionResult, Spread, Target
 from bench.stack import DeliveryStack, Worker, delivery_stack
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK
 
-TITLE = "1. End-to-end throughput (webhook, SQLite log)"
+TITLE = "1. End-to-end throughput (webhook, SQLite log; Redis, and RabbitMQ)"
 
 OURS = "ours: send_many -> delivery worker"
 SINGLE = "ours, one task per delivery (DELIVERY_BATCH_SIZE=1)"
@@ -53,7 +54,7 @@ class _Runner:
         self.stack = stack
         self.ours = ours
         self.base = base
-        self.client = Celery("bench-baseline-client", broker=ctx.redis.url, set_as_current=False)
+        self.client = Celery("bench-baseline-client", broker=stack.broker_url, set_as_current=False)
         self.client.conf.update(baseline_app.MATCHED)
         self.url = ctx.receiver.url("/e2e")
         from delivery.producer.publisher import Publisher
@@ -145,7 +146,6 @@ class _Runner:
 
 
 def run(ctx: BenchContext) -> SectionResult:
-    cfg = ctx.config
     result = SectionResult(
         "e2e",
         TITLE,
@@ -156,14 +156,48 @@ def run(ctx: BenchContext) -> SectionResult:
             "worker CPU ms/delivery",
             "enqueue msgs/s",
             "requests / delivered",
+            "RabbitMQ: deliveries/s",
+            "RabbitMQ: ours / this",
         ],
     )
+    measurements, ours_config = _measure(ctx, ctx.redis.url, "e2e")
+    rabbit: Rabbit | None = None
+    try:
+        server = RabbitServer(ctx.processes)
+    except BenchSetupError as exc:
+        result.notes.append(f"RabbitMQ columns left empty: {exc}")
+    else:
+        ctx.console.print(f"RabbitMQ node started in {server.startup_seconds:.1f} s")
+        try:
+            measured, config = _measure(ctx, server.url, "e2e_rabbitmq")
+        finally:
+            ctx.processes.stop("rabbitmq-server")  # idle, it would still share the CPUs
+        rabbit = Rabbit(server.url, measured, config)
+    _summarise(ctx, result, measurements, ours_config, rabbit)
+    return result
+
+
+@dataclass(frozen=True)
+class Rabbit:
+    """The same contenders on a RabbitMQ node the bench started."""
+
+    url: str
+    measurements: dict[str, list[Measurement]]
+    ours_config: dict[str, Any]
+
+
+def _measure(
+    ctx: BenchContext, broker_url: str, name: str
+) -> tuple[dict[str, list[Measurement]], dict[str, Any]]:
+    """Every contender, ``runs`` times each, on ``broker_url``: warm-up first, then the
+    order rotated from run to run."""
+    cfg = ctx.config
     measurements: dict[str, list[Measurement]] = {OURS: [], SINGLE: [], POST: [], SESSION: []}
     with delivery_stack(
         ctx.processes,
-        ctx.workdir / "e2e",
-        broker_url=ctx.redis.url,
-        database_url=ctx.sqlite_url("e2e"),
+        ctx.workdir / name,
+        broker_url=broker_url,
+        database_url=ctx.sqlite_url(name),
         queue="bench-delivery",
     ) as stack:
         ours_config = _our_settings()
@@ -194,8 +228,7 @@ def run(ctx: BenchContext) -> SectionResult:
             runner.close()
             stack.stop_worker(ours)
             stack.stop_worker(base)
-    _summarise(ctx, result, measurements, ours_config)
-    return result
+    return measurements, ours_config
 
 
 #: Celery settings shown side by side for the two workers.
@@ -238,24 +271,36 @@ def _baseline_settings() -> dict[str, Any]:
     return {key: config.get(key) for key in _SHOWN}
 
 
+def _ratios(measurements: dict[str, list[Measurement]]) -> dict[str, Spread]:
+    """Ours over each other contender, within each run."""
+    ours = measurements[OURS]
+    return {
+        label: Spread.of([o.rate / b.rate for o, b in zip(ours, measurements[label], strict=True)])
+        for label in (SINGLE, POST, SESSION)
+    }
+
+
 def _summarise(
     ctx: BenchContext,
     result: SectionResult,
     measurements: dict[str, list[Measurement]],
     ours_config: dict[str, Any],
+    rabbit: "Rabbit | None" = None,
 ) -> None:
     cfg = ctx.config
     ours = measurements[OURS]
-    ratios = {
-        label: Spread.of([o.rate / b.rate for o, b in zip(ours, measurements[label], strict=True)])
-        for label in (SINGLE, POST, SESSION)
-    }
+    ratios = _ratios(measurements)
+    rabbit_ratios = _ratios(rabbit.measurements) if rabbit else {}
     single_vs_post = Spread.of(
         [s.rate / b.rate for s, b in zip(measurements[SINGLE], measurements[POST], strict=True)]
     )
     for label, ms in measurements.items():
         rate = Spread.of([m.rate for m in ms])
         ratio = "1.00" if label == OURS else ratios[label].format(2, "x")
+        rabbit_rate, rabbit_ratio = "-", "-"
+        if rabbit is not None:
+            rabbit_rate = Spread.of([m.rate for m in rabbit.measurements[label]]).format(0)
+            rabbit_ratio = "1.00" if label == OURS else rabbit_ratios[label].format(2, "x")
         result.add_row(
             label,
             rate.format(0),
@@ -263,6 +308,8 @@ def _summarise(
             Spread.of([m.cpu_ms for m in ms]).format(2),
             Spread.of([m.enqueue_rate for m in ms]).format(0),
             f"{sum(m.requests for m in ms)} / {sum(m.delivered for m in ms)}",
+            rabbit_rate,
+            rabbit_ratio,
         )
     fastest = max(m.rate for ms in measurements.values() for m in ms)
     ceiling = ctx.shared.get("receiver_ceiling", 0.0)
@@ -288,6 +335,16 @@ def _summarise(
         f"receiver ceiling {ceiling:,.0f} req/s = {ceiling / fastest:.0f}x the fastest "
         "contender, so it is not the bottleneck.",
     ]
+    if rabbit is not None:
+        requests = sum(m.requests for ms in rabbit.measurements.values() for m in ms)
+        delivered = sum(m.delivered for ms in rabbit.measurements.values() for m in ms)
+        result.notes += [
+            f"RabbitMQ columns: the same contenders, runs and settings on a RabbitMQ node the "
+            f"bench started ({rabbit.url}); ours with its transport and publisher confirms "
+            f"({_describe(rabbit.ours_config)}), the baseline with Celery's defaults "
+            f"(kombu's py-amqp transport, no confirms); requests / delivered "
+            f"{requests} / {delivered}.",
+        ]
     post = ratios[POST]
     result.targets.append(
         Target(
@@ -307,6 +364,23 @@ def _summarise(
         "ours_settings": ours_config,
         "baseline_settings": _baseline_settings(),
     }
+    if rabbit is not None:
+        result.data["rabbitmq"] = {
+            "measurements": {k: [asdict(m) for m in v] for k, v in rabbit.measurements.items()},
+            "ratio_vs_post": asdict(rabbit_ratios[POST]),
+            "ratio_vs_session": asdict(rabbit_ratios[SESSION]),
+            "ratio_single_vs_post": asdict(
+                Spread.of(
+                    [
+                        s.rate / b.rate
+                        for s, b in zip(
+                            rabbit.measurements[SINGLE], rabbit.measurements[POST], strict=True
+                        )
+                    ]
+                )
+            ),
+            "ours_settings": rabbit.ours_config,
+        }
 
 
 def _describe(settings: dict[str, Any]) -> str:
