@@ -26,6 +26,7 @@ Here (see ``delivery.transport.embedded_store`` for the file):
 import logging
 import os
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,7 @@ class QoS(virtual.QoS):
     def ack(self, delivery_tag: Any) -> None:
         row = _row_id(delivery_tag)
         if row is not None:
-            # Also after the channel closed: a task that finished during a warm shutdown
-            # is acknowledged, and its row (put back at the close) is not sent again.
-            self.channel.queue_file.ack([row])
+            self.channel.acknowledge(row)
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
@@ -104,6 +103,47 @@ class Channel(virtual.Channel):
         self._registered_by: int | None = None
         #: Queues consumed without acknowledgement: their rows are removed when taken.
         self._no_ack: set[str] = set()
+        #: Rows acknowledged (by the worker's threads) since the consumer's loop last
+        #: removed them, and whether acknowledgements now go to the file at once.
+        self._acked: list[int] = []
+        self._acked_lock = threading.Lock()
+        self._ack_at_once = False
+
+    # -- acknowledging ------------------------------------------------------------------
+
+    def acknowledge(self, row: int) -> None:
+        """Remove an acknowledged row: with the others of this turn of the consumer's loop
+        (one transaction, on its next poll, 50 ms at most), or at once when nothing
+        consumes (also after the close: a task that finished during a warm shutdown is
+        acknowledged, and its row, put back at the close, is not sent again)."""
+        with self._acked_lock:
+            if not self._ack_at_once and self._consumers:
+                self._acked.append(row)
+                return
+        self.queue_file.ack([row])
+
+    def flush_acknowledgements(self) -> None:
+        with self._acked_lock:
+            rows, self._acked = self._acked, []
+        if not rows:
+            return
+        try:
+            self.queue_file.ack(rows)
+        except BaseException:
+            with self._acked_lock:
+                self._acked[:0] = rows  # the next turn tries again
+            raise
+
+    def drain_events(self, timeout: Any = None, callback: Any = None) -> Any:
+        # Every turn of the consumer's loop comes here, also while the prefetch is full.
+        self.flush_acknowledgements()
+        return super().drain_events(timeout=timeout, callback=callback)
+
+    def basic_cancel(self, consumer_tag: Any) -> Any:
+        result = super().basic_cancel(consumer_tag)
+        if not self._consumers:
+            self.flush_acknowledgements()  # no loop will come back to them
+        return result
 
     def _register(self) -> None:
         if self._registered_by is None:
@@ -281,6 +321,10 @@ class Channel(virtual.Channel):
 
     def close(self) -> None:
         if not self.closed:
+            with self._acked_lock:
+                self._ack_at_once = True
+            # Before what is not acknowledged is put back: these were.
+            self.flush_acknowledgements()
             super().close()  # kombu restores what was not acknowledged (``_restore``)
             registered_by, self._registered_by = self._registered_by, None
             if registered_by == os.getpid():
