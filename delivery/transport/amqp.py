@@ -23,7 +23,7 @@ from typing import Any
 
 from amqp import spec  # type: ignore[import-untyped]
 from amqp.basic_message import Message as AmqpMessage  # type: ignore[import-untyped]
-from amqp.exceptions import UnexpectedFrame  # type: ignore[import-untyped]
+from amqp.exceptions import PreconditionFailed, UnexpectedFrame  # type: ignore[import-untyped]
 from kombu.connection import Connection as KombuConnection
 from kombu.transport import pyamqp
 
@@ -44,6 +44,8 @@ PROPERTIES_HEADER = "x-delivery-properties"
 #: original stays unacknowledged, and comes back).
 CONFIRM_TIMEOUT = 10.0
 
+#: AMQP's reply code for a mandatory message that no queue took.
+_NO_ROUTE = 312
 #: The methods that carry a message (a content header and body frames follow).
 _CONTENT_METHODS = frozenset([spec.Basic.Return, spec.Basic.Deliver, spec.Basic.GetOk])
 
@@ -137,6 +139,10 @@ class Channel(pyamqp.Channel):
             self._queue_of[tag] = queue
         return tag
 
+    def basic_cancel(self, consumer_tag: str, *args: Any, **kwargs: Any) -> Any:
+        self._queue_of.pop(consumer_tag, None)
+        return super().basic_cancel(consumer_tag, *args, **kwargs)
+
     def _on_basic_deliver(
         self,
         consumer_tag: str,
@@ -163,10 +169,13 @@ class Channel(pyamqp.Channel):
     ) -> None:
         """Set ``msg`` aside, then acknowledge it: at worst it is kept twice, never lost."""
         body = _body(msg)
+        connection = self.connection
         try:
-            self.connection.set_aside(msg, body, problem, routing_key)
-        except self.connection.connection_errors:
-            raise  # the broker is away: the message stays unacknowledged, and comes back
+            connection.set_aside(msg, body, problem, routing_key)
+        except connection.connection_errors + connection.recoverable_connection_errors:
+            # The broker is away, or would not keep the copy (a nack): the message stays
+            # unacknowledged, Celery connects again, and it comes back.
+            raise
         except Exception:  # any other failure must not stop the worker
             logger.exception(
                 "could not set aside a message on queue %r (%s; %d bytes); rejected",
@@ -245,17 +254,24 @@ class Connection(pyamqp.Connection):
             message = AmqpMessage(body, application_headers=extra)
         message.properties["delivery_mode"] = 2  # persistent: kept across a broker restart
         with self._aside_lock:
-            try:
-                self._aside_channel_open().basic_publish(
-                    message,
-                    exchange="",
-                    routing_key=SET_ASIDE,
-                    timeout=CONFIRM_TIMEOUT,
-                    confirm_timeout=CONFIRM_TIMEOUT,
-                )
-            except BaseException:
-                self._close_aside()
-                raise
+            for attempt in (1, 2):
+                try:
+                    # Mandatory: confirmed only once the queue has it, not merely RabbitMQ.
+                    self._aside_channel_open().basic_publish(
+                        message,
+                        exchange="",
+                        routing_key=SET_ASIDE,
+                        mandatory=True,
+                        timeout=CONFIRM_TIMEOUT,
+                        confirm_timeout=CONFIRM_TIMEOUT,
+                    )
+                    return
+                except BaseException as exc:
+                    self._close_aside()
+                    # Returned for want of the queue (deleted since it was declared here):
+                    # once more, on a connection that declares it again.
+                    if getattr(exc, "reply_code", None) != _NO_ROUTE or attempt == 2:
+                        raise
 
     def _aside_channel_open(self) -> Any:
         channel = self._aside_channel
@@ -266,7 +282,12 @@ class Connection(pyamqp.Connection):
             self._aside = KombuConnection(**{**info, "transport_options": options})
             self._aside.connect()  # once: a broker that is away fails this set-aside now
             channel = self._aside.channel()
-            channel.queue_declare(SET_ASIDE, durable=True, auto_delete=False)
+            try:
+                channel.queue_declare(SET_ASIDE, durable=True, auto_delete=False)
+            except PreconditionFailed:
+                # Declared otherwise by its owner (a quorum queue, a policy's arguments):
+                # it is there, and is used as it is, on a new channel (that one is closed).
+                channel = self._aside.channel()
             self._aside_channel = channel
         return channel
 

@@ -529,3 +529,25 @@ def test_a_broker_that_blocks_publishers_is_a_publish_error_in_time(
         except PublishError:
             assert time.monotonic() < deadline
     assert am.depth(rabbit_server.url, "delivery") >= 2
+
+
+def test_a_set_aside_queue_deleted_under_a_running_worker_is_declared_again(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, queue
+) -> None:
+    sender, _, template = queue
+    rabbit_stack.worker("--concurrency", "1")
+    markers = []
+    for attempt in range(2):
+        message, marker = fresh(template)
+        markers.append(marker)
+        assert sender.publish(am.as_amqp(spoil(message, ("headers", "retries"), -1)))
+        deadline = time.monotonic() + 30
+        while am.depth(rabbit_server.url) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = am.set_aside(rabbit_server.url)
+        assert [m for m in markers[attempt:] if not any(m in t for _, t in held)] == []
+        if attempt == 0:
+            # When someone deletes the queue (the worker declared it once, and remembers)
+            sender.channel.queue_delete(SET_ASIDE)
+    # Then the second one was not confirmed into nowhere: the queue is back, and holds it
+    assert am.depth(rabbit_server.url) == 1
