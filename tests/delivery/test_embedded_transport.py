@@ -159,6 +159,29 @@ def test_an_acknowledgement_after_the_close_still_removes_the_row(publish: Any, 
     assert rows(path) == []
 
 
+def test_acknowledgements_of_one_turn_go_together_and_before_a_close_restores(
+    publish: Any, path: Path
+) -> None:
+    publish(3)
+    with connect(path) as conn:
+        got: list[Any] = []
+        consumer = Consumer(
+            conn.channel(), [task_queue()], callbacks=[lambda _, m: got.append(m)], accept=["json"]
+        )
+        consumer.consume()
+        conn.drain_events(timeout=5)  # all three, in one take
+        got[0].ack()
+        got[1].ack()
+        assert len(rows(path)) == 3  # removed with the next turn of the loop
+        with contextlib.suppress(socket.timeout):
+            conn.drain_events(timeout=0.2)
+        assert len(rows(path)) == 1
+        # When the last is acknowledged and the connection closes before another turn
+        got[2].ack()
+    # Then it is removed, not put back for another consumer
+    assert rows(path) == []
+
+
 def test_an_empty_queue_is_empty(connection: Connection) -> None:
     channel = connection.channel()
     assert channel.basic_get(QUEUE) is None
