@@ -121,8 +121,8 @@ class Channel(pyamqp.Channel):
     """A py-amqp channel that checks each message before its consumer's callback."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        #: The queue each consumer (by tag) takes from.
-        self._queue_of: dict[str, str] = {}
+        #: The queue each consumer (by tag) takes from, and whether it acknowledges.
+        self._queue_of: dict[str, tuple[str, bool]] = {}
         super().__init__(*args, **kwargs)
         # py-amqp decodes each body with whatever codec the message names, before anything
         # else sees it; kombu decodes it again, by the same property, when Celery asks. The
@@ -132,11 +132,14 @@ class Channel(pyamqp.Channel):
     def basic_consume(
         self, queue: str = "", consumer_tag: str = "", *args: Any, **kwargs: Any
     ) -> Any:
+        # Celery's remote control consumes without acknowledgements (no_ack): acknowledging
+        # one of its messages is a channel error that stops the worker.
+        no_ack = bool(kwargs.get("no_ack", args[1] if len(args) > 1 else False))
         if consumer_tag:  # kombu always names its consumers; messages may come at once
-            self._queue_of[consumer_tag] = queue
+            self._queue_of[consumer_tag] = (queue, no_ack)
         tag = super().basic_consume(queue, consumer_tag, *args, **kwargs)
         if isinstance(tag, str):
-            self._queue_of[tag] = queue
+            self._queue_of[tag] = (queue, no_ack)
         return tag
 
     def basic_cancel(self, consumer_tag: str, *args: Any, **kwargs: Any) -> Any:
@@ -152,22 +155,29 @@ class Channel(pyamqp.Channel):
         routing_key: str,
         msg: AmqpMessage,
     ) -> None:
-        queue = self._queue_of.get(consumer_tag)
-        if queue is not None and consumer_tag in self.callbacks:
+        consumer = self._queue_of.get(consumer_tag)
+        if consumer is not None and consumer_tag in self.callbacks:
+            queue, no_ack = consumer
             problem = getattr(msg, "undecodable", None) or amqp_problem(
                 _body(msg), msg.properties, task=is_task_queue(queue)
             )
             if problem is not None:
-                self._refuse(msg, delivery_tag, queue, routing_key, problem)
+                self._refuse(msg, None if no_ack else delivery_tag, queue, routing_key, problem)
                 return
         super()._on_basic_deliver(
             consumer_tag, delivery_tag, redelivered, exchange, routing_key, msg
         )
 
     def _refuse(
-        self, msg: AmqpMessage, delivery_tag: int, queue: str, routing_key: str, problem: str
+        self,
+        msg: AmqpMessage,
+        delivery_tag: int | None,
+        queue: str,
+        routing_key: str,
+        problem: str,
     ) -> None:
-        """Set ``msg`` aside, then acknowledge it: at worst it is kept twice, never lost."""
+        """Set ``msg`` aside, then acknowledge it (``delivery_tag``; None: its consumer does
+        not acknowledge): at worst it is kept twice, never lost."""
         body = _body(msg)
         connection = self.connection
         try:
@@ -183,9 +193,11 @@ class Channel(pyamqp.Channel):
                 problem,
                 len(body),
             )
-            self.basic_reject(delivery_tag, requeue=False)
+            if delivery_tag is not None:
+                self.basic_reject(delivery_tag, requeue=False)
             return
-        self.basic_ack(delivery_tag)
+        if delivery_tag is not None:
+            self.basic_ack(delivery_tag)
         logger.error(
             "set aside a message on queue %r that is not a task message we can run (%s; "
             "%d bytes); see queue %r",

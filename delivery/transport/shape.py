@@ -328,8 +328,24 @@ def amqp_problem(body: bytes, properties: Mapping[str, Any], *, task: bool = Tru
         if problem is not None:
             return f"headers: {problem}"
     if not task:
-        return None
+        return _json_problem(body, properties)
     return task_problem(as_kombu_message(body, properties))
+
+
+def _json_problem(body: bytes, properties: Mapping[str, Any]) -> str | None:
+    """Why a message that is not a task (remote control, a reply, an event) is not JSON as
+    kombu decodes it for Celery; None if it is. Celery handles a message it cannot decode by
+    acknowledging it, which on a consumer without acknowledgements (remote control) is a
+    channel error that stops the worker."""
+    if properties.get("content_type") != "application/json":
+        return "content-type: not application/json"
+    if str(properties.get("content_encoding") or "utf-8").lower() != "utf-8":
+        return "content-encoding: not utf-8"
+    try:
+        loads(body)  # kombu's, with its object hooks ({"__type__": …})
+    except Exception:  # noqa: BLE001 - its hooks raise whatever their types' parsers raise
+        return "body: not JSON kombu can decode"
+    return None
 
 
 def as_kombu_message(body: bytes, properties: Mapping[str, Any]) -> dict[str, Any]:

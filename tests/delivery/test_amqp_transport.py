@@ -127,6 +127,16 @@ def test_messages_off_task_queues_need_not_be_tasks() -> None:
     reply = json.dumps({"ok": "pong"}).encode()
     assert amqp_problem(reply, {"content_type": "application/json"}, task=False) is None
     assert amqp_problem(reply, {"application_headers": {"x": b"\xff"}}, task=False) is not None
+    # …but they must be JSON kombu can decode: Celery acknowledges one it cannot, which on
+    # the remote-control consumer (no acknowledgements) is a channel error.
+    json_type = {"content_type": "application/json"}
+    assert amqp_problem(b"not json", json_type, task=False) == "body: not JSON kombu can decode"
+    hooked = b'{"__type__": "datetime", "__value__": "x"}'
+    assert amqp_problem(hooked, json_type, task=False) == "body: not JSON kombu can decode"
+    pickled = {"content_type": "application/x-python-serialize"}
+    assert amqp_problem(b"\x80\x04K\x01.", pickled, task=False) is not None
+    latin = {**json_type, "content_encoding": "latin-1"}
+    assert amqp_problem(b"{}", latin, task=False) == "content-encoding: not utf-8"
     assert is_task_queue("delivery")
     assert not is_task_queue("celery@host.celery.pidbox")
     assert not is_task_queue("8f1c.reply.celery.pidbox")

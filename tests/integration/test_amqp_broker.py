@@ -551,3 +551,46 @@ def test_a_set_aside_queue_deleted_under_a_running_worker_is_declared_again(
             sender.channel.queue_delete(SET_ASIDE)
     # Then the second one was not confirmed into nowhere: the queue is back, and holds it
     assert am.depth(rabbit_server.url) == 1
+
+
+#: Garbage on Celery's broadcast exchange, and whether it is set aside (what kombu cannot
+#: decode: Celery would acknowledge it, on a consumer without acknowledgements).
+CONTROL_GARBAGE: list[tuple[bytes, dict[str, Any], bool]] = [
+    (b"not json", {"content_type": "application/json", "content_encoding": "utf-8"}, True),
+    (b"\x80\x04K\x01.", {"content_type": "application/x-python-serialize"}, True),
+    (b"{}", {"content_type": "application/json", "application_headers": {"x": b"\xff"}}, True),
+    (b'{"__type__": "datetime", "__value__": "x"}', {"content_type": "application/json"}, True),
+    (b"[1, 2]", {"content_type": "application/json", "content_encoding": "utf-8"}, False),
+    (b"{}", {"content_type": "application/json", "content_encoding": "utf-8"}, False),
+    (b'{"method": 7, "arguments": []}', {"content_type": "application/json"}, False),
+    (b'{"method": "ping", "arguments": 5}', {"content_type": "application/json"}, False),
+]
+
+
+def test_garbage_on_the_remote_control_exchange_never_stops_a_worker(
+    rabbit_server: RabbitServer, rabbit_stack: Stack
+) -> None:
+    import amqp  # type: ignore[import-untyped]
+
+    secret = webhook_secret()
+    rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    worker = rabbit_stack.worker("--concurrency", "1", "-n", "control@%h")
+    sender = am.Sender(rabbit_server.url)
+    try:
+        # Anyone may publish to Celery's broadcast exchange: every worker reads it.
+        for body, options, _ in CONTROL_GARBAGE:
+            sender.channel.basic_publish(
+                amqp.Message(body, **options), exchange="celery.pidbox", routing_key=""
+            )
+    finally:
+        sender.close()
+    with Receiver(secret) as receiver:
+        good = delivery.send("hooks", receiver.url("/good"), Payload(message="after")).id
+        rabbit_stack.wait_until([good], {"delivered"}, timeout=30)
+    kept = sum(1 for *_, aside in CONTROL_GARBAGE if aside)
+    deadline = time.monotonic() + 10
+    while am.depth(rabbit_server.url) < kept and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert am.depth(rabbit_server.url) == kept
+    assert worker.process is not None and worker.process.poll() is None, worker.output()[-3000:]
+    assert "Unrecoverable error" not in worker.output()
