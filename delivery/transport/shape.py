@@ -186,7 +186,9 @@ _MESSAGE: dict[str, tuple[bool, Check]] = {
 }
 
 
-def task_problem(message: dict[str, Any]) -> str | None:
+def task_problem(
+    message: dict[str, Any], *, parse: Callable[[str], Any] = json.loads
+) -> str | None:
     """Why a kombu message is not a Celery protocol 2 task message with a JSON body, as
     our workers accept; None if it is."""
     headers = message.get("headers")
@@ -199,17 +201,17 @@ def task_problem(message: dict[str, Any]) -> str | None:
         return "content-type: not application/json"
     if str(message.get("content-encoding", "")).lower() != "utf-8":
         return "content-encoding: not utf-8"
-    return _body_problem(message)
+    return _body_problem(message, parse)
 
 
-def _body_problem(message: Mapping[str, Any]) -> str | None:
+def _body_problem(message: Mapping[str, Any], parse: Callable[[str], Any]) -> str | None:
     raw: str | bytes = message["body"]
     if message["properties"].get("body_encoding") == "base64":
         raw = base64.b64decode(raw)
     try:
         # kombu decodes the body as UTF-8 (the content-encoding checked above) before it
         # parses it; json.loads alone would also take UTF-16 and UTF-32.
-        body = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        body = parse(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "body: not JSON"
     if not (isinstance(body, list) and len(body) == 3):
@@ -329,7 +331,23 @@ def amqp_problem(body: bytes, properties: Mapping[str, Any], *, task: bool = Tru
             return f"headers: {problem}"
     if not task:
         return _json_problem(body, properties)
-    return task_problem(as_kombu_message(body, properties))
+    return task_problem(as_kombu_message(body, properties), parse=_kombu_json)
+
+
+def _kombu_json(text: str) -> Any:
+    """kombu's JSON, as Celery decodes a body on RabbitMQ (py-amqp's bodies are read in the
+    worker, not parsed beforehand as Redis queue items are): its object hooks turn
+    ``{"__type__": …}`` into dates, decimals and bytes, and raise what their parsers raise.
+
+    Raises:
+        ValueError: ``text`` is not JSON kombu can decode.
+    """
+    try:
+        return loads(text)
+    except (ValueError, RecursionError):
+        raise
+    except Exception as exc:  # whatever a type's parser raises
+        raise ValueError(f"kombu cannot decode it ({type(exc).__name__})") from exc
 
 
 def _json_problem(body: bytes, properties: Mapping[str, Any]) -> str | None:

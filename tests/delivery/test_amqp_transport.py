@@ -117,6 +117,15 @@ def test_bodies_kombu_and_celery_cannot_read_are_refused(body: bytes) -> None:
     assert amqp_problem(body, properties) is not None
 
 
+def test_a_body_kombu_cannot_decode_is_refused() -> None:
+    # kombu's JSON hooks: a "__type__" object is parsed as a date (Celery would drop it)
+    _, properties = amqp_message()
+    body = json.dumps([[{"__type__": "datetime", "__value__": "soon"}], {}, {}]).encode()
+    assert amqp_problem(body, properties) == "body: not JSON"
+    fine = json.dumps([[{"__type__": "datetime", "__value__": "2030-01-01"}], {}, {}]).encode()
+    assert amqp_problem(fine, properties) is None
+
+
 def test_property_strings_must_be_utf8() -> None:
     body, properties = amqp_message()
     properties["correlation_id"] = "\udcff"
