@@ -280,9 +280,15 @@ class Connection(pyamqp.Connection):
                     return
                 except BaseException as exc:
                     self._close_aside()
-                    # Returned for want of the queue (deleted since it was declared here):
-                    # once more, on a connection that declares it again.
-                    if getattr(exc, "reply_code", None) != _NO_ROUTE or attempt == 2:
+                    # Returned for want of the queue (deleted since it was declared here),
+                    # or the connection was lost since (RabbitMQ restarted): once more, on
+                    # a new connection that declares it again. Not after a timeout: the
+                    # event loop has waited long enough.
+                    unroutable = getattr(exc, "reply_code", None) == _NO_ROUTE
+                    lost = isinstance(exc, self.connection_errors) and not isinstance(
+                        exc, TimeoutError
+                    )
+                    if attempt == 2 or not (unroutable or lost):
                         raise
 
     def _aside_channel_open(self) -> Any:

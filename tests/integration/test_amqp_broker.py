@@ -594,3 +594,38 @@ def test_garbage_on_the_remote_control_exchange_never_stops_a_worker(
     assert am.depth(rabbit_server.url) == kept
     assert worker.process is not None and worker.process.poll() is None, worker.output()[-3000:]
     assert "Unrecoverable error" not in worker.output()
+
+
+def test_set_aside_goes_on_after_rabbitmq_restarts(
+    rabbit_server: RabbitServer, rabbit_stack: Stack, queue
+) -> None:
+    sender, receiver, template = queue
+    worker = rabbit_stack.worker("--concurrency", "2")
+    markers = []
+
+    def crafted() -> None:
+        message, marker = fresh(template)
+        markers.append(marker)
+        sent = am.Sender(rabbit_server.url)
+        try:
+            assert sent.publish(am.as_amqp(spoil(message, ("headers", "timelimit"), 7)))
+        finally:
+            sent.close()
+        deadline = time.monotonic() + 60
+        while am.depth(rabbit_server.url) < len(markers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    crafted()
+    # When RabbitMQ restarts under the worker (the set-aside queue and its messages are
+    # durable and persistent)
+    sender.close()
+    rabbit_server.stop()
+    rabbit_server.start()
+    good = delivery.send("hooks", receiver.url("/good"), Payload(message="after")).id
+    rabbit_stack.wait_until([good], {"delivered"}, timeout=60)
+    crafted()
+    # Then both are kept, and the worker never stopped
+    held = am.set_aside(rabbit_server.url)
+    assert [m for m in markers if not any(m in t for _, t in held)] == []
+    assert worker.process is not None and worker.process.poll() is None
+    assert "Unrecoverable error" not in worker.output()
