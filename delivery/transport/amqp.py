@@ -57,6 +57,11 @@ def is_task_queue(queue: str) -> bool:
     return not (queue.endswith("pidbox") or queue.startswith("celeryev."))
 
 
+def is_control_queue(queue: str) -> bool:
+    """A worker's remote-control queue (``<node>.celery.pidbox``; replies go to clients)."""
+    return queue.endswith(".celery.pidbox") and not queue.endswith(".reply.celery.pidbox")
+
+
 def frame_handler(connection: Any, callback: Any) -> Any:
     """py-amqp's ``frame_handler``, except that a content header whose properties cannot be
     decoded does not raise out of the connection's reader (which stops the worker, and
@@ -159,7 +164,10 @@ class Channel(pyamqp.Channel):
         if consumer is not None and consumer_tag in self.callbacks:
             queue, no_ack = consumer
             problem = getattr(msg, "undecodable", None) or amqp_problem(
-                _body(msg), msg.properties, task=is_task_queue(queue)
+                _body(msg),
+                msg.properties,
+                task=is_task_queue(queue),
+                control=is_control_queue(queue),
             )
             if problem is not None:
                 self._refuse(msg, None if no_ack else delivery_tag, queue, routing_key, problem)

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -308,13 +309,17 @@ _AMQP_STRINGS = (
 )
 
 
-def amqp_problem(body: bytes, properties: Mapping[str, Any], *, task: bool = True) -> str | None:
+def amqp_problem(
+    body: bytes, properties: Mapping[str, Any], *, task: bool = True, control: bool = False
+) -> str | None:
     """Why an AMQP message (its body, and its basic properties as py-amqp decoded them)
     is not one kombu and Celery can take; None if it is.
 
     With ``task``, it must also be a Celery task message our workers can run, by the
     same rules as a queue item on Redis (``task_problem``): what differs between brokers
-    is only how a message is laid out, so the rules live once, here.
+    is only how a message is laid out, so the rules live once, here. Otherwise it must be
+    JSON kombu can decode, and with ``control`` a remote-control command a worker can read
+    (``control_problem``).
     """
     if len(body) > MAX_ITEM_BYTES:
         return f"larger than {MAX_ITEM_BYTES} bytes"
@@ -330,8 +335,55 @@ def amqp_problem(body: bytes, properties: Mapping[str, Any], *, task: bool = Tru
         if problem is not None:
             return f"headers: {problem}"
     if not task:
-        return _json_problem(body, properties)
+        problem = _json_problem(body, properties)
+        if problem is None and control:
+            problem = control_problem(loads(body), headers or {})
+        return problem
     return task_problem(as_kombu_message(body, properties), parse=_kombu_json)
+
+
+#: A remote-control command as kombu's ``pidbox.Node`` reads it (``handle_message``, then
+#: ``dispatch(**command)``). A command of another shape raises there, and Celery then closes
+#: and reopens the control channel from inside the connection's reader, which stops the
+#: worker with py-amqp before 5.4.
+CONTROL_FIELDS: dict[str, tuple[bool, Check]] = {
+    "method": (True, _string),
+    "arguments": (False, _optional(lambda v: isinstance(v, dict))),
+    "destination": (False, _optional(_strings)),
+    "pattern": (False, _optional(_string)),
+    "matcher": (False, lambda v: v in (None, "glob", "pcre")),
+    "reply_to": (
+        False,
+        _optional(
+            lambda v: (
+                isinstance(v, dict)
+                and isinstance(v.get("exchange"), str)
+                and isinstance(v.get("routing_key"), str)
+            )
+        ),
+    ),
+    "ticket": (False, _optional(_string)),
+}
+
+
+def control_problem(command: Any, headers: Mapping[str, Any]) -> str | None:
+    """Why a decoded message on a worker's remote-control queue is not a command it can
+    read; None if it is. What the command then does is the handler's business (an unknown
+    method, wrong arguments: Celery answers with the error)."""
+    if not isinstance(command, dict):
+        return "body: not a remote-control command"
+    problem = _fields_problem("body.", command, CONTROL_FIELDS)
+    if problem is not None:
+        return problem
+    if command.get("matcher") == "pcre" and command.get("pattern") is not None:
+        try:
+            re.compile(command["pattern"])
+        except (re.error, RecursionError, OverflowError):
+            return "body.pattern: not a regular expression"
+    clock = headers.get("clock")
+    if clock is not None and not _count(2**63)(clock):
+        return "headers.clock: not a logical clock"
+    return None
 
 
 def _kombu_json(text: str) -> Any:

@@ -15,7 +15,7 @@ import pytest
 from amqp.serialization import decode_properties_basic  # type: ignore[import-untyped]
 
 from delivery.producer.celery_config import celery_config
-from delivery.transport.amqp import frame_handler, is_task_queue
+from delivery.transport.amqp import frame_handler, is_control_queue, is_task_queue
 from delivery.transport.shape import MAX_TABLE_DEPTH, amqp_problem
 from schemas import Settings
 from tests.delivery.test_redis_transport import task_message
@@ -146,6 +146,17 @@ def test_messages_off_task_queues_need_not_be_tasks() -> None:
     assert amqp_problem(b"\x80\x04K\x01.", pickled, task=False) is not None
     latin = {**json_type, "content_encoding": "latin-1"}
     assert amqp_problem(b"{}", latin, task=False) == "content-encoding: not utf-8"
+    # and on a worker's remote-control queue, a command kombu's pidbox can read
+    ping = json.dumps({"method": "ping", "arguments": {}, "destination": ["w@h"]}).encode()
+    assert amqp_problem(ping, json_type, task=False, control=True) is None
+    for bad in ([1], {}, {"method": "ping", "arguments": 5}, {"method": "p", "matcher": "x"}):
+        assert amqp_problem(json.dumps(bad).encode(), json_type, task=False, control=True)
+    clocked = {**json_type, "application_headers": {"clock": "soon"}}
+    assert amqp_problem(ping, clocked, task=False, control=True) == (
+        "headers.clock: not a logical clock"
+    )
+    assert is_control_queue("w@h.celery.pidbox")
+    assert not is_control_queue("8f1c.reply.celery.pidbox")
     assert is_task_queue("delivery")
     assert not is_task_queue("celery@host.celery.pidbox")
     assert not is_task_queue("8f1c.reply.celery.pidbox")
@@ -169,7 +180,8 @@ def _read(properties: bytes, body: bytes) -> list[Any]:
 @pytest.mark.parametrize(
     ("headers", "content_type", "error"),
     [
-        ({"x-when": timestamp(2**62)}, b"application/json", "OSError"),
+        # (py-amqp's versions read timestamps with different calls, which fail differently)
+        ({"x-when": timestamp(2**62)}, b"application/json", "OSError|OverflowError|ValueError"),
         ({"x-deep": nested(20_000)}, b"application/json", "RecursionError"),
         ({}, b"\xff\xfe", "UnicodeDecodeError"),
         ({"x": Raw(b"Z")}, b"application/json", "FrameSyntaxError"),
@@ -186,7 +198,7 @@ def test_properties_py_amqp_cannot_decode_do_not_break_the_connection(
     [msg] = _read(raw, b"the body, whole")
     assert msg.body == b"the body, whole"
     assert msg.properties == {}
-    assert msg.undecodable == f"properties: cannot be decoded ({error})"
+    assert msg.undecodable in {f"properties: cannot be decoded ({e})" for e in error.split("|")}
     assert msg.raw_properties == raw
 
 
