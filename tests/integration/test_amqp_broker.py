@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import amqp  # type: ignore[import-untyped]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -578,8 +579,6 @@ CONTROL_GARBAGE: list[tuple[bytes, dict[str, Any], bool]] = [
 def test_garbage_on_the_remote_control_exchange_never_stops_a_worker(
     rabbit_server: RabbitServer, rabbit_stack: Stack
 ) -> None:
-    import amqp  # type: ignore[import-untyped]
-
     secret = webhook_secret()
     rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
     worker = rabbit_stack.worker("--concurrency", "1", "-n", "control@%h")
@@ -645,4 +644,44 @@ def test_set_aside_goes_on_after_rabbitmq_restarts(
     held = am.set_aside(rabbit_server.url)
     assert [m for m in markers if not any(m in t for _, t in held)] == []
     assert worker.process is not None and worker.process.poll() is None
+    assert "Unrecoverable error" not in worker.output()
+
+
+def test_random_commands_on_the_remote_control_exchange_never_stop_a_worker(
+    rabbit_server: RabbitServer, rabbit_stack: Stack
+) -> None:
+    from celery import Celery
+
+    worker = rabbit_stack.worker("--concurrency", "1", "-n", "fuzzed@%h")
+    sender = am.Sender(rabbit_server.url)
+    fields = st.sampled_from(
+        ["method", "arguments", "destination", "pattern", "matcher", "reply_to", "ticket", "x"]
+    )
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=6,
+    )
+
+    @settings(deadline=None, max_examples=80, database=None)
+    @given(command=st.dictionaries(fields, json_values, max_size=5) | json_values)
+    def published(command: Any) -> None:
+        message = amqp.Message(json.dumps(command).encode(), content_type="application/json")
+        sender.channel.basic_publish(message, exchange="celery.pidbox", routing_key="")
+
+    try:
+        published()
+    finally:
+        sender.close()
+    # Then the worker is alive and answers a real command
+    client = Celery("control-client", broker=rabbit_server.url, set_as_current=False)
+    try:
+        deadline = time.monotonic() + 30
+        replies: list[Any] = []
+        while not replies and time.monotonic() < deadline:
+            replies = client.control.ping(timeout=2)
+    finally:
+        client.close()
+    assert any(name.startswith("fuzzed@") for reply in replies for name in reply), replies
+    assert worker.process is not None and worker.process.poll() is None, worker.output()[-3000:]
     assert "Unrecoverable error" not in worker.output()
