@@ -13,6 +13,13 @@ items are checked by (``delivery.transport.shape``); what fails is **set aside**
 whole (body, properties and headers, with the reason in the ``x-delivery-set-aside-reason``
 header) to the durable queue ``delivery.undecodable``, confirmed by the broker, and only
 then acknowledged. It is logged at ERROR and the worker goes on.
+
+Messages on the queues that are not task queues are checked too: Celery's remote control
+(``celery.pidbox``, a fanout exchange every worker reads and anyone may publish to) and task
+events must be JSON kombu can decode, and a worker's control queue takes only commands
+kombu's pidbox can read (``shape.control_problem``). Celery acknowledges a message it
+cannot decode, which on the remote-control consumer (no acknowledgements) is a channel
+error that stops the worker.
 """
 
 import logging
@@ -245,7 +252,7 @@ class Connection(pyamqp.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["frame_handler"] = frame_handler
         super().__init__(*args, **kwargs)
-        self._aside_lock = threading.Lock()
+        self._aside_lock = threading.RLock()
         self._aside: Any = None  # the kombu connection, once opened
         self._aside_channel: Any = None
 
