@@ -199,7 +199,7 @@ class RabbitServer:
     def flush(self, *, everything: bool = False) -> None:
         """Delete the queues the tests use (and their messages): a few milliseconds. With
         ``everything``, every queue the node has (a second more: ``rabbitmqctl``)."""
-        import amqp
+        import amqp  # type: ignore[import-untyped]
 
         names = set(self.KNOWN_QUEUES) | (set(self.queues()) if everything else set())
         connection = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=10)
