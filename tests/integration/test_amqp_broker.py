@@ -4,8 +4,8 @@ what it cannot run is kept whole on ``delivery.undecodable``."""
 
 import base64
 import json
+import re
 import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -355,8 +355,8 @@ def test_coalesced_and_batched_deliveries_on_rabbitmq(
         receiver.latency = 0.05
         receiver.script("/flaky", Answer(503))
         receiver.script("/bad", Answer(400))
-        rabbit_stack.worker("--concurrency", "2")
-        reserved = _Reserved(rabbit_server)
+        # At DEBUG the worker logs each prefetch it asks RabbitMQ for (basic.qos).
+        worker = rabbit_stack.worker("--concurrency", "2", "--loglevel", "debug")
         singles = [
             delivery.send("hooks", receiver.url(f"/n/{n}"), Payload(message="x")).id
             for n in range(40)
@@ -375,10 +375,10 @@ def test_coalesced_and_batched_deliveries_on_rabbitmq(
         ids = [*singles, flaky, bad, *batched]
         counts = rabbit_stack.wait_until(ids, {"delivered", "failed"}, timeout=90)
         assert counts == {"delivered": 101, "failed": 1}
-        reserved.stop()
-        # The worker held more unacknowledged than its prefetch (2) while its threads were
-        # busy: the coalescer's credit raised the prefetch on RabbitMQ too.
-        assert reserved.most > 2, reserved.most
+        # The worker asked for more unacknowledged than its prefetch (2) while its threads
+        # were busy: the coalescer's credit raised the prefetch on RabbitMQ too.
+        asked = [int(n) for n in re.findall(r"basic\.qos: prefetch_count->(\d+)", worker.output())]
+        assert asked and max(asked) > 2, asked
         time.sleep(0.5)
         paths = Counter(r.path for r in receiver.received)
         assert all(paths[f"/n/{n}"] == 1 for n in range(40)), paths
@@ -409,26 +409,6 @@ def _queue_counts(server: RabbitServer) -> tuple[int, int]:
         if fields and fields[0] == "delivery":
             return int(fields[1]), int(fields[2])
     return 0, 0
-
-
-class _Reserved:
-    """The most messages RabbitMQ counted as unacknowledged at once, sampled in a thread
-    (each sample is a ``rabbitmqctl`` call: a few a second)."""
-
-    def __init__(self, server: RabbitServer) -> None:
-        self.server = server
-        self.most = 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            self.most = max(self.most, _queue_counts(self.server)[1])
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=30)
 
 
 #: The settings recovery depends on, at their defaults (the Stack shortens them).
