@@ -37,7 +37,13 @@ from delivery.engine.service import Decision
 from delivery.errors import DeliveryFailed, RetryableError
 from delivery.log.tables import Outcome
 from schemas import Envelope, get_settings
-from workers.tasks import get_service, one_argument, retry_from_the_log, task_result
+from workers.tasks import (
+    get_service,
+    one_argument,
+    report_failure,
+    retry_from_the_log,
+    task_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +266,7 @@ class Coalescer:
             return
         if decision.outcome is Outcome.FAILED:
             failure = DeliveryFailed(decision.error or "failed")
+            report_failure(pending.envelope, decision)
             logger.info("Task %s[%s] raised expected: %r", self.task.name, pending.task_id, failure)
             self._event("task-failed", pending, exception=saferepr(failure), traceback="")
         elif decision.outcome is Outcome.RETRY:

@@ -20,6 +20,7 @@ from delivery.errors import DeliveryFailed, PublishError, RetryableError
 from delivery.log.tables import Outcome
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
+from delivery.redaction import mask_address
 from schemas import Envelope, get_settings
 from schemas.messages import storable_problem
 from schemas.validation import explain
@@ -101,6 +102,7 @@ def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     if decision.action == "requeue":
         raise _again(self, decision.countdown)
     if decision.outcome is Outcome.FAILED:
+        report_failure(request, decision)
         raise DeliveryFailed(decision.error or "failed")
     if decision.outcome is Outcome.RETRY:
         # Scheduled from the log (too far ahead for the broker): a retry all the same.
@@ -134,17 +136,34 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
         except SQLAlchemyError as exc:
             _retry_later(self, exc, requests[0].id)
         _requeue(requests, decisions)
-    failed += [
-        (r.id, d.error or "failed")
-        for r, d in zip(requests, decisions, strict=True)
-        if d.outcome is Outcome.FAILED
-    ]
+    for r, d in zip(requests, decisions, strict=True):
+        if d.outcome is Outcome.FAILED:
+            report_failure(r, d)
+            failed.append((r.id, d.error or "failed"))
     tally = _tally(decisions, rejected=len(envelopes) - len(requests))
     if failed:
         shown = "; ".join(f"{i}: {reason}" for i, reason in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise DeliveryFailed(f"{tally}. Failed: {shown}{more}")
     return tally
+
+
+def report_failure(envelope: Envelope, decision: Decision) -> None:
+    """One WARNING line for a delivery recorded as failed for good, from whichever path
+    delivered it (one task, a batch task, the coalescer). Celery logs ``DeliveryFailed`` at
+    INFO only, so without this a worker at WARNING says nothing of it. The address is
+    masked, in the error too (an invalid address is quoted there); the payload never shows."""
+    masked = mask_address(envelope.address)
+    error = decision.error or "failed"
+    if envelope.address:
+        error = error.replace(envelope.address, masked)
+    logger.warning(
+        "delivery %s failed for good (channel %s, address %s): %s",
+        envelope.id,
+        envelope.channel,
+        masked,
+        error,
+    )
 
 
 def retry_from_the_log(decision: Decision) -> str:

@@ -100,10 +100,30 @@ def write_key_file(path: Path, key: str) -> None:
         fh.write(key + "\n")
 
 
+#: Where the README suggests ``delivery schemas --out`` writes: any name but ``schemas``.
+SCHEMAS_OUT = "json-schemas"
+
+
+def _shadows_schemas(out_dir: Path) -> bool:
+    """Whether ``out_dir`` is, or is inside, a folder ``schemas`` in the current directory
+    that is not our ``schemas`` package. Python puts the current directory first on
+    ``sys.path`` (``python -m delivery``, ``PYTHONPATH=.``, a test runner), where such a
+    folder can shadow the package (see delivery/_layout.py)."""
+    import schemas
+
+    here = Path.cwd()
+    target = Path(os.path.abspath(here / out_dir))  # by name: a symlink is a folder too
+    folder = here / "schemas"
+    if target != folder and folder not in target.parents:
+        return False
+    return folder.resolve() != Path(schemas.__file__).resolve().parent
+
+
 @app.command("schemas")
 def export_schemas(
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write one file per model here")
+        Path | None,
+        typer.Option("--out", help=f"Write one file per model here, e.g. {SCHEMAS_OUT}"),
     ] = None,
 ) -> None:
     """JSON Schemas of the messages, for producers written in other languages."""
@@ -111,6 +131,12 @@ def export_schemas(
     if out_dir is None:
         print_json(docs)
         return
+    if _shadows_schemas(out_dir):
+        fail(
+            f"--out {out_dir} would write into a folder named 'schemas' in the current "
+            "directory, which can shadow delivery's own `schemas` package on sys.path; "
+            f"give another name, e.g. --out {SCHEMAS_OUT}"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file: give a folder (it is created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)

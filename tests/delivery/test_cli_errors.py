@@ -228,6 +228,37 @@ def test_schemas_out_refuses_a_file_and_names_an_unwritable_folder(tmp_path: Pat
     assert str(tmp_path / "a-file" / "below") in err or str(tmp_path / "a-file") in err
 
 
+@pytest.mark.parametrize("given", ["schemas", "schemas/json", "./schemas/json/v1", "{cwd}/schemas"])
+def test_schemas_out_refuses_a_folder_that_could_shadow_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # Given an application's directory (not delivery's checkout) as the current directory
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("schemas", "--out", given.format(cwd=tmp_path))
+    assert code == 1 and "Traceback" not in out + err
+    assert "shadow" in err and "'schemas'" in err and "--out json-schemas" in err
+    assert not (tmp_path / "schemas").exists()
+
+
+def test_schemas_out_writes_to_another_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for given in ("json-schemas", "docs/schemas", "schemas-json"):
+        code, _, err = run("schemas", "--out", given)
+        assert code == 0, err
+        assert (tmp_path / given / "Payload.schema.json").is_file()
+
+
+def test_schemas_out_may_write_into_our_own_schemas_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas
+    from delivery.cli.admin import _shadows_schemas
+
+    # In delivery's own checkout, ``schemas`` is the package itself: nothing to shadow.
+    monkeypatch.chdir(Path(schemas.__file__).resolve().parent.parent)
+    assert not _shadows_schemas(Path("schemas/json"))
+
+
 def test_an_unknown_revision_is_a_message(settings: Settings) -> None:
     code, _, err = run("db", "upgrade", "--revision", "no-such-revision")
     assert code == 1 and "cannot upgrade the delivery log" in err and "no-such-revision" in err

@@ -210,3 +210,45 @@ def test_a_cpu_bound_process_reserves_more_beyond_the_prefetch(settings: Setting
     coalescer._busy = True
     buffer(100)
     assert len(raised) == 4 * BUSY_CREDIT_PER_THREAD > 4 * CREDIT_PER_THREAD
+
+
+def test_a_coalesced_delivery_failed_for_good_is_one_warning(
+    settings: Settings, httpserver, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.conftest import webhook_secret
+    from workers import tasks
+
+    # Given a webhook receiver that refuses everything, behind a token in its path
+    tasks.close_service()
+    tasks.get_assembly().channels.add("hooks", "webhook", {"secret": webhook_secret()})
+    httpserver.expect_request("/hook/T0KEN-abc123").respond_with_data("no", status=400)
+    address = httpserver.url_for("/hook/T0KEN-abc123")
+    acked: list[object] = []
+    consumer = SimpleNamespace(
+        pool=SimpleNamespace(limit=4),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
+        event_dispatcher=None,
+        connection_errors=(),
+    )
+    coalescer = Coalescer(tasks.deliver, consumer, limit=25)
+    pending = [
+        coalescer.take_over(
+            message(args=[{**ENVELOPE, "id": f"c-{n}", "address": address}]),
+            ack=lambda *_: acked.append(1),
+        )
+        for n in range(2)
+    ]
+    caplog.set_level(logging.INFO)
+    try:
+        # When the coalescer delivers them as one batch
+        coalescer._deliver([p for p in pending if p is not None])
+    finally:
+        tasks.close_service()
+    # Then each is one WARNING: its id and masked address, not the message or the token
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sorted(line.split()[1] for line in lines) == ["c-0", "c-1"], lines
+    assert all("address http://localhost/***" in line for line in lines)
+    assert all("hello" not in line and "T0KEN" not in line for line in lines)
+    assert len(acked) == 2

@@ -1,6 +1,7 @@
 """The task adapter's mapping of bad input. (The worker itself is tested in the integration
 tier with real worker processes; eager mode is no test of a worker.)"""
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -108,3 +109,57 @@ def test_the_sweep_sends_what_is_due_in_batches(tasks_module, settings: Settings
             message.ack()
     assert set(names) == {"delivery.deliver_batch"} and len(names) == 16
     assert sorted(ids) == sorted(f"s{i}" for i in range(40))
+
+
+# A delivery that fails for good says so once at WARNING (a common production level)
+
+#: What the message says, and a token in the webhook's path: neither may reach the log.
+MESSAGE_TEXT = "order 4471 is on its way to Ada Lovelace"
+TOKEN_PATH = "/hook/T0KEN-abc123"
+
+
+@pytest.fixture
+def refusing_hook(tasks_module, httpserver) -> str:
+    """A webhook channel ``hooks`` whose receiver refuses everything (400): failed for good."""
+    from tests.conftest import webhook_secret
+
+    tasks_module.get_assembly().channels.add("hooks", "webhook", {"secret": webhook_secret()})
+    httpserver.expect_request(TOKEN_PATH, method="POST").respond_with_data("no", status=400)
+    return str(httpserver.url_for(TOKEN_PATH))
+
+
+def _envelope(delivery_id: str, address: str) -> dict[str, object]:
+    return Envelope(
+        id=delivery_id, channel="hooks", address=address, payload=Payload(message=MESSAGE_TEXT)
+    ).model_dump(mode="json")
+
+
+def failures_reported(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What a worker at WARNING logged; no payload, no full address, in any of it."""
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(MESSAGE_TEXT not in line and TOKEN_PATH not in line for line in lines), lines
+    return lines
+
+
+def test_a_delivery_failed_for_good_is_one_warning(
+    tasks_module, refusing_hook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    failure(tasks_module.deliver.apply(args=[_envelope("f1", refusing_hook)]))
+    [line] = failures_reported(caplog)
+    assert line.startswith("delivery f1 failed for good (channel hooks, address http://")
+    assert "/***" in line and "400" in line
+
+
+def test_each_failure_of_a_batch_is_one_warning(
+    tasks_module, refusing_hook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # An invalid address is quoted in the recorded error: it is masked there too.
+    bad = f"ftp://example.com{TOKEN_PATH}"
+    batch = [_envelope("b1", refusing_hook), _envelope("b2", f"{refusing_hook}?again=1")]
+    failure(tasks_module.deliver_batch.apply(args=[[*batch, _envelope("b3", bad)]]))
+    lines = failures_reported(caplog)
+    assert sorted(line.split()[1] for line in lines) == ["b1", "b2", "b3"]
+    assert all("address http://" in line for line in lines if line.split()[1] != "b3")
+    assert "ftp://example.com/***" in next(line for line in lines if " b3 " in line)
