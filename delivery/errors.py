@@ -10,6 +10,8 @@
     - ForbiddenTarget         the target resolves to a network we may not reach (SSRF)
     - Suppressed              the address is on the channel's suppression list
     - DeliveryFailed          recorded as failed: how a worker tells Celery (and Flower)
+    - RenderError             a template failed on a context or went over its budget
+    - TemplateRefused         a template, address or filter the sandbox will not compile
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
@@ -25,6 +27,7 @@
       - RequestTooLarge       413: the body is larger than a provider's request can be
     - BadSignature            403: the signature is missing or wrong
     - UnknownBackend          404: no inbound backend (or receipt channel) of that name
+  + FailingOver               inside the service only: move a held delivery to its fallback
 
 Every class keeps ``args == (message,)`` and takes its context as keyword-only arguments,
 so Celery can pickle and unpickle it.
@@ -82,6 +85,19 @@ class ForbiddenTarget(PermanentError):
 class DeliveryFailed(PermanentError):
     """A delivery (or some of a batch) ended ``failed`` in the log; raised by the task
     after recording, so that Celery and Flower show a FAILURE with the reason."""
+
+
+class RenderError(PermanentError):
+    """A template failed on a context, or went over its budget: retrying cannot help."""
+
+
+class TemplateRefused(PermanentError):
+    """A template, address or filter that does not compile or uses what the sandbox forbids."""
+
+    def __init__(self, message: str, *, lineno: int | None = None) -> None:
+        super().__init__(message)
+        #: The template line at fault, when the compiler named one.
+        self.lineno = lineno
 
 
 class ConfigurationError(DeliveryError):
@@ -147,3 +163,13 @@ class BadSignature(InboundError):
 
 class UnknownBackend(InboundError):
     http_status = 404
+
+
+class FailingOver(DeliveryError):
+    """Raised inside the service when a held delivery should move instead of waiting;
+    never reaches a caller."""
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        #: The channel the delivery moves to.
+        self.target = target

@@ -25,7 +25,7 @@ from sqlalchemy.orm import sessionmaker
 from delivery.clock import utcnow
 from delivery.engine.breaker import Bookkeeping
 from delivery.engine.channels import Channel
-from delivery.errors import DeliveryError
+from delivery.errors import FailingOver as FailingOver  # re-exported: it lived here
 from delivery.log import AttemptResult, Claim, Finished
 from delivery.log.database import read_only
 from delivery.log.tables import AttemptRow, DeliveryRow, Outcome, Status
@@ -44,15 +44,6 @@ _MOVE = (
     )
     .values(channel=bindparam("p_channel"))
 )
-
-
-class FailingOver(DeliveryError):
-    """Raised inside the service when a held delivery should move instead of waiting;
-    never reaches a caller."""
-
-    def __init__(self, message: str, *, target: str = "") -> None:
-        super().__init__(message)
-        self.target = target
 
 
 class Failover:

@@ -17,7 +17,7 @@ from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
 from delivery.engine.breaker import AttemptHealth, Breaker
 from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_schedule
-from delivery.engine.failover import FailingOver, Failover
+from delivery.engine.failover import Failover
 from delivery.engine.instances import DispatcherCache
 from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
@@ -27,6 +27,7 @@ from delivery.engine.suppression import Known, SuppressionList
 from delivery.errors import (
     ConfigurationError,
     DeliveryError,
+    FailingOver,
     PermanentError,
     RegistryError,
     RetryableError,

@@ -8,9 +8,9 @@ Not named ``delivery.notify``: importing a subpackage of that name would replace
 public function ``delivery.notify`` with the module.
 """
 
+from delivery.errors import RenderError, TemplateRefused
 from delivery.notifications.events import EventDelivery, EventRecord, EventStore
 from delivery.notifications.fanout import FanOut, Notifier, fanout_delivery_id
-from delivery.notifications.sandbox import RenderError, TemplateRefused
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from delivery.errors import RenderError
 from delivery.log import DeliveryLog
 from delivery.notifications.events import EventDelivery, EventStore
-from delivery.notifications.sandbox import RenderError
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore, payload_of
 from delivery.producer.publisher import Outgoing, Publisher

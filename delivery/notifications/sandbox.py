@@ -38,7 +38,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
-from delivery.errors import PermanentError
+from delivery.errors import RenderError, TemplateRefused  # re-exported: they lived here
 
 #: Longest rendered output of one part (subject, text, HTML or address).
 MAX_OUTPUT = 128 * 1024
@@ -74,18 +74,6 @@ _CHECKED_STR_METHODS = frozenset(
 )
 #: Widths and precisions in ``%`` formatting: ``%-10.3s``, ``%*d``.
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
-
-
-class RenderError(PermanentError):
-    """A template failed on a context, or went over its budget: retrying cannot help."""
-
-
-class TemplateRefused(PermanentError):
-    """A template, address or filter that does not compile or uses what the sandbox forbids."""
-
-    def __init__(self, message: str, *, lineno: int | None = None) -> None:
-        super().__init__(message)
-        self.lineno = lineno
 
 
 @dataclass

@@ -12,9 +12,9 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
 from delivery.clock import utcnow
-from delivery.errors import ConfigurationError
+from delivery.errors import ConfigurationError, RenderError, TemplateRefused
 from delivery.log.tables import ChannelRow
-from delivery.notifications.sandbox import TEXT, RenderError, TemplateRefused, evaluate, render
+from delivery.notifications.sandbox import TEXT, evaluate, render
 from delivery.notifications.tables import SubscriptionRow, TemplateRow
 from schemas.events import EVENT_NAME_PATTERN, MAX_EVENT_NAME
 

@@ -11,8 +11,8 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker
 
 from delivery.clock import utcnow
-from delivery.errors import ConfigurationError
-from delivery.notifications.sandbox import HTML, TEXT, RenderError, TemplateRefused, render
+from delivery.errors import ConfigurationError, RenderError, TemplateRefused
+from delivery.notifications.sandbox import HTML, TEXT, render
 from delivery.notifications.tables import SubscriptionRow, TemplateRow
 from delivery.wording import plural
 from schemas import CHANNEL_NAME_PATTERN, Payload

@@ -29,3 +29,32 @@ def test_retryable_keeps_retry_after() -> None:
     exc = errors.RateLimited("slow down", dispatcher="slack", status=429, retry_after=30)
     assert (exc.retry_after, exc.status, exc.dispatcher) == (30, 429, "slack")
     assert isinstance(exc, errors.RetryableError)
+
+
+def test_errors_that_lived_elsewhere_are_in_the_tree() -> None:
+    # They are pickled above like every other class of errors.py ...
+    assert {"FailingOver", "RenderError", "TemplateRefused"} <= {cls.__name__ for cls in ALL}
+    assert all(issubclass(cls, errors.DeliveryError) for cls in ALL)
+    # ... and their old import paths still give the same classes.
+    from delivery.engine.failover import FailingOver
+    from delivery.notifications import RenderError, TemplateRefused
+    from delivery.notifications.sandbox import RenderError as SandboxRenderError
+    from delivery.notifications.sandbox import TemplateRefused as SandboxTemplateRefused
+
+    assert FailingOver is errors.FailingOver
+    assert RenderError is SandboxRenderError is errors.RenderError
+    assert TemplateRefused is SandboxTemplateRefused is errors.TemplateRefused
+
+
+@pytest.mark.parametrize(
+    ("exc", "attribute", "value"),
+    [
+        (errors.FailingOver("breaker open", target="texts-backup"), "target", "texts-backup"),
+        (errors.TemplateRefused("line 3: bad", lineno=3), "lineno", 3),
+    ],
+    ids=["FailingOver", "TemplateRefused"],
+)
+def test_keyword_context_survives_pickling(exc: Exception, attribute: str, value: object) -> None:
+    back = pickle.loads(pickle.dumps(exc))
+    assert back.args == exc.args
+    assert getattr(back, attribute) == value
