@@ -90,7 +90,8 @@ class ChannelRow(Base):
     #: Paused by a person (`delivery channels pause`): deliveries wait, nothing is sent.
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Failed attempts in a row; the circuit breaker opens at DELIVERY_BREAKER_THRESHOLD.
-    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The server default is migration 0002's, which added the column to existing rows.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: While set, the breaker is open: deliveries wait until then, when one probe goes.
     breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The backup channel a delivery moves to when this one's provider is down.

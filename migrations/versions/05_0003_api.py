@@ -3,6 +3,9 @@
 Revision ID: 0003
 Revises: 0004
 Create Date: 2026-12-02
+
+Chain position 5 of 6: 0001 → 0002 → 0005 → 0004 → 0003 → 0006. The ids are not in chain order;
+databases record them, so they stay, and the file name starts with the position.
 """
 
 from collections.abc import Sequence
