@@ -13,6 +13,7 @@ from rich.table import Table
 from delivery.cli import app, err, fail, out, print_json, safe_url
 from delivery.cli.context import registry
 from delivery.engine.crypto import generate_key
+from delivery.log import migrate
 from delivery.log.database import get_engine
 from delivery.log.migrate import upgrade
 from schemas import Envelope, Message, Payload, get_settings
@@ -33,6 +34,88 @@ def db_upgrade(revision: str = "head") -> None:
     except CommandError as exc:  # e.g. an unknown revision; anything else: the CLI's boundary
         fail(f"cannot upgrade the delivery log: {exc}")
     out.print(f"delivery log at [bold]{safe_url(url)}[/] is up to date")
+
+
+def _revisions() -> tuple[str, frozenset[str], frozenset[str]]:
+    """The log's URL (masked), the migrations it records as applied last, and the head."""
+    url = get_settings().resolved_database_url
+    return safe_url(url), migrate.current(get_engine(url)), migrate.heads()
+
+
+def _state(applied: frozenset[str], head: frozenset[str]) -> str:
+    """Where the log stands, in words that say what to do about it."""
+    if applied == head:
+        return f"is at revision {_ids(applied)} (head)"
+    if not applied:
+        return "has no migrations applied: run `delivery db upgrade`"
+    if not applied <= {revision.id for revision in migrate.history()}:
+        return (
+            f"is at revision {_ids(applied)}, which this version of delivery does not know "
+            f"(its head is {_ids(head)}): was it migrated by a newer release?"
+        )
+    return f"is at revision {_ids(applied)}, behind head {_ids(head)}: run `delivery db upgrade`"
+
+
+def _ids(revisions: frozenset[str]) -> str:
+    return ", ".join(sorted(revisions)) or "none"
+
+
+@db.command("current")
+def db_current(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+) -> None:
+    """Print the log's migration revision and whether it is at head."""
+    url, applied, head = _revisions()
+    if as_json:
+        print_json(
+            {
+                "database": url,
+                "revision": _ids(applied) if applied else None,
+                "head": _ids(head),
+                "at_head": applied == head,
+            }
+        )
+        return
+    out.print(f"delivery log at [bold]{url}[/] {_state(applied, head)}", soft_wrap=True)
+
+
+@db.command("history")
+def db_history(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+) -> None:
+    """List the migrations in the order they are applied, oldest first."""
+    revisions = migrate.history()
+    head = migrate.heads()
+    if as_json:
+        print_json(
+            {
+                "revisions": [
+                    {
+                        "revision": r.id,
+                        "down_revision": r.down_revision,
+                        "title": r.title,
+                        "head": r.id in head,
+                    }
+                    for r in revisions
+                ]
+            }
+        )
+        return
+    table = Table("#", "revision", "revises", "title")
+    for position, r in enumerate(revisions, start=1):
+        mark = " (head)" if r.id in head else ""
+        table.add_row(str(position), r.id + mark, r.down_revision or "-", r.title)
+    out.print(table)
+
+
+@db.command("check")
+def db_check() -> None:
+    """Exit non-zero unless the log is at head (for deploy scripts)."""
+    url, applied, head = _revisions()
+    state = _state(applied, head)
+    if applied != head:
+        fail(f"the delivery log at {url} {state}")
+    out.print(f"delivery log at [bold]{url}[/] {state}", soft_wrap=True)
 
 
 @app.command("dispatchers")
