@@ -315,13 +315,6 @@ class QueueFile:
             (SET_ASIDE_KEEP,),
         )
 
-    def set_aside_items(self, limit: int = 100) -> list[tuple[str | None, str, Any]]:
-        """The newest items set aside: ``(queue, reason, item)``."""
-        rows = self.connection().execute(
-            "SELECT queue, reason, item FROM set_aside ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [(row[0], row[1], row[2]) for row in rows]
-
     def depth(self, queue: str) -> tuple[int, int]:
         """Rows of ``queue`` waiting, and taken but not yet acknowledged."""
         # Two counts, each on its partial index: a backlog is never scanned.
