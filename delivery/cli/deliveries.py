@@ -2,22 +2,31 @@
 
 import sys
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.cells import cell_len
 from rich.table import Table
+from rich.text import Text
 
 from delivery.cli import app, err, fail, out, print_json, user_errors
 from delivery.cli.context import delivery_log, engine
 from delivery.log import DeliveryLog, DeliveryRecord, Status
 from delivery.log.records import MIN_ID_PREFIX
 from delivery.producer.publisher import get_publisher, send
+from delivery.redaction import mask_address
 from delivery.wording import plural
 from schemas import Message, Payload
 
 #: From this terminal width on, ``delivery log`` shows whole ids; narrower, short ones.
 FULL_ID_WIDTH = 140
+#: From this terminal width on, ``delivery log`` also shows each delivery's last error, and
+#: its last change to the second.
+LAST_ERROR_WIDTH = 120
+#: The narrowest a column cut short with an ellipsis gets (a letter or two and the "…").
+MIN_CUT_WIDTH = 4
 #: How many of the ids an ambiguous prefix matches an error lists.
 SHOWN_CANDIDATES = 3
 
@@ -151,23 +160,77 @@ def status(delivery_id: str, as_json: Annotated[bool, typer.Option("--json")] = 
         out.print(receipts)
 
 
-def _log_table(records: list[DeliveryRecord], shown_ids: dict[str, str]) -> Table:
-    table = Table("id", "created", "channel", "address", "status", "attempts", "last error")
-    # Never cut an id short: what is shown must work in `status`, `retry` and `cancel`.
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = max((len(i) for i in shown_ids.values()), default=2)
-    table.columns[1].no_wrap = True
-    for r in records:
-        table.add_row(
-            shown_ids[r.id],
-            _when(r.created_at),
-            r.channel,
-            r.address,
-            r.status,
-            str(r.attempt_count),
-            r.last_error or "",
+#: ``delivery log``'s columns; piped, one line each, tab-separated, under this header.
+LOG_COLUMNS = ("id", "status", "channel", "address", "attempts", "last change", "last error")
+#: The columns a table cuts short, with an ellipsis, to fit the terminal: the others
+#: (the id above all, which ``status``, ``retry`` and ``cancel`` take) are shown whole.
+_CUT = frozenset({"channel", "address", "last error"})
+
+
+def _one_line(text: str) -> str:
+    """``text`` with no tab or line break: one field of one line (an error may have several)."""
+    return " ".join(text.split())
+
+
+def _log_row(record: DeliveryRecord, shown_id: str, *, when: str) -> list[str]:
+    return [
+        _one_line(value)
+        for value in (
+            shown_id,
+            record.status,
+            record.channel,
+            mask_address(record.address),
+            str(record.attempt_count),
+            when,
+            record.last_error or "",
         )
+    ]
+
+
+def _log_plain(records: Sequence[DeliveryRecord]) -> str:
+    """Not at a terminal (piped to ``grep`` or ``cut``, or into a file): whole ids, one
+    delivery per line, tab-separated, under a header line."""
+    rows = [list(LOG_COLUMNS), *(_log_row(r, r.id, when=_when(r.updated_at)) for r in records)]
+    return "".join("\t".join(row) + "\n" for row in rows)
+
+
+def _fit(natural: list[int], cut: list[bool], room: int) -> list[int]:
+    """Column widths within ``room``: whole where they fit, the ``cut`` ones shortened, the
+    narrowest first, so what one leaves the wider ones share."""
+    widths = list(natural)
+    spare = room - sum(w for w, c in zip(natural, cut, strict=True) if not c)
+    left = sum(cut)
+    for i in sorted((i for i, c in enumerate(cut) if c), key=natural.__getitem__):
+        widths[i] = min(natural[i], max(MIN_CUT_WIDTH, spare // left))
+        spare -= widths[i]
+        left -= 1
+    return widths
+
+
+def _log_table(records: list[DeliveryRecord], shown_ids: dict[str, str], width: int) -> Table:
+    """One line per delivery within ``width`` columns: the id whole (as short as it can be,
+    still unique), the status whole, the rest cut short with an ellipsis."""
+    wide = width >= LAST_ERROR_WIDTH
+    columns = LOG_COLUMNS if wide else LOG_COLUMNS[:-1]
+    when = _when if wide else _when_short
+    rows = [_log_row(r, shown_ids[r.id], when=when(r.updated_at))[: len(columns)] for r in records]
+    natural = [max(cell_len(row[i]) for row in [list(columns), *rows]) for i in range(len(columns))]
+    # A bordered table spends two spaces of padding per column, and a rule between columns
+    # and at each edge.
+    room = width - 3 * len(columns) - 1
+    widths = _fit(natural, [c in _CUT for c in columns], room)
+    table = Table(*columns)
+    for column, fitted in zip(table.columns, widths, strict=True):
+        column.width, column.no_wrap, column.overflow = fitted, True, "ellipsis"
+    table.columns[columns.index("attempts")].justify = "right"
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # text, not markup: "[redacted]" stays
     return table
+
+
+def _when_short(value: datetime | None) -> str:
+    """A time in few columns, and unambiguous (UTC, as ``_when``): ``06 Dec 22:33``."""
+    return value.astimezone(UTC).strftime("%d %b %H:%M") if value else "-"
 
 
 @app.command("log")
@@ -177,10 +240,11 @@ def log(
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent deliveries, newest first.
+    """Recent deliveries, newest first: a table at a terminal, one line each otherwise.
 
-    A narrow terminal shows the shortest start of each id that no other delivery shares;
-    `status`, `retry` and `cancel` take it (``--json`` has whole ids)."""
+    A table narrower than 140 columns shows the shortest start of each id that no other
+    delivery shares; `status`, `retry` and `cancel` take it. Piped (to grep, cut, a file),
+    each delivery is one tab-separated line with its whole id (``--json``: one document)."""
     store = delivery_log()
     records = store.find(status=status, channel=channel, limit=limit)
     if as_json:
@@ -189,9 +253,12 @@ def log(
     if not records:
         out.print("no deliveries match" if status or channel else "no deliveries in the log")
         return
+    if not out.is_terminal:
+        sys.stdout.write(_log_plain(records))
+        return
     ids = [r.id for r in records]
     shown = {i: i for i in ids} if out.width >= FULL_ID_WIDTH else store.short_ids(ids)
-    out.print(_log_table(records, shown))
+    out.print(_log_table(records, shown, out.width))
 
 
 def _confirmed(count: int, *, more: bool) -> bool:

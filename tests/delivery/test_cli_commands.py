@@ -145,7 +145,7 @@ def test_send_of_a_good_delivery_enqueues_it_and_notes_a_paused_channel(hooks: N
 def test_log_at_80_columns_shows_ids_status_finds_again(
     hooks: None, log: DeliveryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deliveries, "out", Console(width=80))
+    monkeypatch.setattr(deliveries, "out", at_a_terminal(width=80))
     _failed(log, TWIN_A, TWIN_B, LONER)
     code, out, err = run("log")
     assert code == 0, err
@@ -174,10 +174,103 @@ def test_short_ids_grow_until_unique(log: DeliveryLog) -> None:
 def test_log_on_a_wide_terminal_shows_whole_ids(
     hooks: None, log: DeliveryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deliveries, "out", Console(width=200))
+    monkeypatch.setattr(deliveries, "out", at_a_terminal(width=200))
     _failed(log, LONER)
     code, out, _ = run("log")
     assert code == 0 and LONER in out
+    # and, having the room, each delivery's last error
+    assert re.search(rf"^│ {LONER} .*│ 400 Bad Request +│$", out, flags=re.M), out
+
+
+def at_a_terminal(width: int | None = None) -> Console:
+    """The console ``delivery`` prints to, as at a terminal (without colours, so lines are
+    as long as they look); ``width`` None: the terminal's, from ``COLUMNS``."""
+    return Console(width=width, force_terminal=True, color_system=None)
+
+
+def _failed_at_length(log: DeliveryLog, *ids: str) -> None:
+    """Failed deliveries whose channel, address and error are far too long for 80 columns."""
+    from delivery.clock import utcnow
+    from delivery.log import AttemptResult
+    from delivery.log.tables import Outcome
+    from schemas import Envelope
+
+    for i in ids:
+        envelope = Envelope(
+            id=i,
+            channel="transactional-email-for-the-accounts-team",
+            address="https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            payload=Payload(message="m"),
+        )
+        claim = log.claim(envelope, lease=60)
+        error = "PermanentError: 404 Not Found from hooks.slack.com\n(and a second line)"
+        log.finish(
+            claim,
+            AttemptResult(Outcome.FAILED, utcnow(), 1.0, error=error),
+            dispatcher="webhook",
+            worker=None,
+        )
+
+
+def test_an_80_column_log_is_one_line_per_delivery(
+    log: DeliveryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a terminal 80 columns wide (rich reads COLUMNS) and deliveries with long fields
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(deliveries, "out", at_a_terminal())
+    _failed_at_length(log, TWIN_A, TWIN_B, LONER)
+    # When the log is shown
+    code, out, err = run("log")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # Then each delivery is one line: its id, short and whole, then its status, the rest cut
+    rows = [line for line in lines if line.startswith("│")]
+    assert len(rows) == 3 and len(lines) == 3 + 4  # and the rules and the header, one line
+    cells = [[cell.strip() for cell in row.strip("│").split("│")] for row in rows]
+    assert sorted(c[0] for c in cells) == [TWIN_A[:12], TWIN_B[:12], LONER[:8]]
+    assert {c[1] for c in cells} == {"failed"} and {c[4] for c in cells} == {"1"}
+    assert all(c[2].endswith("…") and c[3].startswith("https://") for c in cells)
+    # The address is masked: the token in its path is never shown
+    assert "XXXX" not in out and "T0000" not in out
+
+
+def test_a_piped_log_is_tab_separated_rows_with_whole_ids(
+    log: DeliveryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given stdout that is not a terminal (CliRunner captures it), however wide COLUMNS says
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(deliveries, "out", Console())
+    _failed_at_length(log, TWIN_A, LONER)
+    code, out, err = run("log")
+    assert code == 0, err
+    # Then a header line, and one line per delivery: no table, nothing cut short
+    header, *rows = out.splitlines()
+    assert header.split("\t") == [
+        "id",
+        "status",
+        "channel",
+        "address",
+        "attempts",
+        "last change",
+        "last error",
+    ]
+    assert "│" not in out and "…" not in out
+    fields = [row.split("\t") for row in rows]
+    assert all(len(f) == 7 for f in fields)
+    assert sorted(f[0] for f in fields) == sorted([TWIN_A, LONER])  # `cut -f1` gives ids
+    assert {f[1] for f in fields} == {"failed"}
+    assert {f[2] for f in fields} == {"transactional-email-for-the-accounts-team"}
+    assert {f[3] for f in fields} == {"https://hooks.slack.com/***"}
+    assert {f[4] for f in fields} == {"1"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", f[5]) for f in fields)
+    # An error of several lines is one field of one line
+    assert {f[6] for f in fields} == {
+        "PermanentError: 404 Not Found from hooks.slack.com (and a second line)"
+    }
+    # Every line's ids work in `status`
+    for f in fields:
+        assert run("status", f[0], "--json")[0] == 0
 
 
 def test_status_retry_and_cancel_take_a_unique_prefix(hooks: None, log: DeliveryLog) -> None:

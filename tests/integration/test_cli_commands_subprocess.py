@@ -48,10 +48,15 @@ class Cli:
             Settings(home=tmp_path / ".delivery", database_url=database)
         )
 
-    def __call__(self, *args: str, stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, stdin: int | None = None, terminal: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``terminal``: stdout is taken for a terminal (rich's ``TTY_COMPATIBLE``), one
+        without colours, so that lines are as long as they look."""
+        at_a_terminal = {"TTY_COMPATIBLE": "1", "TERM": "dumb"} if terminal else {}
         return subprocess.run(
             [sys.executable, "-m", "delivery", *args],
-            env=self.env,
+            env={**self.env, **at_a_terminal},
             capture_output=stdin is None,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdin is not None else None,
@@ -115,7 +120,7 @@ def test_a_good_send_prints_an_id_that_status_finds(cli: Cli) -> None:
 def test_ids_in_an_80_column_log_work_in_status(cli: Cli) -> None:
     lone = str(uuid.uuid4())
     cli.failed(TWIN_A, TWIN_B, lone)
-    shown = cli("log")
+    shown = cli("log", terminal=True)
     assert shown.returncode == 0, shown.stderr
     assert max(len(line) for line in shown.stdout.splitlines()) <= 80
     ids = [m for m in re.findall(r"^│ (\S+) +│", shown.stdout, flags=re.M) if m != "id"]
@@ -128,6 +133,34 @@ def test_ids_in_an_80_column_log_work_in_status(cli: Cli) -> None:
     assert ambiguous.returncode == 1
     message = _one_error_line(ambiguous.stderr)
     assert TWIN_A in message and TWIN_B in message
+
+
+def test_a_piped_log_gives_whole_ids_to_grep_and_cut(cli: Cli) -> None:
+    lone = str(uuid.uuid4())
+    cli.failed(TWIN_A, lone)
+    # and one delivered, which grep leaves out
+    delivered = Envelope(
+        id=str(uuid.uuid4()),
+        channel="hooks",
+        address="https://a.example/h",
+        payload=Payload(message="m"),
+    )
+    cli.log.finish(
+        cli.log.claim(delivered, lease=60),
+        AttemptResult(Outcome.DELIVERED, utcnow(), 1.0),
+        dispatcher="webhook",
+        worker=None,
+    )
+    piped = subprocess.run(
+        f"{sys.executable} -m delivery log | grep failed | cut -f1",
+        shell=True,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert sorted(piped.stdout.split()) == sorted([TWIN_A, lone])
 
 
 def test_unknown_status_and_empty_schedule_are_refused(cli: Cli) -> None:
