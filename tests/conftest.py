@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kombu.transport import memory
 
 from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
@@ -32,6 +33,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     get_settings.cache_clear()
     current = get_settings()
     upgrade(current.resolved_database_url)
+    # The in-memory broker's queues are one per process, shared by the tests it runs (in
+    # whatever order pytest-xdist hands them out): each test starts with them empty.
+    memory.Channel.queues.clear()
     yield current
     dispose_engines()
     get_settings.cache_clear()
