@@ -312,7 +312,9 @@ def test_version_prints_the_installed_distributions_version() -> None:
     assert out.strip() == f"delivery {importlib.metadata.version('delivery')}"
 
 
-def test_completion_options_are_offered() -> None:
+def test_completion_options_are_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Wide enough that rich's help panel does not cut the option names (it did under 60).
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run("--help")
     assert code == 0 and "--install-completion" in out and "--show-completion" in out
     code, out, _ = run("--show-completion", "bash")
