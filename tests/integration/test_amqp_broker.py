@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 import delivery
 from delivery.api.broker import QueueDepth
-from delivery.engine.service import RECORD_EVERY
 from delivery.errors import PublishError
 from delivery.transport.amqp import REASON_HEADER, SET_ASIDE
 from schemas import Message, Payload, Settings
@@ -409,54 +408,6 @@ def _queue_counts(server: RabbitServer) -> tuple[int, int]:
         if fields and fields[0] == "delivery":
             return int(fields[1]), int(fields[2])
     return 0, 0
-
-
-#: The settings recovery depends on, at their defaults (the Stack shortens them).
-DEFAULTS = {
-    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
-    for name in ("lease_seconds", "sweep_interval", "visibility_timeout", "retry_schedule")
-}
-
-
-def test_a_killed_worker_is_taken_over_on_rabbitmq(rabbit_stack: Stack) -> None:
-    secret = webhook_secret()
-    rabbit_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
-    with Receiver(secret) as receiver:
-        receiver.latency = 0.3  # batches stay in flight for seconds
-        # Two workers on one host need their own node names on RabbitMQ: each one's remote
-        # control queue (<name>.celery.pidbox) is exclusive to it.
-        doomed = rabbit_stack.worker("--concurrency", "4", "-n", "doomed@%h", **DEFAULTS)
-        # No --beat: the workers sweep the log by themselves.
-        survivor = rabbit_stack.worker("--concurrency", "4", "-n", "survivor@%h", **DEFAULTS)
-        ids = [
-            r.id
-            for r in delivery.send_many(
-                Message(
-                    channel="hooks",
-                    address=receiver.url("/hook"),
-                    payload=Payload(message=f"m{i}"),
-                    idempotency_key=f"k{i}",
-                )
-                for i in range(100)
-            )
-        ]
-        receiver.wait_for(10)
-        # When one worker dies mid-batch (SIGKILL): RabbitMQ hands what its connection held
-        # unacknowledged to the survivor at once; what it had claimed in the log (status
-        # sending) comes back when its leases run out, through the survivor's sweep.
-        doomed.kill()
-        killed_at = time.monotonic()
-        held = [r.id for r in rabbit_stack.log.find(status="sending", limit=1000)]
-        assert held, "nothing was in flight when the worker died"
-        rabbit_stack.wait_until(held, {"delivered"}, timeout=60)
-        taken_over_in = time.monotonic() - killed_at
-        rabbit_stack.wait_until(ids, {"delivered"}, timeout=60)
-    seen = receiver.count_by_id()
-    duplicates = sum(n - 1 for n in seen.values() if n > 1)
-    print(f"held {len(held)}, taken over in {taken_over_in:.1f}s, duplicates {duplicates}")
-    assert duplicates <= 4 * RECORD_EVERY
-    assert set(seen) == set(ids)
-    assert survivor.process is not None and survivor.process.poll() is None
 
 
 def test_readiness_and_depth_come_from_rabbitmq(rabbit_stack: Stack) -> None:

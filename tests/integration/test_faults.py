@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import delivery
-from schemas import Payload, Settings
+from delivery.engine.service import RECORD_EVERY
+from schemas import Message, Payload, Settings
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
 from tests.support.ledger import ledger
@@ -91,6 +92,43 @@ def test_a_killed_worker_is_taken_over_without_beat(stack: Stack) -> None:
     result = ledger(stack.log, receiver, ids)
     print(f"everything delivered {finished_in:.1f}s after the kill")
     assert (result.delivered, result.unknown) == (len(ids), 0)
+    assert survivor.process is not None and survivor.process.poll() is None
+
+
+def test_a_worker_killed_mid_batch_resends_only_its_unrecorded_sends(stack: Stack) -> None:
+    secret = _channel(stack)
+    with Receiver(secret) as receiver:
+        receiver.latency = 0.3  # batches stay in flight for seconds
+        doomed = stack.worker("--concurrency", "4", "-n", "doomed@%h", **DEFAULTS)
+        survivor = stack.worker("--concurrency", "4", "-n", "survivor@%h", **DEFAULTS)
+        ids = [
+            r.id
+            for r in delivery.send_many(
+                Message(
+                    channel="hooks",
+                    address=receiver.url("/hook"),
+                    payload=Payload(message=f"m{i}"),
+                    idempotency_key=f"k{i}",
+                )
+                for i in range(100)
+            )
+        ]
+        receiver.wait_for(10)
+        # When one worker dies mid-batch
+        doomed.kill()
+        killed_at = time.monotonic()
+        held = [r.id for r in stack.log.find(status="sending", limit=1000)]
+        assert held, "nothing was in flight when the worker died"
+        # Then what it held is taken over (its leases run out; the survivor sweeps)
+        stack.wait_until(held, {"delivered"}, timeout=90)
+        taken_over_in = time.monotonic() - killed_at
+        stack.wait_until(ids, {"delivered"}, timeout=90)
+    result = ledger(stack.log, receiver, ids)
+    print(f"held {len(held)}, taken over in {taken_over_in:.1f}s")
+    assert (result.delivered, result.unknown) == (len(ids), 0)
+    # Each thread of the dead worker had at most RECORD_EVERY sends unrecorded (the one in
+    # flight among them): nothing else is sent twice
+    assert result.duplicates <= 4 * RECORD_EVERY
     assert survivor.process is not None and survivor.process.poll() is None
 
 
