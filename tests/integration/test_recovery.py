@@ -11,6 +11,7 @@ from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
+
 def test_a_send_slower_than_the_lease_keeps_its_lease(redis_stack: Stack) -> None:
     secret = webhook_secret()
     redis_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 30})
