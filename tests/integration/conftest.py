@@ -13,7 +13,7 @@ from delivery.engine.assembly import assemble
 from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
-from schemas import get_settings
+from schemas import Settings, get_settings
 from schemas.settings import EMBEDDED_BROKER_URL
 from tests.support.servers import PostgresServer, RabbitServer, RedisServer, WorkerProcess
 
@@ -52,6 +52,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)
+
+
+#: What recovery depends on, at the defaults a user runs with (the Stack shortens them):
+#: pass as ``stack.worker(..., **RECOVERY_DEFAULTS)`` to test recovery as users get it.
+RECOVERY_DEFAULTS = {
+    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
+    for name in ("lease_seconds", "sweep_interval", "visibility_timeout")
+}
 
 
 class Stack:

@@ -21,6 +21,7 @@ import delivery
 from delivery.api.broker import QueueDepth
 from delivery.errors import PublishError
 from delivery.transport.amqp import REASON_HEADER, SET_ASIDE
+from delivery.transport.shape import TASK_HEADERS
 from schemas import Message, Payload, Settings
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
@@ -162,15 +163,7 @@ PATHS: list[tuple[Any, ...]] = [
     ("content-type",),
     ("content-encoding",),
     ("headers",),
-    *[
-        ("headers", key)
-        for key in (
-            "task", "id", "lang", "shadow", "eta", "expires", "group", "group_index",
-            "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",
-            "origin", "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
-            "compression", "x-other",
-        )
-    ],
+    *[("headers", key) for key in (*TASK_HEADERS, "x-other")],
     *[("properties", key) for key in ("priority", "reply_to", "correlation_id")],
     ("body", 0),
     ("body", 1),

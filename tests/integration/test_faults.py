@@ -12,9 +12,9 @@ import pytest
 
 import delivery
 from delivery.engine.service import RECORD_EVERY
-from schemas import Message, Payload, Settings
+from schemas import Message, Payload
 from tests.conftest import webhook_secret
-from tests.integration.conftest import Stack
+from tests.integration.conftest import RECOVERY_DEFAULTS, Stack
 from tests.support.ledger import ledger
 from tests.support.receiver import Answer, Received, Receiver
 
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.integration
 BROKERS = ("embedded", "redis", "rabbitmq")
 #: Brokers that are a server, which can be stopped and started again.
 SERVERS = ("redis", "rabbitmq")
-#: What recovery depends on, at the defaults a user runs with (the Stack shortens them).
-DEFAULTS = {
-    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
-    for name in ("lease_seconds", "sweep_interval", "visibility_timeout")
-}
 
 #: Items no producer of ours makes, each of which once stopped a worker on some broker:
 #: not JSON, a NUL, an empty object, and a task message whose body is ``{}``.
@@ -79,10 +74,10 @@ def test_a_killed_worker_is_taken_over_without_beat(stack: Stack) -> None:
         receiver.latency = 0.3  # deliveries in flight, and more reserved, when it dies
         # Two workers on one host need names of their own (RabbitMQ's remote-control queue
         # is exclusive to one connection per node name).
-        doomed = stack.worker("--concurrency", "4", "-n", "doomed@%h", **DEFAULTS)
+        doomed = stack.worker("--concurrency", "4", "-n", "doomed@%h", **RECOVERY_DEFAULTS)
         ids = _send(receiver, 150)
         receiver.wait_for(15)
-        survivor = stack.worker("--concurrency", "4", "-n", "survivor@%h", **DEFAULTS)
+        survivor = stack.worker("--concurrency", "4", "-n", "survivor@%h", **RECOVERY_DEFAULTS)
         # When the worker dies (SIGKILL: no goodbye; its leases and heartbeat just stop)
         doomed.kill()
         killed_at = time.monotonic()
@@ -99,8 +94,8 @@ def test_a_worker_killed_mid_batch_resends_only_its_unrecorded_sends(stack: Stac
     secret = _channel(stack)
     with Receiver(secret) as receiver:
         receiver.latency = 0.3  # batches stay in flight for seconds
-        doomed = stack.worker("--concurrency", "4", "-n", "doomed@%h", **DEFAULTS)
-        survivor = stack.worker("--concurrency", "4", "-n", "survivor@%h", **DEFAULTS)
+        doomed = stack.worker("--concurrency", "4", "-n", "doomed@%h", **RECOVERY_DEFAULTS)
+        survivor = stack.worker("--concurrency", "4", "-n", "survivor@%h", **RECOVERY_DEFAULTS)
         ids = [
             r.id
             for r in delivery.send_many(

@@ -9,19 +9,14 @@ from collections.abc import Callable
 import pytest
 
 import delivery
-from schemas import Payload, Settings
+from schemas import Payload
 from tests.conftest import webhook_secret
-from tests.integration.conftest import Stack
+from tests.integration.conftest import RECOVERY_DEFAULTS, Stack
 from tests.support.ledger import ledger
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
-#: What recovery depends on, at the defaults a user runs with (the Stack shortens them).
-DEFAULTS = {
-    f"DELIVERY_{name.upper()}": str(Settings.model_fields[name].default)
-    for name in ("lease_seconds", "sweep_interval", "visibility_timeout")
-}
 MACHINES = ("host-a", "host-b", "host-c")
 
 
@@ -50,7 +45,7 @@ def test_three_machines_one_dies_the_others_finish_its_work(shared_stack: Stack)
                 "-n",
                 f"worker@{host}",
                 DELIVERY_HOME=str(shared_stack.tmp_path / host),
-                **DEFAULTS,
+                **RECOVERY_DEFAULTS,
             )
             for host in MACHINES
         ]

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import delivery
+from delivery.transport.shape import TASK_HEADERS
 from schemas import Payload
 from tests.conftest import webhook_secret
 from tests.integration.conftest import Stack
@@ -71,15 +72,7 @@ PATHS: list[tuple[Any, ...]] = [
     ("content-encoding",),
     ("headers",),
     ("properties",),
-    *[
-        ("headers", key)
-        for key in (
-            "task", "id", "lang", "shadow", "eta", "expires", "group", "group_index",
-            "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",
-            "origin", "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
-            "compression",
-        )
-    ],
+    *[("headers", key) for key in TASK_HEADERS],
     *[
         ("properties", key)
         for key in (
