@@ -47,4 +47,4 @@ def test_the_files_sort_in_chain_order() -> None:
     for position, (name, script) in enumerate(zip(names, chain, strict=True), start=1):
         # 03_0005_inbound.py: the position, then the revision id the databases record
         assert name.startswith(f"{position:02d}_{script.revision}_")
-        assert f"Chain position {position} of {len(chain)}:" in script.longdoc
+        assert f"Chain position {position} of " in script.longdoc
