@@ -98,6 +98,8 @@ class SendContext:
     delivery_id: str
     attempt: int = 1
     channel: str = ""
+    #: The recipient's one-click unsubscribe link (RFC 8058), when the message has one.
+    unsubscribe_url: str | None = None
 
 
 @dataclass(slots=True)

@@ -9,8 +9,8 @@ import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
+from email import policy
 from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Annotated, ClassVar, Literal, NoReturn, TypeVar
 
@@ -58,6 +58,22 @@ def _email(value: str, *, what: str) -> str:
     # The ASCII form has its domain IDNA-encoded; there is none when the local part is not
     # ASCII, and then the server must support SMTPUTF8.
     return checked.ascii_email or checked.normalized
+
+
+#: Header lines are folded only past RFC 5322's hard limit, not its advised 78: Python
+#: cannot fold a long unbroken value such as a List-Unsubscribe URL, and would write it as
+#: RFC 2047 encoded words, which mail providers do not read as a URL.
+MAX_LINE = 998
+SMTP = policy.SMTP.clone(max_line_length=MAX_LINE)
+SMTPUTF8 = policy.SMTPUTF8.clone(max_line_length=MAX_LINE)
+
+#: A URL fit for a List-Unsubscribe header: http(s), printable ASCII, nothing that could
+#: end the angle brackets or the header line, short enough for one line.
+_HEADER_URL = re.compile(r"https?://[!#-;=?-~]+")
+
+
+def _header_safe(url: str) -> bool:
+    return len(url) <= MAX_LINE - 40 and _HEADER_URL.fullmatch(url) is not None
 
 
 class EmailConfig(DispatcherConfig):
@@ -204,6 +220,11 @@ class EmailDispatcher(Dispatcher):
         # Given a domain, make_msgid does not look up this machine's name.
         message["Message-ID"] = make_msgid(domain=config.from_address.rpartition("@")[2])
         message["X-Delivery-ID"] = context.delivery_id
+        if context.unsubscribe_url and _header_safe(context.unsubscribe_url):
+            # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the URL, so a
+            # recipient can stop these messages without opening a page.
+            message["List-Unsubscribe"] = f"<{context.unsubscribe_url}>"
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.set_content(payload.message)
         if payload.html_message:
             message.add_alternative(payload.html_message, subtype="html")
