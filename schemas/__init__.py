@@ -5,8 +5,10 @@ for producers written in other languages (`delivery schemas`).
 """
 
 from schemas.messages import (
+    CATEGORY_PATTERN,
     CHANNEL_NAME_PATTERN,
     MAX_PAYLOAD_BYTES,
+    Category,
     Envelope,
     Message,
     Model,
@@ -19,8 +21,10 @@ from schemas.settings import Settings, get_settings
 __delivery_layout__ = True
 
 __all__ = [
+    "CATEGORY_PATTERN",
     "CHANNEL_NAME_PATTERN",
     "MAX_PAYLOAD_BYTES",
+    "Category",
     "Envelope",
     "Message",
     "Model",

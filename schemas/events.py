@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from schemas.messages import Address, IdempotencyKey, Model, Receipt
+from schemas.messages import Address, Category, IdempotencyKey, Model, Receipt
 
 #: Dotted lower-case words: ``order.shipped``, ``user.signed-up``, ``invoice.paid_late``.
 #: Lower case only, so ``Order.Shipped`` cannot silently miss the subscriptions of
@@ -92,6 +92,8 @@ class Event(Model):
     idempotency_key: IdempotencyKey | None = None
     #: When the producer published it.
     occurred_at: AwareDatetime | None = None
+    #: The deliveries' category; None leaves each subscription's own (``notify`` wins).
+    category: Category | None = None
 
     @field_validator("context", mode="before")
     @classmethod

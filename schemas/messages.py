@@ -7,6 +7,7 @@ counted in UTF-8 bytes, and finite, bounded countdowns.
 """
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,6 +23,13 @@ from pydantic import (
 
 #: Channel names are identifiers users type on the command line and see in Flower.
 CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Categories (``security``, ``marketing``) are short lower-case names: preferences and
+#: ``DELIVERY_CRITICAL_CATEGORIES`` compare them as written, so ``Security`` must not slip by.
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+#: A throttle per recipient: a number above 0 per second, minute or hour (``3/h``). The same
+#: grammar as a channel's rate limit (``delivery.engine.channels.RATE_LIMIT_PATTERN``),
+#: written out here because ``schemas`` imports nothing from ``delivery``.
+PER_RECIPIENT_PATTERN = r"^(\d+(?:\.\d+)?)/(s|m|h)$"
 
 #: A payload larger than this is refused where it enters: brokers and providers are no
 #: place for bulk data, and one huge message must not stall a worker.
@@ -67,6 +75,24 @@ def _strict_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _category(value: str) -> str:
+    if not re.fullmatch(CATEGORY_PATTERN, value):
+        raise ValueError(
+            "a category is a short lower-case name such as 'security' or 'marketing' "
+            "(1-32 of a-z, 0-9, '_', '.' and '-', starting with a letter or digit)"
+        )
+    return value
+
+
+def _per_recipient(value: str) -> str:
+    match = re.fullmatch(PER_RECIPIENT_PATTERN, value)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"per-recipient limit {value[:40]!r} must be a number above 0 per s, m or h, e.g. 3/h"
+        )
+    return value
+
+
 #: A string the log can store: no NUL, no lone surrogate.
 Text = Annotated[str, AfterValidator(_storable)]
 ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL_NAME_PATTERN)]
@@ -79,6 +105,11 @@ IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=255), AfterValidator(_storable)
 ]
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_strict_json)]
+#: What kind of message a delivery is (``security``, ``marketing``): preferences and
+#: unsubscribe links work per category, and critical categories are never skipped.
+Category = Annotated[str, StringConstraints(strict=True), AfterValidator(_category)]
+#: At most N deliveries to one address per period, e.g. ``3/h``.
+PerRecipient = Annotated[str, StringConstraints(strict=True), AfterValidator(_per_recipient)]
 
 
 class Model(BaseModel):
@@ -113,6 +144,7 @@ class Message(Model):
     idempotency_key: IdempotencyKey | None = None
     #: Seconds to wait before sending: finite, at most a year.
     countdown: Annotated[float, Field(ge=0, le=MAX_COUNTDOWN, allow_inf_nan=False)] | None = None
+    category: Category | None = None
 
 
 class Envelope(Model):
@@ -127,6 +159,11 @@ class Envelope(Model):
     #: Not to be sent before this time: a producer's countdown too long to wait in the
     #: broker (longer than its visibility timeout) is scheduled from the delivery log.
     not_before: AwareDatetime | None = None
+    category: Category | None = None
+    #: The subscription a fanned-out delivery came from (None: sent directly).
+    subscription: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    #: The subscription's throttle per recipient (``3/h``), which the worker enforces.
+    per_recipient: PerRecipient | None = None
 
 
 class Receipt(Model):

@@ -1,12 +1,15 @@
 """Settings read from the environment (prefix ``DELIVERY_``)."""
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from schemas.messages import CATEGORY_PATTERN
 
 #: The embedded broker (``delivery.transport.embedded``): a SQLite file of its own,
 #: ``DELIVERY_HOME/broker.sqlite3``, which needs no server and works across processes on one
@@ -41,6 +44,23 @@ def parse_delays(value: str | list[float] | tuple[float, ...]) -> tuple[float, .
             "(30 days)"
         )
     return delays
+
+
+def parse_categories(value: Any) -> frozenset[str]:
+    """Categories separated by commas (``security,billing``), or an iterable of them.
+
+    Raises:
+        ValueError: one of them is not a category name.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = frozenset(str(item).strip() for item in items if str(item).strip())
+    bad = sorted(n for n in names if not re.fullmatch(CATEGORY_PATTERN, n))
+    if bad:
+        raise ValueError(
+            f"{', '.join(repr(b[:40]) for b in bad)}: categories are short lower-case names "
+            "separated by commas, e.g. security,billing"
+        )
+    return names
 
 
 class Settings(BaseSettings):
@@ -105,6 +125,16 @@ class Settings(BaseSettings):
     #: Task arguments in full in Flower and task events. Off, they show the channel, the
     #: delivery id and a masked address, never the message text.
     task_args_in_events: bool = False
+    #: Categories never skipped by preferences or throttles, and whose messages carry no
+    #: unsubscribe link (comma-separated in the environment; empty: none).
+    critical_categories: Annotated[frozenset[str], NoDecode] = frozenset({"security"})
+    #: Seconds between the workers' looks for digest windows that have closed.
+    digest_interval: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("critical_categories", mode="before")
+    @classmethod
+    def _categories(cls, value: Any) -> frozenset[str]:
+        return parse_categories(value)
 
     @field_validator("retry_schedule")
     @classmethod

@@ -8,6 +8,9 @@ without it a dead worker's deliveries waited for the broker's visibility timeout
 17,000 tasks a day in Flower and the worker's log. Now a thread in every worker asks the
 log whose turn it is (``PeriodicJobs.take_turn``); one worker on the site sweeps per
 interval, and nothing shows unless the sweep finds something.
+
+The same thread takes turns at closing digest windows (``DIGEST_JOB``, every
+``DELIVERY_DIGEST_INTERVAL`` seconds): one indexed query when no window is waiting.
 """
 
 import logging
@@ -24,13 +27,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery.clock import utcnow
 from delivery.errors import PublishError
 from delivery.log import DeliveryLog
+from delivery.notifications.closing import close_digests
+from delivery.notifications.fanout import Notifier
 from delivery.producer.publisher import get_publisher
 from schemas import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-#: The periodic job's name in the log.
+#: The periodic jobs' names in the log.
 SWEEP_JOB = "sweep"
+DIGEST_JOB = "digests"
 #: Seconds past its end before the sweep takes a lease over (clock skew between hosts).
 LEASE_SLACK = 1.0
 #: How often, per interval, each worker asks whether it is its turn: the sweep then runs
@@ -68,6 +74,17 @@ def sweep_if_due(log: DeliveryLog, settings: Settings, *, worker: str) -> int | 
     return sweep_once(log, settings)
 
 
+def close_digests_if_due(notifier: Notifier, settings: Settings, *, worker: str) -> int | None:
+    """Close the digest windows that have ended, if it is this worker's turn; how many
+    deliveries that made (None: not its turn)."""
+    now = utcnow()
+    if not notifier.log.take_turn(
+        DIGEST_JOB, now=now, every=settings.digest_interval, worker=worker
+    ):
+        return None
+    return close_digests(notifier, get_publisher(settings), now=now)
+
+
 class Sweeper:
     """The thread that takes this worker's turns at the sweep."""
 
@@ -78,6 +95,7 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_at = -QUIET_FOR
+        self._notifier: Notifier | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="delivery-sweeper", daemon=True)
@@ -90,11 +108,32 @@ class Sweeper:
 
     def _pause(self) -> float:
         # Jittered, so that workers started together do not all ask at the same moment.
-        return self.settings.sweep_interval / LOOKS_PER_INTERVAL * random.uniform(0.75, 1.25)
+        every = min(self.settings.sweep_interval, self.settings.digest_interval)
+        return every / LOOKS_PER_INTERVAL * random.uniform(0.75, 1.25)
 
     def _run(self) -> None:
         while not self._stop.wait(self._pause()):
             self.look()
+            self.look_at_digests()
+
+    def look_at_digests(self) -> int | None:
+        """One look at the digest windows: close those that ended, if it is this worker's
+        turn. Never raises, like ``look``."""
+        try:
+            if self._notifier is None:
+                self._notifier = Notifier(self.log)
+            return close_digests_if_due(self._notifier, self.settings, worker=self.worker)
+        except (SQLAlchemyError, PublishError) as exc:
+            self._warn(f"could not close digest windows ({type(exc).__name__}); trying again")
+        except Exception:  # a bug must not end the thread the sweep runs in
+            logger.exception("closing digest windows failed; trying again")
+        return None
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= QUIET_FOR:
+            self._warned_at = now
+            logger.warning("%s", message)
 
     def look(self) -> int | None:
         """One look: sweep if it is this worker's turn. Never raises: the log or the broker

@@ -99,7 +99,7 @@ class DeliveryStore(LogBase):
                 idempotency_key=bindparam("p_idempotency_key"), status=bindparam("p_status"),
                 next_attempt_at=bindparam("p_next_attempt_at"), lease_until=lease_until,
                 attempt_count=bindparam("p_attempt_count"), attempt_base=0,
-                created_at=now, updated_at=now,
+                category=bindparam("p_category"), created_at=now, updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )  # fmt: skip
@@ -240,6 +240,7 @@ class DeliveryStore(LogBase):
             "p_address": envelope.address,
             "p_payload": envelope.payload.model_dump(mode="json"),
             "p_idempotency_key": envelope.idempotency_key,
+            "p_category": envelope.category,
             # A deferred delivery waits in the log until due; the sweep sends it.
             "p_status": Status.RETRYING if deferred else Status.SENDING,
             "p_next_attempt_at": envelope.not_before if deferred else None,

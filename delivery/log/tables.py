@@ -133,6 +133,9 @@ class DeliveryRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     provider_ref: Mapped[str | None] = mapped_column(String(255))
+    #: ``security``, ``marketing``…: what preferences and unsubscribe links act on
+    #: (migration 0007). Written with the row when the delivery is first claimed.
+    category: Mapped[str | None] = mapped_column(String(32))
 
 
 class AttemptRow(Base):

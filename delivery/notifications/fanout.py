@@ -3,6 +3,13 @@
 Every delivery's id is derived from the event's id and the subscription's, so a replayed
 event, or the broker handing the fan-out task over twice, makes the same deliveries again,
 and the workers (which skip a delivery id the log has done) send each once.
+
+A digest subscription (``--digest 1h``) gets no delivery per event: the event is collected
+in its window (``delivery.notifications.digests``), which becomes one delivery when it
+closes.
+
+A delivery's category is the one ``notify`` gave, else its subscription's. It carries the
+subscription's id and throttle per recipient, which the worker enforces.
 """
 
 import logging
@@ -13,13 +20,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from delivery.clock import utcnow
 from delivery.errors import RenderError
 from delivery.log import DeliveryLog
+from delivery.notifications.digests import DigestStore, digest_delivery_id
 from delivery.notifications.events import EventDelivery, EventStore
+from delivery.notifications.links import unsubscribe_link
+from delivery.notifications.periods import as_datetime, period_seconds
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore, payload_of
 from delivery.producer.publisher import Outgoing, Publisher
-from schemas import Envelope, Payload
+from schemas import Envelope, Payload, Settings
 from schemas.events import Event
 from schemas.validation import explain
 
@@ -50,11 +61,14 @@ class FanOut:
     skipped: int = 0
     #: The event had been fanned out before: nothing was done again.
     replayed: bool = False
+    #: Collected in a digest subscription's window, to be sent when it closes.
+    collected: int = 0
 
     def describe(self) -> str:
         if self.replayed:
             return "replayed"
-        return f"{self.queued} queued, {self.failed} failed, {self.skipped} skipped"
+        digest = f", {self.collected} collected for digests" if self.collected else ""
+        return f"{self.queued} queued, {self.failed} failed, {self.skipped} skipped{digest}"
 
 
 class Notifier:
@@ -65,6 +79,7 @@ class Notifier:
         self.events = EventStore(log.engine)
         self.subscriptions = SubscriptionStore(log.engine)
         self.templates = TemplateStore(log.engine)
+        self.digests = DigestStore(log.engine)
 
     def fan_out(self, event: Event, publisher: Publisher) -> FanOut:
         """Make one delivery per active subscription, record the event and what it made,
@@ -92,9 +107,20 @@ class Notifier:
                         )
                     )
                     continue
+                if subscription.digest is not None:
+                    outcomes.append(self._collect(event, subscription))
+                    continue
                 address = subscription.address_for(variables)
-                envelope = self._envelope(
-                    event, subscription, delivery_id, address, variables, templates
+                envelope = self.envelope(
+                    subscription,
+                    delivery_id,
+                    address,
+                    variables,
+                    data={"event": event.name, "event_id": event.id, **event.context},
+                    message=event.name,
+                    category=event.category or subscription.category,
+                    settings=publisher.settings,
+                    templates=templates,
                 )
             except RenderError as exc:
                 reason = f"could not render for event {event.name} ({event.id}): {exc}"
@@ -126,50 +152,85 @@ class Notifier:
         self.events.mark_fanned_out(event.id)
         counts = {kind: sum(o.outcome == kind for o in outcomes) for kind in _KINDS}
         logger.info(
-            "event %s (%s): %d queued, %d failed, %d skipped",
+            "event %s (%s): %d queued, %d failed, %d skipped, %d collected for digests",
             event.id,
             event.name,
             counts["queued"],
             counts["failed"],
             counts["skipped"],
+            counts["collected"],
         )
-        return FanOut(event.id, counts["queued"], counts["failed"], counts["skipped"])
+        return FanOut(
+            event.id,
+            counts["queued"],
+            counts["failed"],
+            counts["skipped"],
+            collected=counts["collected"],
+        )
 
-    def _envelope(
+    def _collect(self, event: Event, subscription: Subscription) -> EventDelivery:
+        """Put the event in the digest subscription's current window (once, however often
+        it is replayed); the delivery it will join is named in the outcome."""
+        assert subscription.digest is not None
+        period = period_seconds(subscription.digest)
+        start = self.digests.collect(subscription.id, event, period=period, now=utcnow())
+        closes = as_datetime(start + period).isoformat()
+        return _outcome(
+            subscription,
+            digest_delivery_id(subscription.id, start),
+            "collected",
+            f"digest {subscription.digest}: sent when its window closes at {closes}",
+        )
+
+    def envelope(
         self,
-        event: Event,
         subscription: Subscription,
         delivery_id: str,
         address: str,
         variables: Mapping[str, Any],
+        *,
+        data: dict[str, Any],
+        message: str,
+        category: str | None,
+        settings: Settings,
         templates: dict[str, Template | None],
     ) -> Envelope:
-        """The subscription's delivery to ``address``, its payload rendered.
+        """The subscription's delivery to ``address``, its payload rendered with
+        ``variables`` and ``{{ unsubscribe_url }}`` (without a template, ``message`` and
+        ``data`` are the payload).
 
         Raises:
             RenderError: the template failed on this context, or the result is invalid.
         """
-        data: dict[str, Any] = {"event": event.name, "event_id": event.id, **event.context}
         payload: Payload
         if subscription.template is None:
             # The uniform payload of the seed's brokers: the event and its context.
-            payload = payload_of(message=event.name, data=data)
+            payload = payload_of(message=message, data=data)
         else:
             if subscription.template not in templates:
                 templates[subscription.template] = self.templates.get(subscription.template)
             template = templates[subscription.template]
             if template is None:
                 raise RenderError(f"template {subscription.template!r} no longer exists")
-            payload = template.render(variables, data=data)
+            link = unsubscribe_link(
+                settings, address=address, channel=subscription.channel, category=category
+            )
+            payload = template.render({**variables, "unsubscribe_url": link}, data=data)
         try:
             return Envelope(
-                id=delivery_id, channel=subscription.channel, address=address, payload=payload
+                id=delivery_id,
+                channel=subscription.channel,
+                address=address,
+                payload=payload,
+                category=category,
+                subscription=subscription.id,
+                per_recipient=subscription.per_recipient,
             )
         except ValidationError as exc:
             raise RenderError("; ".join(explain(exc, limit=3))) from None
 
 
-_KINDS = ("queued", "failed", "skipped")
+_KINDS = ("queued", "failed", "skipped", "collected")
 
 
 def _outcome(subscription: Subscription, delivery_id: str, kind: str, reason: str) -> EventDelivery:

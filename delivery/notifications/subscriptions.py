@@ -8,15 +8,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
 from delivery.clock import utcnow
 from delivery.errors import ConfigurationError, RenderError, TemplateRefused
 from delivery.log.tables import ChannelRow
+from delivery.notifications.periods import MIN_DIGEST, check_period
 from delivery.notifications.sandbox import TEXT, evaluate, render
 from delivery.notifications.tables import SubscriptionRow, TemplateRow
 from schemas.events import EVENT_NAME_PATTERN, MAX_EVENT_NAME
+from schemas.messages import Category, PerRecipient
+
+_CATEGORY: TypeAdapter[str] = TypeAdapter(Category)
+_PER_RECIPIENT: TypeAdapter[str] = TypeAdapter(PerRecipient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,12 @@ class Subscription:
     filter: str | None = None
     paused: bool = False
     created_at: datetime | None = None
+    #: The deliveries' category, unless ``notify`` names one.
+    category: str | None = None
+    #: At most N deliveries per address per period (``3/h``); the worker enforces it.
+    per_recipient: str | None = None
+    #: A digest window (``1h``): None sends each event on its own.
+    digest: str | None = None
 
     def matches(self, variables: Mapping[str, Any]) -> bool:
         """Whether the filter lets this event through (no filter: always).
@@ -67,6 +79,9 @@ class Subscription:
             "filter": self.filter,
             "paused": self.paused,
             "created_at": self.created_at.isoformat() if self.created_at else None,
+            "category": self.category,
+            "per_recipient": self.per_recipient,
+            "digest": self.digest,
         }
 
 
@@ -82,11 +97,19 @@ class SubscriptionStore:
         *,
         template: str | None = None,
         filter: str | None = None,
+        category: str | None = None,
+        per_recipient: str | None = None,
+        digest: str | None = None,
+        shortest_digest: int = MIN_DIGEST,
     ) -> Subscription:
         """Check and store a subscription.
 
+        ``shortest_digest`` is the shortest digest window allowed, in seconds (tests
+        lower it; people get a minute).
+
         Raises:
-            ConfigurationError: a bad event name, or no such channel or template.
+            ConfigurationError: a bad event name, category, throttle or digest window, or
+                no such channel or template.
             TemplateRefused: the address or filter does not compile.
         """
         if len(event) > MAX_EVENT_NAME or not re.match(EVENT_NAME_PATTERN, event):
@@ -104,6 +127,7 @@ class SubscriptionStore:
                 TEXT.expression(filter)
             except TemplateRefused as exc:
                 raise TemplateRefused(f"filter: {exc}", lineno=exc.lineno) from None
+        _check_options(category, per_recipient, digest, shortest_digest)
         row = SubscriptionRow(
             id=str(uuid.uuid4()),
             event=event,
@@ -113,6 +137,9 @@ class SubscriptionStore:
             filter=filter,
             paused=False,
             created_at=utcnow(),
+            category=category,
+            per_recipient=per_recipient,
+            digest=digest,
         )
         with self._sessions.begin() as session:
             if session.get(ChannelRow, channel) is None:
@@ -128,6 +155,11 @@ class SubscriptionStore:
             query = query.where(SubscriptionRow.event == event)
         with self._sessions() as session:
             return [_subscription(row) for row in session.scalars(query).all()]
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        with self._sessions() as session:
+            row = session.get(SubscriptionRow, subscription_id)
+            return _subscription(row) if row is not None else None
 
     def active(self, event: str) -> list[Subscription]:
         """The event's subscriptions that are not paused, in a fixed order."""
@@ -159,6 +191,33 @@ class SubscriptionStore:
             )
 
 
+def _check_options(
+    category: str | None, per_recipient: str | None, digest: str | None, shortest_digest: int
+) -> None:
+    """Refuse a bad category, throttle or digest window before anything is stored.
+
+    Raises:
+        ConfigurationError: what is wrong, in words a person can act on.
+    """
+    checks: list[tuple[str, str | None, TypeAdapter[str]]] = [
+        ("category", category, _CATEGORY),
+        ("per-recipient", per_recipient, _PER_RECIPIENT),
+    ]
+    for name, value, adapter in checks:
+        if value is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigurationError(f"{name}: {reason}") from None
+    if digest is not None:
+        try:
+            check_period(digest, shortest=shortest_digest)
+        except ValueError as exc:
+            raise ConfigurationError(f"digest: {exc}") from None
+
+
 def _subscription(row: SubscriptionRow) -> Subscription:
     return Subscription(
         id=row.id,
@@ -169,4 +228,7 @@ def _subscription(row: SubscriptionRow) -> Subscription:
         filter=row.filter,
         paused=row.paused,
         created_at=row.created_at,
+        category=row.category,
+        per_recipient=row.per_recipient,
+        digest=row.digest,
     )

@@ -6,7 +6,7 @@ On the log's ``Base``, so the one Alembic history (``migrations/``) creates them
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from delivery.log.tables import Base, UTCDateTime
@@ -37,6 +37,12 @@ class SubscriptionRow(Base):
     filter: Mapped[str | None] = mapped_column(Text)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The deliveries' category, unless ``notify`` names one (migration 0007).
+    category: Mapped[str | None] = mapped_column(String(32))
+    #: At most N deliveries per address per period (``3/h``), enforced by the worker.
+    per_recipient: Mapped[str | None] = mapped_column(String(32))
+    #: A digest window (``1h``): the events of each window become one delivery.
+    digest: Mapped[str | None] = mapped_column(String(16))
 
 
 class EventRow(Base):
@@ -67,3 +73,31 @@ class EventDeliveryRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DigestItemRow(Base):
+    """One event waiting in a digest subscription's window (migration 0007).
+
+    The key is ``(subscription, event)``, so a replayed event adds nothing twice. When the
+    window has closed, the items are claimed for one delivery (``delivery_id``) in one
+    statement, then published; ``published_at`` says the delivery reached the broker, so a
+    worker that died in between is followed by another that publishes it again.
+    """
+
+    __tablename__ = "digest_items"
+    __table_args__ = (
+        Index("ix_digest_items_open", "delivery_id", "window_start"),
+        Index("ix_digest_items_published", "published_at", "claimed_at"),
+    )
+
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The window's start, whole seconds since the epoch: every worker computes the same.
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The category ``notify`` gave the event, if any.
+    category: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivery_id: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -25,7 +25,11 @@ def event_id(event: str, idempotency_key: str | None) -> str:
 
 
 def build_event(
-    event: str, context: Mapping[str, Any], *, idempotency_key: str | None = None
+    event: str,
+    context: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    category: str | None = None,
 ) -> Event:
     """The validated event, its id derived (``notify`` publishes it; so does the API).
 
@@ -39,12 +43,17 @@ def build_event(
             "context": dict(context) if isinstance(context, Mapping) else context,
             "idempotency_key": idempotency_key,
             "occurred_at": utcnow(),
+            "category": category,
         }
     )
 
 
 def notify(
-    event: str, context: Mapping[str, Any], *, idempotency_key: str | None = None
+    event: str,
+    context: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    category: str | None = None,
 ) -> EventReceipt:
     """Publish an event; the workers make one delivery per subscription to it.
 
@@ -53,11 +62,15 @@ def notify(
     event and the deliveries it made. Notifying again with the same ``idempotency_key``
     sends nothing more.
 
+    ``category`` sets the category of every delivery the event makes; without it, each
+    subscription's own category (``--category``) applies.
+
     Raises:
-        pydantic.ValidationError: a bad event name or context; nothing was enqueued.
+        pydantic.ValidationError: a bad event name, context or category; nothing was
+            enqueued.
         PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``.
     """
-    validated = build_event(event, context, idempotency_key=idempotency_key)
+    validated = build_event(event, context, idempotency_key=idempotency_key, category=category)
     get_publisher().publish_event(validated)
     return EventReceipt(
         id=validated.id, event=validated.name, idempotency_key=validated.idempotency_key

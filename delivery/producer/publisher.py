@@ -307,6 +307,7 @@ def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = N
         payload=message.payload,
         idempotency_key=message.idempotency_key,
         not_before=not_before,
+        category=message.category,
     )
 
 
@@ -377,6 +378,7 @@ def send(  # type: ignore[overload-overlap]  # a str is a Sequence[str]; str is 
     *,
     idempotency_key: str | None = None,
     countdown: float | None = None,
+    category: str | None = None,
 ) -> Receipt: ...
 
 
@@ -388,6 +390,7 @@ def send(
     *,
     idempotency_key: str | None = None,
     countdown: float | None = None,
+    category: str | None = None,
 ) -> list[Receipt]: ...
 
 
@@ -398,12 +401,16 @@ def send(
     *,
     idempotency_key: str | None = None,
     countdown: float | None = None,
+    category: str | None = None,
 ) -> Receipt | list[Receipt]:
     """Enqueue one delivery and return its receipt at once.
 
     Given a list of addresses, enqueue one delivery per distinct address (each with its
     own id, retries and outcome) and return their receipts in order. With an idempotency
     key, each one's id is derived from the channel, the key and its address.
+
+    ``category`` (``security``, ``marketing``) is what preferences and unsubscribe links
+    act on; a category in ``DELIVERY_CRITICAL_CATEGORIES`` is never skipped.
 
     Raises:
         pydantic.ValidationError: the message is invalid; nothing was enqueued.
@@ -416,6 +423,7 @@ def send(
         "payload": payload,
         "idempotency_key": idempotency_key,
         "countdown": countdown,
+        "category": category,
     }
     if is_several(address):
         messages, ids = expand(fields)

@@ -49,6 +49,9 @@ def test_send_publishes_the_envelope_by_task_name() -> None:
         "payload": {"message": "hi", "subject": None, "html_message": None, "data": {}},
         "idempotency_key": "order-42",
         "not_before": None,
+        "category": None,
+        "subscription": None,
+        "per_recipient": None,
     }
 
 
