@@ -59,7 +59,7 @@ class QuietHours:
             return None
         # A wall-clock end that happens twice (clocks going back) is the first one still to
         # come; one that never happens (clocks going forward) is read with the offset before
-        # the change, which lands just after the gap.
+        # the change, so the window lasts as long as on any other night.
         for fold in (0, 1):
             end = datetime.combine(end_day, self.end, tzinfo=zone).replace(fold=fold)
             if end.astimezone(UTC) > now:
