@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from delivery.api import deliveries, errors, events, health, metrics
+from delivery.api import deliveries, errors, events, health, metrics, preferences, unsubscribe
 from delivery.api.auth import KeyRequired
 from delivery.api.broker import BrokerProbe
 from delivery.api.keys import CACHE_SECONDS, KeyStore, KeyVerifier
@@ -30,6 +30,8 @@ ROUTERS: list[APIRouter] = [
     events.router,
     inbound_routes.router,  # /inbound/NAME: providers call it, no key; signatures
     inbound_receipts.router,  # /receipts/CHANNEL: the same
+    preferences.router,
+    unsubscribe.router,  # /unsubscribe/TOKEN: reached from mailboxes, no key; signed tokens
 ]
 
 DESCRIPTION = """\

@@ -185,7 +185,8 @@ class RecipientPreferences:
 
 
 def _ordered(rules: Iterable[Rule]) -> list[Rule]:
-    return sorted(rules, key=lambda r: (r.specificity, r.channel or "", r.category or ""))
+    """Most specific first: the order in which they are considered."""
+    return sorted(rules, key=lambda r: (-r.specificity, r.channel or "", r.category or ""))
 
 
 class Preferences:

@@ -89,6 +89,4 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(
-            f"unknown time zone {name!r}; use an IANA name such as Europe/London"
-        ) from None
+        raise ValueError("unknown time zone; use an IANA name such as Europe/London") from None
