@@ -231,6 +231,7 @@ def main() -> None:
                 events,
                 inbound,
                 keys,
+                preferences,
                 serve,
             )
     except typer.Exit as exc:  # outside typer, which would turn it into an exit code
