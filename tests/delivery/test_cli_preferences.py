@@ -41,7 +41,6 @@ def test_set_rules_and_quiet_hours_then_show(settings: Settings) -> None:
     assert run("set", "Ann@Example.com", "--category", "marketing", "--off")[0] == 0
     assert run("set", "ann@example.com", "--channel", "sms", "--off")[0] == 0
     code, stdout, stderr = run(
-        "preferences",
         "set",
         "ann@example.com",
         "--timezone",
@@ -67,7 +66,6 @@ def test_set_rules_and_quiet_hours_then_show(settings: Settings) -> None:
     # A channel and category together override the category alone
     assert (
         run(
-            "preferences",
             "set",
             "ann@example.com",
             "--channel",
