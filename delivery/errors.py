@@ -27,7 +27,6 @@
       - RequestTooLarge       413: the body is larger than a provider's request can be
     - BadSignature            403: the signature is missing or wrong
     - UnknownBackend          404: no inbound backend (or receipt channel) of that name
-  + FailingOver               inside the service only: move a held delivery to its fallback
 
 Every class keeps ``args == (message,)`` and takes its context as keyword-only arguments,
 so Celery can pickle and unpickle it.
@@ -163,13 +162,3 @@ class BadSignature(InboundError):
 
 class UnknownBackend(InboundError):
     http_status = 404
-
-
-class FailingOver(DeliveryError):
-    """Raised inside the service when a held delivery should move instead of waiting;
-    never reaches a caller."""
-
-    def __init__(self, message: str, *, target: str = "") -> None:
-        super().__init__(message)
-        #: The channel the delivery moves to.
-        self.target = target

@@ -50,7 +50,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 #: Request latency buckets of the API itself, seconds.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 #: Deliveries not yet sent, waiting for a worker or for their next attempt.
-WAITING = (Status.QUEUED, Status.RETRYING)
+WAITING = (Status.QUEUED, Status.RETRYING, Status.SCHEDULED)
 
 _BY_CHANNEL_STATUS = select(DeliveryRow.channel, DeliveryRow.status, func.count()).group_by(
     DeliveryRow.channel, DeliveryRow.status

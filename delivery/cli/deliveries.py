@@ -13,12 +13,13 @@ from rich.text import Text
 
 from delivery.cli import app, err, fail, out, print_json, user_errors
 from delivery.cli.context import delivery_log, engine
+from delivery.engine.gates import Refuse, Wait
 from delivery.log import DeliveryLog, DeliveryRecord, Status
 from delivery.log.records import MIN_ID_PREFIX
 from delivery.producer.publisher import get_publisher, send
 from delivery.redaction import mask_address
 from delivery.wording import plural
-from schemas import Message, Payload
+from schemas import Envelope, Message, Payload
 
 #: From this terminal width on, ``delivery log`` shows whole ids; narrower, short ones.
 FULL_ID_WIDTH = 140
@@ -33,7 +34,8 @@ SHOWN_CANDIDATES = 3
 
 def _check_sendable(message: Message) -> None:
     """Refuse now what a worker could only fail later: an unknown channel, an address its
-    dispatcher cannot reach, a payload it cannot carry, a suppressed address.
+    dispatcher cannot reach, a payload it cannot carry, a suppressed address. The worker's
+    own gates decide, as a dry run; what would only hold the delivery back is a note.
 
     The CLI runs worker-side, so it reads the channel; ``delivery.send`` stays thin.
 
@@ -41,17 +43,15 @@ def _check_sendable(message: Message) -> None:
         UnknownChannel, ConfigurationError, RegistryError, InvalidAddress, PayloadRejected,
         Suppressed: what the worker would have failed the delivery with.
     """
-    assembly = engine()
-    channel, dispatcher = assembly.dispatchers.get(message.channel)
-    address = dispatcher.validate_address(message.address)
-    dispatcher.protocol.adapt(message.payload)
-    assembly.service.suppressions.check(channel.name, address)
-    if channel.paused:
+    service = engine().service
+    envelope = Envelope(**message.model_dump(exclude={"countdown"}), id="preview")
+    verdict = service.preview(envelope)
+    service.dispatchers.get(envelope.channel)[1].protocol.adapt(message.payload)
+    if isinstance(verdict, Wait):
+        err.print(f"note: {verdict.reason}; the delivery waits", highlight=False, markup=False)
+    elif isinstance(verdict, Refuse):
         err.print(
-            f"note: channel {channel.name!r} is paused; the delivery waits until "
-            f"`delivery channels resume {channel.name}`",
-            highlight=False,
-            markup=False,
+            f"note: the delivery will be skipped ({verdict.error})", highlight=False, markup=False
         )
 
 

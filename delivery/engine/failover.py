@@ -25,7 +25,6 @@ from sqlalchemy.orm import sessionmaker
 from delivery.clock import utcnow
 from delivery.engine.breaker import Bookkeeping
 from delivery.engine.channels import Channel
-from delivery.errors import FailingOver as FailingOver  # re-exported: it lived here
 from delivery.log import AttemptResult, Claim, Finished
 from delivery.log.database import read_only
 from delivery.log.tables import AttemptRow, DeliveryRow, Outcome, Status

@@ -3,7 +3,6 @@
 import dataclasses
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Sequence
@@ -16,18 +15,27 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
 from delivery.engine.breaker import AttemptHealth, Breaker
-from delivery.engine.channels import Channel, parse_rate_limit, parse_retry_schedule
+from delivery.engine.channel_gates import BreakerGate, RateLimitGate, SuppressionGate
+from delivery.engine.channels import Channel, parse_retry_schedule
 from delivery.engine.failover import Failover
+from delivery.engine.gates import (
+    Gate,
+    Pass,
+    Refuse,
+    Reroute,
+    Route,
+    Verdict,
+    Wait,
+    first_verdict,
+)
 from delivery.engine.instances import DispatcherCache
 from delivery.engine.leases import LeaseKeeper
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter
 from delivery.engine.recorder import GroupCommit
 from delivery.engine.retry import RetryPolicy
-from delivery.engine.suppression import Known, SuppressionList
+from delivery.engine.suppression import SuppressionList
 from delivery.errors import (
     ConfigurationError,
-    DeliveryError,
-    FailingOver,
     PermanentError,
     RegistryError,
     RetryableError,
@@ -40,9 +48,6 @@ from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
 
-#: Longest a worker thread sleeps for a rate-limit slot; further slots are waited for in
-#: the broker or the log instead.
-MAX_RATE_WAIT = 2.0
 #: Longest a batch of deliveries runs before the rest goes one task each.
 BATCH_BUDGET = 30.0
 #: A batch's ended attempts are recorded two at a time: half the transactions of one per
@@ -83,12 +88,20 @@ class Attempt:
 
 
 class DeliveryService:
+    """Claim → route → gates → send → record, for one delivery or a batch.
+
+    What may hold a delivery back (a paused channel, suppression, a rate limit, the
+    recipient's say) is a gate (``gates``); the service only carries out the verdicts.
+    """
+
     def __init__(
         self,
         settings: Settings,
         log: DeliveryLog,
         dispatchers: DispatcherCache,
         limiter: RateLimiter | None = None,
+        *,
+        recipient_gates: Sequence[Gate] = (),
     ) -> None:
         self.settings = settings
         self.log = log
@@ -101,6 +114,14 @@ class DeliveryService:
         self.limiter = limiter or LocalRateLimiter()
         self.suppressions = SuppressionList(log.engine)
         self.failover = Failover(log.engine)
+        #: In order: the channel's own health first; the recipient's say before the rate
+        #: limit, so no slot is spent on a delivery that will not be sent.
+        self.gates: list[Gate] = [
+            BreakerGate(self.breaker, self.failover),
+            SuppressionGate(self.suppressions),
+            *recipient_gates,
+            RateLimitGate(self.limiter),
+        ]
         self.default_schedule = default_schedule(settings)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         #: Seconds a batch may run before handing the rest back as single tasks: short
@@ -132,7 +153,9 @@ class DeliveryService:
             return self._unclaimed(envelope, claim)
         self.leases.hold([claim])
         try:
-            ended = self._attempt(envelope, claim)
+            route = self._route(envelope)
+            look = Pass([route] if isinstance(route, Route) else [], utcnow())
+            ended = self._attempt(claim, route, look)
             if isinstance(ended, Decision):
                 return ended
             return self._recorded(ended)
@@ -166,9 +189,15 @@ class DeliveryService:
         reset: set[str] = set()  # channels whose breaker a success of this batch reset
         tried = False
         deadline = time.monotonic() + self.batch_budget
-        known = self._suppressed_among(envelopes, claims)
+        routes = {
+            index: self._route(envelope)
+            for index, (envelope, claim) in enumerate(zip(envelopes, claims, strict=True))
+            if isinstance(claim, Claim) and claim.state is ClaimState.CLAIMED
+        }
+        # The gates look up what they need for the whole batch at once.
+        look = Pass([r for r in routes.values() if isinstance(r, Route)], utcnow())
         try:
-            for envelope, claim in zip(envelopes, claims, strict=True):
+            for index, (envelope, claim) in enumerate(zip(envelopes, claims, strict=True)):
                 if isinstance(claim, Decision):
                     decisions.append(claim)  # failed already: the log cannot store it
                 elif claim.state is not ClaimState.CLAIMED:
@@ -178,7 +207,7 @@ class DeliveryService:
                 else:
                     # However slow the provider, each batch sends at least one: progress.
                     tried = True
-                    outcome = self._attempt(envelope, claim, known=known)
+                    outcome = self._attempt(claim, routes[index], look)
                     if isinstance(outcome, Decision):
                         decisions.append(outcome)
                         continue
@@ -207,23 +236,6 @@ class DeliveryService:
         recorded = self._recorded.many([attempt for _, attempt in attempts])
         for (place, _), decision in zip(attempts, recorded, strict=True):
             decisions[place] = decision
-
-    def _suppressed_among(
-        self, envelopes: Sequence[Envelope], claims: Sequence[Claim | Decision]
-    ) -> Known:
-        """The batch's addresses looked up on the suppression lists in one query (one per
-        delivery cost a quarter of a batch's time). A batch runs for ``batch_budget`` at
-        most, so an opt-out reaches the deliveries of batches already running that late."""
-        pairs = []
-        for envelope, claim in zip(envelopes, claims, strict=True):
-            if not isinstance(claim, Claim) or claim.state is not ClaimState.CLAIMED:
-                continue
-            try:
-                channel, dispatcher = self.dispatchers.get(envelope.channel)
-                pairs.append((channel.name, dispatcher.validate_address(envelope.address)))
-            except DeliveryError:
-                continue  # the attempt says why, on its own
-        return self.suppressions.among(pairs) if pairs else {}
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
         try:
@@ -267,77 +279,92 @@ class DeliveryService:
             return Decision("requeue", countdown=countdown)
         return Decision("done")
 
-    def _held(self, channel: Channel, claim: Claim) -> tuple[Decision | None, Claim]:
-        """A decision to wait when the channel is paused, its breaker open or its rate
-        limit reached (None to send now), and the claim to send with."""
-        now = utcnow()
-        # The cached channel may be seconds old; a retry means the provider has been
-        # failing, so ask the log whether the breaker has opened meanwhile.
-        if channel.may_be_held or claim.attempt - claim.attempt_base > 1:
-            until, probe = self.breaker.gate(channel.name, now=now)
-            if probe:
-                # The probe tests the provider for everyone: it does not spend one of this
-                # delivery's attempts, so a failed probe never fails the delivery.
-                claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
-            if until is not None and (target := self.failover.target(claim.delivery_id, channel)):
-                raise FailingOver(f"circuit breaker open on {channel.name}", target=target)
-            if until is not None:
-                # Spread the waiting deliveries out so the reopening is not a stampede.
-                until += timedelta(
-                    seconds=random.uniform(0, min(30.0, self.settings.breaker_probe_interval / 2))
-                )
-                return self._release(claim, until), claim
-        if channel.rate_limit:
-            wait, reserved = self.limiter.reserve(
-                channel.name, parse_rate_limit(channel.rate_limit), max_wait=MAX_RATE_WAIT
-            )
-            if not reserved:
-                return self._release(claim, now + timedelta(seconds=wait)), claim
-            if wait > 0:
-                time.sleep(wait)
-        return None, claim
-
-    def _release(self, claim: Claim, until: datetime) -> Decision:
+    def _release(self, claim: Claim, until: datetime, *, scheduled: bool = False) -> Decision:
         self.log.release(
-            claim, until=until, parked=_seconds_until(until) <= self.settings.delay_limit
+            claim,
+            until=until,
+            parked=_seconds_until(until) <= self.settings.delay_limit,
+            scheduled=scheduled,
         )
         return self._later(_seconds_until(until))
 
-    def _attempt(
-        self, envelope: Envelope, claim: Claim, *, known: Known | None = None
-    ) -> "Attempt | Decision":
-        """Send once; the ended attempt, or a decision to wait if the channel holds it.
-        ``known``: suppressions already looked up for this delivery's batch."""
+    def route(self, envelope: Envelope) -> Route:
+        """Where ``envelope`` goes: its channel as the log has it now (failover may have
+        moved it since the message was published), the dispatcher, the canonical address.
+
+        Raises:
+            UnknownChannel, UnknownDispatcher, ConfigurationError, RegistryError: the
+                channel cannot be used here.
+            InvalidAddress: the dispatcher cannot reach the address.
+        """
+        channel, dispatcher = self.dispatchers.get(envelope.channel)
+        if channel.fallback is not None:
+            envelope = self.failover.current(envelope)
+            channel, dispatcher = self.dispatchers.get(envelope.channel)
+        return Route(envelope, channel, dispatcher, dispatcher.validate_address(envelope.address))
+
+    def preview(self, envelope: Envelope) -> Verdict:
+        """The gates' dry run for a delivery about to be sent (the CLI's pre-check):
+        reserves nothing, records nothing. ``Proceed``, ``Wait`` (held for now) or a
+        ``Refuse`` that skips it.
+
+        Raises:
+            DeliveryError: what the worker would fail the delivery with.
+        """
+        route = self.route(envelope)
+        verdict, _ = first_verdict(self.gates, route, None, Pass([route], utcnow()))
+        if isinstance(verdict, Refuse) and not verdict.skipped:
+            raise verdict.error
+        return verdict
+
+    def _route(self, envelope: Envelope) -> Route | Exception:
+        """``route``, or the error the attempt records."""
+        try:
+            return self.route(envelope)
+        except Exception as exc:  # noqa: BLE001  # raised again in the attempt, which records it
+            return exc
+
+    def _attempt(self, claim: Claim, route: Route | Exception, look: Pass) -> "Attempt | Decision":
+        """Pass the gates and send once: the ended attempt, or a decision to wait."""
         started = utcnow()
         clock = time.perf_counter()
         channel: Channel | None = None
         breaker_failure = False
         try:
-            channel, dispatcher = self.dispatchers.get(envelope.channel)
-            if channel.fallback is not None:
-                # The delivery may have moved to the backup since this message was sent.
-                envelope = self.failover.current(envelope)
-                channel, dispatcher = self.dispatchers.get(envelope.channel)
-            # An opted-out or permanently bouncing address fails here: no provider call.
-            self.suppressions.check(
-                channel.name, dispatcher.validate_address(envelope.address), known=known
-            )
-            held, claim = self._held(channel, claim)
-            if held is not None:
-                return held
-            started, clock = utcnow(), time.perf_counter()
-            context = SendContext(
-                delivery_id=envelope.id, attempt=claim.attempt, channel=envelope.channel
-            )
-            sent = dispatcher.send(envelope.address, envelope.payload, context=context)
-        except FailingOver as exc:
-            result, claim = self.failover.moved(
-                self._failed(started, clock, exc),
-                claim,
-                source=envelope.channel,
-                target=exc.target,
-                reason=str(exc),
-            )
+            if isinstance(route, Exception):
+                raise route
+            channel = route.channel
+            verdict, free = first_verdict(self.gates, route, claim, look)
+            if free:
+                claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
+            if isinstance(verdict, Wait):
+                return self._release(claim, verdict.until, scheduled=verdict.scheduled)
+            if isinstance(verdict, Reroute):
+                result, claim = self.failover.moved(
+                    self._ended(Outcome.FAILED, started, clock, error=verdict.reason),
+                    claim,
+                    source=route.channel.name,
+                    target=verdict.target,
+                    reason=verdict.reason,
+                )
+            elif isinstance(verdict, Refuse):
+                outcome = Outcome.SKIPPED if verdict.skipped else Outcome.FAILED
+                result = self._ended(outcome, started, clock, error=describe_error(verdict.error))
+            else:
+                started, clock = utcnow(), time.perf_counter()
+                sent = route.dispatcher.send(
+                    route.envelope.address,
+                    route.envelope.payload,
+                    context=self.context(route, claim),
+                )
+                result = AttemptResult(
+                    outcome=Outcome.DELIVERED,
+                    started_at=started,
+                    duration_ms=_elapsed_ms(clock),
+                    status_code=sent.status,
+                    provider_ref=sent.provider_ref,
+                    detail=sent.detail,
+                )
         except (PermanentError, UnknownChannel, UnknownDispatcher) as exc:
             result = self._failed(started, clock, exc)
         except (RetryableError, ConfigurationError, RegistryError) as exc:
@@ -346,18 +373,9 @@ class DeliveryService:
             breaker_failure = isinstance(exc, RetryableError)
             result = self._retry(started, clock, exc, claim, channel)
         except Exception as exc:
-            logger.exception("unexpected error delivering %s", envelope.id)
+            logger.exception("unexpected error delivering %s", claim.delivery_id)
             breaker_failure = True
             result = self._retry(started, clock, exc, claim, channel)
-        else:
-            result = AttemptResult(
-                outcome=Outcome.DELIVERED,
-                started_at=started,
-                duration_ms=_elapsed_ms(clock),
-                status_code=sent.status,
-                provider_ref=sent.provider_ref,
-                detail=sent.detail,
-            )
         if result.outcome is Outcome.FAILED and breaker_failure and channel is not None:
             # Provider-side failures to the end: the backup channel, if there is one.
             result, claim = self.failover.after_exhausted(result, claim, channel)
@@ -371,6 +389,12 @@ class DeliveryService:
             ),
             channel=channel,
             breaker_failure=breaker_failure,
+        )
+
+    def context(self, route: Route, claim: Claim) -> SendContext:
+        """What the dispatcher is told about the delivery it sends."""
+        return SendContext(
+            delivery_id=route.envelope.id, attempt=claim.attempt, channel=route.envelope.channel
         )
 
     def _record(self, attempts: Sequence["Attempt"]) -> list[Decision]:
@@ -424,12 +448,29 @@ class DeliveryService:
         return decisions
 
     def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:
-        return AttemptResult(
-            outcome=Outcome.FAILED,
-            started_at=started,
-            duration_ms=_elapsed_ms(clock),
+        return self._ended(
+            Outcome.FAILED,
+            started,
+            clock,
             error=describe_error(exc),
             status_code=getattr(exc, "status", None),
+        )
+
+    @staticmethod
+    def _ended(
+        outcome: Outcome,
+        started: datetime,
+        clock: float,
+        *,
+        error: str,
+        status_code: int | None = None,
+    ) -> AttemptResult:
+        return AttemptResult(
+            outcome=outcome,
+            started_at=started,
+            duration_ms=_elapsed_ms(clock),
+            error=error,
+            status_code=status_code,
         )
 
     def _retry(

@@ -116,7 +116,7 @@ class DeliveryAdmin(DeliveryReads):
         now = now or utcnow()
         d = DeliveryRow
         cancellable = or_(
-            d.status.in_((Status.QUEUED, Status.RETRYING)),
+            d.status.in_((Status.QUEUED, Status.RETRYING, Status.SCHEDULED)),
             and_(d.status == Status.SENDING, or_(d.lease_until.is_(None), d.lease_until < now)),
         )
         with self._write_lock, self._sessions.begin() as session:

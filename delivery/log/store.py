@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, u
 
 from delivery.clock import utcnow
 from delivery.log.base import LogBase
-from delivery.log.tables import AttemptRow, DeliveryRow, Outcome, Status
+from delivery.log.tables import FINAL_STATUSES, AttemptRow, DeliveryRow, Outcome, Status
 from schemas import Envelope
 
 #: A scheduled retry may arrive this early (clock skew between workers) and still run.
@@ -64,6 +64,7 @@ _STATUS_AFTER = {
     Outcome.DELIVERED: Status.DELIVERED,
     Outcome.RETRY: Status.RETRYING,
     Outcome.FAILED: Status.FAILED,
+    Outcome.SKIPPED: Status.SKIPPED,
 }
 
 
@@ -108,7 +109,7 @@ class DeliveryStore(LogBase):
         claimable = or_(
             d.status == Status.QUEUED,
             and_(
-                d.status == Status.RETRYING,
+                d.status.in_((Status.RETRYING, Status.SCHEDULED)),
                 or_(d.next_attempt_at.is_(None), d.next_attempt_at <= bindparam("p_due_by")),
             ),
             and_(d.status == Status.SENDING, d.lease_until < now),
@@ -165,7 +166,7 @@ class DeliveryStore(LogBase):
         )  # fmt: skip
         self._renew = update(d).where(held).values(lease_until=bindparam("p_until"))
         self._release = update(d).where(held).values(
-            status=Status.RETRYING, attempt_count=d.attempt_count - 1,
+            status=bindparam("p_status"), attempt_count=d.attempt_count - 1,
             next_attempt_at=bindparam("p_until"), lease_until=None,
             swept_at=bindparam("p_swept_at"), updated_at=now,
         )  # fmt: skip
@@ -269,7 +270,7 @@ class DeliveryStore(LogBase):
                 )
             return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
         row = connection.execute(self._state, {"p_id": delivery_id}).one()
-        if row.status in (Status.DELIVERED, Status.FAILED, Status.CANCELLED):
+        if row.status in FINAL_STATUSES:
             return Claim(ClaimState.DONE, delivery_id, row.attempt_count, status=row.status)
         if row.status == Status.SENDING:
             return Claim(
@@ -309,14 +310,18 @@ class DeliveryStore(LogBase):
                 ).rowcount
         return renewed
 
-    def release(self, claim: Claim, *, until: datetime, parked: bool) -> None:
-        """Give a claim back without spending an attempt: the channel is paused or throttled."""
+    def release(
+        self, claim: Claim, *, until: datetime, parked: bool, scheduled: bool = False
+    ) -> None:
+        """Give a claim back without spending an attempt: the channel is paused or
+        throttled (``retrying``), or the recipient's quiet hours hold it (``scheduled``)."""
         now = utcnow()
+        status = Status.SCHEDULED if scheduled else Status.RETRYING
         with self._write() as connection:
             connection.execute(
                 self._release,
                 {"p_id": claim.delivery_id, "p_number": claim.attempt, "p_until": until,
-                 "p_swept_at": now if parked else None, "p_now": now},
+                 "p_swept_at": now if parked else None, "p_now": now, "p_status": status},
             )  # fmt: skip
 
     def finish(

@@ -6,7 +6,7 @@ from sqlalchemy import and_, or_, select, update
 
 from delivery.log.base import LogBase
 from delivery.log.records import DeliveryRecord
-from delivery.log.tables import DeliveryRow, Status
+from delivery.log.tables import WAITING_IN_LOG, DeliveryRow, Status
 from schemas import Envelope
 
 
@@ -41,7 +41,7 @@ class DeliverySweep(LogBase):
             ),
             or_(
                 and_(
-                    DeliveryRow.status == Status.RETRYING,
+                    DeliveryRow.status.in_(WAITING_IN_LOG),
                     DeliveryRow.next_attempt_at <= now + timedelta(seconds=horizon),
                     or_(DeliveryRow.swept_at.is_(None), DeliveryRow.next_attempt_at <= overdue),
                 ),
@@ -87,6 +87,6 @@ class DeliverySweep(LogBase):
 
 
 def _wait(row: DeliveryRow, now: datetime) -> float | None:
-    if row.status == Status.RETRYING and row.next_attempt_at and row.next_attempt_at > now:
+    if row.status in WAITING_IN_LOG and row.next_attempt_at and row.next_attempt_at > now:
         return (row.next_attempt_at - now).total_seconds()
     return None

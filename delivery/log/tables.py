@@ -51,6 +51,24 @@ class Status(enum.StrEnum):
     CONFIRMED = "confirmed"  # delivered, and a receipt says the handset or mailbox has it
     BOUNCED = "bounced"  # delivered, and a receipt says the provider gave up afterwards
     CANCELLED = "cancelled"  # cancelled before it was sent: never sent (``cancel``)
+    SKIPPED = "skipped"  # never sent: the recipient's preferences or a throttle said no
+    SCHEDULED = "scheduled"  # waits in the log until a time (the recipient's quiet hours)
+
+
+#: Statuses of deliveries that wait in the log for ``next_attempt_at`` (the sweep sends them).
+WAITING_IN_LOG = (Status.RETRYING, Status.SCHEDULED)
+
+#: Statuses a delivery never leaves by itself: no worker sends it again.
+FINAL_STATUSES = frozenset(
+    {
+        Status.DELIVERED,
+        Status.FAILED,
+        Status.CONFIRMED,
+        Status.BOUNCED,
+        Status.CANCELLED,
+        Status.SKIPPED,
+    }
+)
 
 
 class Outcome(enum.StrEnum):
@@ -62,6 +80,7 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the worker died mid-attempt; the provider may have it
+    SKIPPED = "skipped"  # not sent: a gate refused it for the recipient (never a failure)
 
 
 NAMING = {

@@ -33,15 +33,13 @@ def test_retryable_keeps_retry_after() -> None:
 
 def test_errors_that_lived_elsewhere_are_in_the_tree() -> None:
     # They are pickled above like every other class of errors.py ...
-    assert {"FailingOver", "RenderError", "TemplateRefused"} <= {cls.__name__ for cls in ALL}
+    assert {"RenderError", "TemplateRefused"} <= {cls.__name__ for cls in ALL}
     assert all(issubclass(cls, errors.DeliveryError) for cls in ALL)
     # ... and their old import paths still give the same classes.
-    from delivery.engine.failover import FailingOver
     from delivery.notifications import RenderError, TemplateRefused
     from delivery.notifications.sandbox import RenderError as SandboxRenderError
     from delivery.notifications.sandbox import TemplateRefused as SandboxTemplateRefused
 
-    assert FailingOver is errors.FailingOver
     assert RenderError is SandboxRenderError is errors.RenderError
     assert TemplateRefused is SandboxTemplateRefused is errors.TemplateRefused
 
@@ -49,10 +47,10 @@ def test_errors_that_lived_elsewhere_are_in_the_tree() -> None:
 @pytest.mark.parametrize(
     ("exc", "attribute", "value"),
     [
-        (errors.FailingOver("breaker open", target="texts-backup"), "target", "texts-backup"),
         (errors.TemplateRefused("line 3: bad", lineno=3), "lineno", 3),
+        (errors.RetryableError("slow", retry_after=30, status=429), "retry_after", 30),
     ],
-    ids=["FailingOver", "TemplateRefused"],
+    ids=["TemplateRefused", "RetryableError"],
 )
 def test_keyword_context_survives_pickling(exc: Exception, attribute: str, value: object) -> None:
     back = pickle.loads(pickle.dumps(exc))
