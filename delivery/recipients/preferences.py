@@ -209,12 +209,14 @@ class Preferences:
     def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPreferences]:
         """The preferences of each address that has any, keyed by the address as given:
         one query for all of them, none for an empty list or while nobody has any."""
+        if _time.monotonic() < self._empty_until:
+            return {}
         keys: dict[str, list[str]] = {}
         for address in addresses:
             key = preference_key(address)
             if key and len(key) <= MAX_KEY and "\x00" not in key:
                 keys.setdefault(key, []).append(address)
-        if not keys or _time.monotonic() < self._empty_until:
+        if not keys:
             return {}
         table = RecipientPreferencesRow
         with self._reads.connect() as connection:

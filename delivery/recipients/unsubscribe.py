@@ -60,7 +60,7 @@ def unsubscribe_url(
     """The one-click unsubscribe link for one delivery, or None when there is none to give:
     no ``DELIVERY_PUBLIC_URL``, no secret key to sign with, a critical category (it cannot
     be turned off), or an address preferences cannot be kept for."""
-    if not settings.public_url or category in _critical(settings):
+    if not settings.public_url or category in settings.critical_categories:
         return None
     try:
         token = unsubscribe_token(settings, address=address, channel=channel, category=category)
@@ -144,11 +144,6 @@ def _target(payload: bytes) -> UnsubscribeTarget | None:
         )
     except (ValueError, TypeError):
         return None
-
-
-def _critical(settings: Settings) -> frozenset[str]:
-    critical: frozenset[str] = getattr(settings, "critical_categories", frozenset({"security"}))
-    return critical
 
 
 def _keys(settings: Settings) -> tuple[bytes, ...]:

@@ -112,3 +112,10 @@ def test_any_change_of_one_character_is_refused(position: int, shift: int) -> No
 @given(st.text(max_size=300))
 def test_any_text_is_refused_quietly(text: str) -> None:
     assert read_token(SETTINGS, text) is None
+
+
+def test_the_critical_categories_are_the_deployment_s() -> None:
+    billing = settings(critical_categories="billing,security")
+    args = {"address": "ann@example.com", "channel": "email"}
+    assert unsubscribe_url(billing, **args, category="billing") is None
+    assert unsubscribe_url(settings(critical_categories=""), **args, category="security")
