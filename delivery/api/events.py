@@ -18,13 +18,14 @@ from delivery.api.models import ERRORS, Problem
 from delivery.api.state import State
 from delivery.notifications.events import EventStore
 from delivery.producer.events import build_event
-from schemas import Model
+from schemas import Category, Model
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(api_key)])
 
 
 class EventRequest(Model):
-    """``POST /v1/events``: as ``delivery.notify(event, context, idempotency_key=…)``."""
+    """``POST /v1/events``: as ``delivery.notify(event, context, idempotency_key=…,
+    category=…)``."""
 
     event: str = Field(description="A dotted lower-case name, e.g. `order.shipped`.")
     context: dict[str, Any] = Field(
@@ -33,6 +34,11 @@ class EventRequest(Model):
     )
     idempotency_key: str | None = Field(
         default=None, description="The same event and key always yield the same event id."
+    )
+    category: Category | None = Field(
+        default=None,
+        description="The deliveries' category (`security`, `marketing`…); without it, each "
+        "subscription's own.",
     )
 
 
@@ -64,7 +70,9 @@ def create_event(
             return invalid(["idempotency_key: differs from the Idempotency-Key header"])
         key = idempotency_key
     # Invalid names or contexts raise ValidationError: 422 naming the field, nothing sent.
-    event = build_event(request.event, request.context, idempotency_key=key)
+    event = build_event(
+        request.event, request.context, idempotency_key=key, category=request.category
+    )
     state.publisher.publish_event(event)
     return EventAccepted(id=event.id, event=event.name)
 

@@ -70,6 +70,8 @@ class DeliverySummary(BaseModel):
     delivered_at: str | None
     last_error: str | None
     provider_ref: str | None
+    #: ``security``, ``marketing``… as the producer or the subscription gave it.
+    category: str | None = None
 
 
 class DeliveryDocument(DeliverySummary):

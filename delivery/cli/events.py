@@ -2,15 +2,19 @@
 half of ``delivery status``."""
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.table import Table
 
 from delivery.cli import app, fail, out, print_json, user_errors
 from delivery.cli.context import delivery_log
 from delivery.notifications import EventStore, SubscriptionStore, TemplateStore
+from delivery.notifications.periods import check_period
 from delivery.producer.events import notify
+from schemas.messages import Category, PerRecipient
 
 templates = typer.Typer(help="Templates rendered with an event's context.", no_args_is_help=True)
 subscriptions = typer.Typer(help="Who hears of which event, and how.", no_args_is_help=True)
@@ -24,6 +28,44 @@ def _templates() -> TemplateStore:
 
 def _subscriptions() -> SubscriptionStore:
     return SubscriptionStore(delivery_log().engine)
+
+
+def _checked(adapter: TypeAdapter[str]) -> Callable[[str | None], str | None]:
+    """A typer callback refusing a bad value as a usage error (exit code 2), in the
+    schema's own words."""
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise typer.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    return check
+
+
+def _digest_period(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        check_period(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+_category = _checked(TypeAdapter(Category))
+_per_recipient = _checked(TypeAdapter(PerRecipient))
+CategoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--category",
+        callback=_category,
+        help="What kind of message: security, marketing… (preferences and unsubscribe "
+        "links act on it)",
+    ),
+]
 
 
 def _short(text: str | None, width: int = 40) -> str:
@@ -95,11 +137,38 @@ def subscriptions_add(
         str | None,
         typer.Option("--filter", help="Expression on the context, e.g. 'order.total > 100'"),
     ] = None,
+    category: CategoryOption = None,
+    per_recipient: Annotated[
+        str | None,
+        typer.Option(
+            "--per-recipient",
+            metavar="N/PERIOD",
+            callback=_per_recipient,
+            help="At most N deliveries per address per s, m or h, e.g. 3/h; more are skipped",
+        ),
+    ] = None,
+    digest: Annotated[
+        str | None,
+        typer.Option(
+            "--digest",
+            metavar="PERIOD",
+            callback=_digest_period,
+            help="Collect the events of each window (15m, 1h, 1d) into one delivery, "
+            "rendered with {{ events }}",
+        ),
+    ] = None,
 ) -> None:
     """Subscribe an address on a channel to an event; prints the subscription's id."""
     with user_errors():
         subscription = _subscriptions().add(
-            event, channel, address, template=template, filter=filter_
+            event,
+            channel,
+            address,
+            template=template,
+            filter=filter_,
+            category=category,
+            per_recipient=per_recipient,
+            digest=digest,
         )
     typer.echo(subscription.id)
 
@@ -114,7 +183,7 @@ def subscriptions_list(
     if as_json:
         print_json({"subscriptions": [s.to_json() for s in found]})
         return
-    table = Table("id", "event", "channel", "address", "template", "filter", "state")
+    table = Table("id", "event", "channel", "address", "template", "filter", "options", "state")
     for s in found:
         table.add_row(
             s.id,
@@ -123,9 +192,15 @@ def subscriptions_list(
             _short(s.address),
             s.template or "-",
             _short(s.filter),
+            _options(s.category, s.per_recipient, s.digest),
             "paused" if s.paused else "active",
         )
     out.print(table)
+
+
+def _options(category: str | None, per_recipient: str | None, digest: str | None) -> str:
+    pairs = (("category", category), ("per-recipient", per_recipient), ("digest", digest))
+    return ", ".join(f"{name} {value}" for name, value in pairs if value) or "-"
 
 
 def _set_paused(subscription_id: str, paused: bool) -> None:
@@ -161,8 +236,10 @@ def notify_command(
         str, typer.Option("--context", help="The event's context: a JSON object")
     ] = "{}",
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    category: CategoryOption = None,
 ) -> None:
-    """Publish an event to its subscriptions and print the event's id."""
+    """Publish an event to its subscriptions and print the event's id. ``--category``
+    overrides each subscription's own."""
     try:
         loaded: Any = json.loads(context, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
@@ -172,7 +249,7 @@ def notify_command(
     if not isinstance(loaded, dict):
         fail("--context must be a JSON object")
     with user_errors():
-        receipt = notify(event, loaded, idempotency_key=idempotency_key)
+        receipt = notify(event, loaded, idempotency_key=idempotency_key, category=category)
     typer.echo(receipt.id)
 
 

@@ -65,6 +65,8 @@ class DeliveryRecord:
     attempts: list[AttemptRecord] = field(default_factory=list)
     #: Providers' receipts, oldest first (``delivery.inbound.receipts``).
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    #: ``security``, ``marketing``…, as the producer or the subscription gave it.
+    category: str | None = None
 
     @classmethod
     def from_row(
@@ -88,6 +90,7 @@ class DeliveryRecord:
             delivered_at=row.delivered_at,
             last_error=row.last_error,
             provider_ref=row.provider_ref,
+            category=row.category,
             attempts=[
                 AttemptRecord(
                     number=a.number,
@@ -123,6 +126,7 @@ class DeliveryRecord:
                 "address": self.address,
                 "payload": self.payload or {},
                 "idempotency_key": self.idempotency_key,
+                "category": self.category,
             }
         )
 
@@ -141,6 +145,7 @@ class DeliveryRecord:
             "delivered_at": _iso(self.delivered_at),
             "last_error": self.last_error,
             "provider_ref": self.provider_ref,
+            "category": self.category,
         }
         if with_attempts:
             doc["payload"] = self.payload
