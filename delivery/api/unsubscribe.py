@@ -75,6 +75,38 @@ def _page(status: int, title: str, body: str) -> HTMLResponse:
     )
 
 
+class _MaskToken(logging.Filter):
+    """Keeps the token out of the access log: it unsubscribes whoever holds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path, HTTP version, status)
+        if (
+            isinstance(args, tuple)
+            and len(args) >= 3
+            and isinstance(args[2], str)
+            and args[2].startswith(PREFIX)
+        ):
+            record.args = (*args[:2], PREFIX + "…", *args[3:])
+        return True
+
+
+#: The path every link starts with.
+PREFIX = "/unsubscribe/"
+
+
+def mask_tokens_in_access_log() -> None:
+    """Make uvicorn's access log (``client - "METHOD PATH …" status``) write the path of
+    an unsubscribe link without its token. Idempotent."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _MaskToken) for f in access.filters):
+        access.addFilter(_MaskToken())
+
+
+# Installed with the routes: any app serving them masks their tokens, however it is run.
+mask_tokens_in_access_log()
+
+
 def _log(target: UnsubscribeTarget) -> None:
     # Never the token (it unsubscribes whoever holds it) nor the address.
     logger.info(

@@ -1,5 +1,7 @@
 """``GET`` and ``POST /unsubscribe/{token}`` (RFC 8058 one-click) on a real uvicorn."""
 
+import logging
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -89,3 +91,21 @@ def test_any_token_is_refused_quietly(api: Api, token: str) -> None:
     answer = api.post("/unsubscribe/" + quote(token, safe=""), key=None)
     assert answer.status_code in (404, 405)
     assert stored(api).rules == ()
+
+
+def test_the_access_log_never_shows_a_token(api: Api) -> None:
+    # uvicorn's access logger writes (client, method, path, version, status) as its args
+    path = link(api)
+    access = logging.getLogger("uvicorn.access")
+    written: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: written.append(record.getMessage())  # type: ignore[method-assign]
+    access.addHandler(handler)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "POST", path, "1.1", 200)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert written == ['127.0.0.1:1 - "POST /unsubscribe/… HTTP/1.1" 200']
