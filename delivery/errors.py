@@ -12,6 +12,7 @@
     - DeliveryFailed          recorded as failed: how a worker tells Celery (and Flower)
     - RenderError             a template failed on a context or went over its budget
     - TemplateRefused         a template, address or filter the sandbox will not compile
+  + Skipped                   the recipient's say: preferences or a throttle; never sent
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
@@ -129,6 +130,10 @@ class DispatcherLoadError(RegistryError):
 
 class Suppressed(PermanentError):
     pass
+
+
+class Skipped(DeliveryError):
+    """Not a failure: the delivery ends ``skipped``, as the recipient asked."""
 
 
 class UnknownInboundKind(RegistryError):

@@ -54,6 +54,12 @@ def add(
         str | None,
         typer.Option("--fallback", help="Backup channel for when this one's provider is down"),
     ] = None,
+    per_recipient: Annotated[
+        str | None,
+        typer.Option(
+            "--per-recipient", help="At most N deliveries per address and period, e.g. 3/h"
+        ),
+    ] = None,
 ) -> None:
     """Store a channel; its config is validated by the dispatcher's config model now."""
     raw = parse_settings(set_ or [], config)
@@ -71,6 +77,7 @@ def add(
             rate_limit=rate_limit,
             replace=replace,
             fallback=fallback,
+            per_recipient=per_recipient,
         )
     out.print(f"channel [bold]{channel.name}[/] ({channel.dispatcher}) saved")
 
@@ -83,7 +90,14 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         print_json({"channels": summaries})
         return
     table = Table(
-        "name", "dispatcher", "config", "retry schedule", "rate limit", "fallback", "state"
+        "name",
+        "dispatcher",
+        "config",
+        "retry schedule",
+        "rate limit",
+        "per recipient",
+        "fallback",
+        "state",
     )
     for c in summaries:
         table.add_row(
@@ -92,6 +106,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             json.dumps(c["config"], sort_keys=True),
             ",".join(f"{d:g}" for d in c["retry_schedule"]) if c["retry_schedule"] else "default",
             c["rate_limit"] or "-",
+            c["per_recipient"] or "-",
             c["fallback"] or "-",
             c["state"]
             + (f" until {c['breaker_open_until'][:19]}" if c["breaker_open_until"] else ""),

@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from delivery.dispatchers import DispatcherEnvironment, DispatcherRegistry
 from delivery.engine.channels import ChannelStore
 from delivery.engine.crypto import SecretBox
+from delivery.engine.gates import Gate
 from delivery.engine.instances import CHANNEL_TTL, DispatcherCache
 from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from delivery.engine.recipient_gates import PreferencesGate, QuietHoursGate, ThrottleGate
 from delivery.engine.service import DeliveryService
+from delivery.engine.throttle import RecipientThrottle
 from delivery.log import DeliveryLog
+from delivery.recipients import Preferences
 from schemas import Settings
 
 
@@ -26,7 +30,13 @@ class Assembly:
     service: DeliveryService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.service = DeliveryService(self.settings, self.log, self.dispatchers, self.limiter)
+        self.service = DeliveryService(
+            self.settings,
+            self.log,
+            self.dispatchers,
+            self.limiter,
+            recipient_gates=recipient_gates(self.settings, self.log),
+        )
 
     def close(self) -> None:
         """Close the dispatchers' clients (HTTP pools, SMTP connections) and stop renewing
@@ -41,6 +51,18 @@ def environment_of(settings: Settings) -> DispatcherEnvironment:
         allow_private_networks=settings.allow_private_networks,
         public_url=settings.public_url,
     )
+
+
+def recipient_gates(settings: Settings, log: DeliveryLog) -> list[Gate]:
+    """The recipient's say, in order: preferences (skip), quiet hours (wait), throttles
+    (skip; last, so a delivery that waits is not counted)."""
+    preferences = Preferences(log.engine)
+    critical = settings.critical_categories
+    return [
+        PreferencesGate(preferences, critical),
+        QuietHoursGate(preferences, critical),
+        ThrottleGate(RecipientThrottle(log.engine), critical),
+    ]
 
 
 def rate_limiter(settings: Settings) -> RateLimiter:

@@ -37,6 +37,8 @@ class Channel:
     breaker_open_until: datetime | None = None
     #: The backup channel deliveries move to when this one's provider is down.
     fallback: str | None = None
+    #: At most this many deliveries per address and period (``3/h``); more are skipped.
+    per_recipient: str | None = None
 
     @property
     def may_be_held(self) -> bool:
@@ -57,6 +59,29 @@ def parse_rate_limit(value: str) -> float:
         )
     per = {"s": 1, "m": 60, "h": 3600}[match.group(2)]
     return float(match.group(1)) / per
+
+
+#: ``3/h``, ``10/d``, ``5/30m``: deliveries per address, and the period they are counted in.
+PER_RECIPIENT_PATTERN = re.compile(r"^([0-9]{1,6})/([0-9]{0,4})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_per_recipient(value: str) -> tuple[int, float]:
+    """How many deliveries one address may get, and in how many seconds, for a throttle
+    such as ``3/h``, ``10/d`` or ``5/30m``.
+
+    Raises:
+        ConfigurationError: the throttle is not in that form.
+    """
+    match = PER_RECIPIENT_PATTERN.match(value.strip()) if isinstance(value, str) else None
+    count = int(match.group(1)) if match else 0
+    span = int(match.group(2) or 1) if match else 0
+    if not match or count < 1 or span < 1:
+        raise ConfigurationError(
+            f"per-recipient throttle {value!r} must be a whole number above 0 per period of "
+            "s, m, h or d, e.g. 3/h, 10/d or 5/30m"
+        )
+    return count, float(span * _UNIT_SECONDS[match.group(3)])
 
 
 def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
@@ -116,6 +141,7 @@ class ChannelStore:
         rate_limit: str | None = None,
         replace: bool = False,
         fallback: str | None = None,
+        per_recipient: str | None = None,
     ) -> Channel:
         """Validate and store a channel.
 
@@ -133,6 +159,9 @@ class ChannelStore:
         if rate_limit is not None:
             parse_rate_limit(rate_limit)
             rate_limit = rate_limit.strip()
+        if per_recipient is not None:
+            parse_per_recipient(per_recipient)
+            per_recipient = per_recipient.strip()
         plain, secret = split_secrets(config)
         token = self._box().encrypt(secret) if secret else None
         now = datetime.now(UTC)
@@ -153,9 +182,18 @@ class ChannelStore:
             row.retry_schedule = list(retry_schedule) if retry_schedule else None
             row.rate_limit = rate_limit
             row.fallback = fallback
+            row.per_recipient = per_recipient
             row.updated_at = now
         return Channel(
-            name, dispatcher, config, retry_schedule, rate_limit, False, now, fallback=fallback
+            name,
+            dispatcher,
+            config,
+            retry_schedule,
+            rate_limit,
+            False,
+            now,
+            fallback=fallback,
+            per_recipient=per_recipient,
         )
 
     def get(self, name: str) -> Channel:
@@ -182,6 +220,7 @@ class ChannelStore:
             updated_at=row.updated_at,
             breaker_open_until=row.breaker_open_until,
             fallback=row.fallback,
+            per_recipient=row.per_recipient,
         )
 
     def set_paused(self, name: str, paused: bool) -> bool:
@@ -216,6 +255,7 @@ class ChannelStore:
                     "config": config,
                     "retry_schedule": row.retry_schedule,
                     "rate_limit": row.rate_limit,
+                    "per_recipient": row.per_recipient,
                     "fallback": row.fallback,
                     "paused": row.paused,
                     "state": _state(row),

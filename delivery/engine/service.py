@@ -44,6 +44,7 @@ from delivery.errors import (
 )
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
 from delivery.log.tables import Outcome
+from delivery.recipients import unsubscribe_url
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
@@ -392,9 +393,19 @@ class DeliveryService:
         )
 
     def context(self, route: Route, claim: Claim) -> SendContext:
-        """What the dispatcher is told about the delivery it sends."""
+        """What the dispatcher is told about the delivery it sends: with the recipient's
+        one-click unsubscribe link, when there can be one (email puts it in its headers)."""
+        envelope = route.envelope
         return SendContext(
-            delivery_id=route.envelope.id, attempt=claim.attempt, channel=route.envelope.channel
+            delivery_id=envelope.id,
+            attempt=claim.attempt,
+            channel=envelope.channel,
+            unsubscribe_url=unsubscribe_url(
+                self.settings,
+                address=route.address,
+                channel=route.channel.name,
+                category=envelope.category,
+            ),
         )
 
     def _record(self, attempts: Sequence["Attempt"]) -> list[Decision]:

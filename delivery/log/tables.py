@@ -115,6 +115,9 @@ class ChannelRow(Base):
     breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The backup channel a delivery moves to when this one's provider is down.
     fallback: Mapped[str | None] = mapped_column(String(64))
+    #: At most this many deliveries per address and period (``3/h``); more are skipped
+    #: (migration 0009).
+    per_recipient: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -206,3 +209,19 @@ class PeriodicJobRow(Base):
     next_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_run_by: Mapped[str | None] = mapped_column(String(255))
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RecipientSendRow(Base):
+    """One delivery counted against a per-recipient throttle (migration 0009): the
+    throttle counts the rows of its key within its period. Keyed by delivery, so a retry
+    or a copy of the message counts once."""
+
+    __tablename__ = "recipient_sends"
+    __table_args__ = (Index("ix_recipient_sends_key_sent", "throttle", "address", "sent_at"),)
+
+    #: What the limit belongs to: ``channel:NAME`` or ``subscription:ID``.
+    throttle: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: SHA-256 of the address, hex: any length of address fits, and none is kept here.
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
