@@ -26,10 +26,10 @@ CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Categories (``security``, ``marketing``) are short lower-case names: preferences and
 #: ``DELIVERY_CRITICAL_CATEGORIES`` compare them as written, so ``Security`` must not slip by.
 CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
-#: A throttle per recipient: a number above 0 per second, minute or hour (``3/h``). The same
-#: grammar as a channel's rate limit (``delivery.engine.channels.RATE_LIMIT_PATTERN``),
-#: written out here because ``schemas`` imports nothing from ``delivery``.
-PER_RECIPIENT_PATTERN = r"^(\d+(?:\.\d+)?)/(s|m|h)$"
+#: A throttle per recipient: a whole number above 0 per period of seconds, minutes, hours
+#: or days (``3/h``, ``10/d``, ``5/30m``), for channels and subscriptions alike.
+PER_RECIPIENT_PATTERN = r"^([0-9]{1,6})/([0-9]{0,4})([smhd])$"
+_PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 #: A payload larger than this is refused where it enters: brokers and providers are no
 #: place for bulk data, and one huge message must not stall a worker.
@@ -84,13 +84,27 @@ def _category(value: str) -> str:
     return value
 
 
-def _per_recipient(value: str) -> str:
-    match = re.fullmatch(PER_RECIPIENT_PATTERN, value)
-    if not match or float(match.group(1)) <= 0:
+def parse_per_recipient(value: str) -> tuple[int, float]:
+    """How many deliveries one address may get, and in how many seconds, for a throttle
+    such as ``3/h``, ``10/d`` or ``5/30m``.
+
+    Raises:
+        ValueError: the throttle is not in that form.
+    """
+    match = re.fullmatch(PER_RECIPIENT_PATTERN, value.strip()) if isinstance(value, str) else None
+    count = int(match.group(1)) if match else 0
+    span = int(match.group(2) or 1) if match else 0
+    if not match or count < 1 or span < 1:
         raise ValueError(
-            f"per-recipient limit {value[:40]!r} must be a number above 0 per s, m or h, e.g. 3/h"
+            f"per-recipient throttle {str(value)[:40]!r} must be a whole number above 0 per "
+            "period of s, m, h or d, e.g. 3/h, 10/d or 5/30m"
         )
-    return value
+    return count, float(span * _PERIOD_SECONDS[match.group(3)])
+
+
+def _per_recipient(value: str) -> str:
+    parse_per_recipient(value)
+    return value.strip()
 
 
 #: A string the log can store: no NUL, no lone surrogate.

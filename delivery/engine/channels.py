@@ -15,7 +15,7 @@ from delivery.dispatchers.registry import DispatcherRegistry
 from delivery.engine.crypto import SecretBox
 from delivery.errors import ConfigurationError, UnknownChannel
 from delivery.log.tables import ChannelRow
-from schemas import CHANNEL_NAME_PATTERN
+from schemas import CHANNEL_NAME_PATTERN, messages
 from schemas.settings import parse_delays
 from schemas.validation import explain
 
@@ -61,27 +61,16 @@ def parse_rate_limit(value: str) -> float:
     return float(match.group(1)) / per
 
 
-#: ``3/h``, ``10/d``, ``5/30m``: deliveries per address, and the period they are counted in.
-PER_RECIPIENT_PATTERN = re.compile(r"^([0-9]{1,6})/([0-9]{0,4})([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_per_recipient(value: str) -> tuple[int, float]:
-    """How many deliveries one address may get, and in how many seconds, for a throttle
-    such as ``3/h``, ``10/d`` or ``5/30m``.
+    """How many deliveries one address may get, and in how many seconds (``3/h``).
 
     Raises:
         ConfigurationError: the throttle is not in that form.
     """
-    match = PER_RECIPIENT_PATTERN.match(value.strip()) if isinstance(value, str) else None
-    count = int(match.group(1)) if match else 0
-    span = int(match.group(2) or 1) if match else 0
-    if not match or count < 1 or span < 1:
-        raise ConfigurationError(
-            f"per-recipient throttle {value!r} must be a whole number above 0 per period of "
-            "s, m, h or d, e.g. 3/h, 10/d or 5/30m"
-        )
-    return count, float(span * _UNIT_SECONDS[match.group(3)])
+    try:
+        return messages.parse_per_recipient(value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
