@@ -9,6 +9,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
@@ -164,6 +165,9 @@ class EmailDispatcher(Dispatcher):
                 results[address] = exc
         if not canonical:
             return results
+        if len(set(canonical.values())) > 1:
+            # An unsubscribe link names one address: shared, anyone could use another's.
+            context = replace(context, unsubscribe_url=None)
         try:
             message = self._message(
                 "undisclosed-recipients:;", self.protocol.adapt(payload), context
