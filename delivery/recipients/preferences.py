@@ -214,7 +214,7 @@ class Preferences:
         keys: dict[str, list[str]] = {}
         for address in addresses:
             key = preference_key(address)
-            if key and len(key) <= MAX_KEY and "\x00" not in key:
+            if key and len(key) <= MAX_KEY and _storable(key):
                 keys.setdefault(key, []).append(address)
         if not keys:
             return {}
@@ -258,7 +258,6 @@ class Preferences:
         )
         with lock, self.engine.begin() as connection:
             # Make the row exist, then hold it: two writers for one address take turns.
-            empty = RecipientPreferences()
             connection.execute(
                 self._insert(table)
                 .values(key=key, rules=[], updated_at=utcnow())
@@ -283,7 +282,7 @@ class Preferences:
         with self._lock:
             self._empty_until = 0.0
             self._rows_until = 0.0
-        return result if not result.is_empty else empty
+        return result
 
     def set_rule(
         self, address: str, *, channel: str | None, category: str | None, enabled: bool
@@ -335,6 +334,18 @@ class Preferences:
                 self._rows_until = started + self._recheck
             else:
                 self._empty_until = started + self._recheck
+
+
+def _storable(key: str) -> bool:
+    """Whether ``key`` can be sent to the database at all (PostgreSQL refuses NUL, and
+    neither takes a lone surrogate); no address stored is like that."""
+    if "\x00" in key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _preferences(row: Any) -> RecipientPreferences:
