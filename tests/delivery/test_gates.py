@@ -140,3 +140,14 @@ def test_a_paused_channel_is_a_wait_in_the_dry_run(service: DeliveryService) -> 
     verdict = service.preview(envelope("https://example.com/h", "preview"))
     assert isinstance(verdict, Wait) and "delivery channels resume hooks" in verdict.reason
     assert isinstance(verdict.until, datetime)
+
+
+def test_the_sweep_sends_a_scheduled_delivery_when_it_is_due(
+    service: DeliveryService, httpserver: HTTPServer
+) -> None:
+    until = utcnow() + timedelta(hours=8)
+    plug(service, Recorded("/h", Wait(until, "quiet hours", scheduled=True)))
+    service.deliver(envelope(httpserver.url_for("/h"), "d1"))
+    assert service.log.sweep(now=utcnow(), horizon=60, grace=30, resweep=60) == []
+    found = service.log.sweep(now=until + timedelta(seconds=1), horizon=60, grace=30, resweep=60)
+    assert [envelope.id for envelope, _ in found] == ["d1"]
