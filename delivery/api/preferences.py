@@ -95,7 +95,8 @@ def get_preferences(address: AddressPath, state: State) -> PreferencesView | JSO
 def put_preferences(
     address: AddressPath, document: PreferencesDocument, state: State
 ) -> PreferencesView | JSONResponse:
-    """Replace the preferences of ``address``; they apply to deliveries claimed from now."""
+    """Replace the preferences of ``address``. Deliveries claimed from now on follow
+    them (a worker that saw nobody with preferences looks again within two seconds)."""
     try:
         key = check_key(address)
     except ValueError as exc:
