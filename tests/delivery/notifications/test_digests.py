@@ -16,8 +16,9 @@ from delivery.notifications.closing import CLOSE_GRACE, REPUBLISH_AFTER, close_d
 from delivery.notifications.digests import digest_delivery_id
 from delivery.notifications.periods import check_period, period_seconds, window_start
 from delivery.producer.events import build_event
-from delivery.producer.publisher import get_publisher
-from schemas import Envelope, Settings
+from delivery.producer.publisher import get_publisher, reset_publisher
+from delivery.recipients.unsubscribe import read_token
+from schemas import Envelope, Settings, get_settings
 from schemas.events import Event
 
 
@@ -163,6 +164,22 @@ def test_templates_get_an_empty_unsubscribe_url_for_critical_categories(
     notifier.fan_out(_event(7), get_publisher())
     [envelope] = _drain()
     assert envelope["payload"]["message"] == "order 7 []"
+
+
+def test_templates_get_a_signed_unsubscribe_url_for_other_categories(
+    notifier: Notifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DELIVERY_PUBLIC_URL", "https://delivery.example.com")
+    get_settings.cache_clear()
+    reset_publisher()
+    notifier.templates.add("t", text="{{ unsubscribe_url }}")
+    notifier.subscriptions.add("order.shipped", "dev", "ann@example.com", template="t")
+    notifier.fan_out(_event(7, category="marketing"), get_publisher())
+    [envelope] = _drain()
+    link = envelope["payload"]["message"]
+    assert link.startswith("https://delivery.example.com/unsubscribe/")
+    target = read_token(get_settings(), link.rsplit("/", 1)[1])
+    assert target is not None and target.category == "marketing"
 
 
 # -- digests -------------------------------------------------------------------------------
