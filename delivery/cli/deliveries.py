@@ -62,6 +62,9 @@ def send_command(
     message: str,
     subject: Annotated[str | None, typer.Option("--subject")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    category: Annotated[
+        str | None, typer.Option("--category", help="What kind of message: security, marketing…")
+    ] = None,
 ) -> None:
     """Enqueue one delivery and print its id (checked against the channel first)."""
     with user_errors():
@@ -71,6 +74,7 @@ def send_command(
                 "address": address,
                 "payload": Payload(message=message, subject=subject),
                 "idempotency_key": idempotency_key,
+                "category": category,
             }
         )
         _check_sendable(request)
@@ -79,6 +83,7 @@ def send_command(
             request.address,
             request.payload,
             idempotency_key=request.idempotency_key,
+            category=request.category,
         )
     typer.echo(receipt.id)
 
