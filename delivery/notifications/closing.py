@@ -92,7 +92,7 @@ def _render(
                     reason=f"digest of {len(items)} events: its subscription was removed",
                 )
             continue
-        variables = _variables(subscription, window, items)
+        variables = _variables(subscription, subscription.digest, window, items)
         address = subscription.address
         try:
             address = subscription.address_for(variables)
@@ -124,13 +124,12 @@ def _render(
 
 
 def _variables(
-    subscription: Subscription, window: Claimed, items: Sequence[Item]
+    subscription: Subscription, digest: str, window: Claimed, items: Sequence[Item]
 ) -> dict[str, Any]:
     """What a digest's templates see: ``events`` (the contexts, oldest first), ``window``
     (its start, end and count) and ``event`` (the name); the first event's context too,
     so that a templated address such as ``{{ email }}`` renders."""
-    assert subscription.digest is not None
-    end = window.start + period_seconds(subscription.digest)
+    end = window.start + period_seconds(digest)
     return {
         **items[0].context,
         "event": {"name": subscription.event, "id": window.delivery_id},

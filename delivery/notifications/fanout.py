@@ -108,7 +108,7 @@ class Notifier:
                     )
                     continue
                 if subscription.digest is not None:
-                    outcomes.append(self._collect(event, subscription))
+                    outcomes.append(self._collect(event, subscription, subscription.digest))
                     continue
                 address = subscription.address_for(variables)
                 envelope = self.envelope(
@@ -168,18 +168,17 @@ class Notifier:
             collected=counts["collected"],
         )
 
-    def _collect(self, event: Event, subscription: Subscription) -> EventDelivery:
+    def _collect(self, event: Event, subscription: Subscription, digest: str) -> EventDelivery:
         """Put the event in the digest subscription's current window (once, however often
         it is replayed); the delivery it will join is named in the outcome."""
-        assert subscription.digest is not None
-        period = period_seconds(subscription.digest)
+        period = period_seconds(digest)
         start = self.digests.collect(subscription.id, event, period=period, now=utcnow())
         closes = as_datetime(start + period).isoformat()
         return _outcome(
             subscription,
             digest_delivery_id(subscription.id, start),
             "collected",
-            f"digest {subscription.digest}: sent when its window closes at {closes}",
+            f"digest {digest}: sent when its window closes at {closes}",
         )
 
     def envelope(
