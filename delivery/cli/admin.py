@@ -183,7 +183,7 @@ def write_key_file(path: Path, key: str) -> None:
         fh.write(key + "\n")
 
 
-#: Where the README suggests ``delivery schemas --out`` writes: any name but ``schemas``.
+#: Where docs/sending.md suggests ``delivery schemas --out`` writes: any name but ``schemas``.
 SCHEMAS_OUT = "json-schemas"
 
 

@@ -273,7 +273,7 @@ def _summarise(
         f"{count} deliveries in {elapsed:.1f} s, worker start-up included "
         f"(enqueued in {enqueued:.2f} s)."
     )
-    out.print("A short run, not a throughput figure: see bench/ (README, Performance).")
+    out.print("A short run, not a throughput figure: see bench/ (docs/performance.md).")
     out.print(f"look one up: [bold]delivery status {example}[/]")
     out.print("recent ones: [bold]delivery log[/]")
     if counts.get("delivered", 0) != count:
