@@ -25,7 +25,7 @@ class LogBase:
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
         # SQLite has one writer at a time: this process's threads take turns (and the WAL
         # checkpoint thread waits its turn when it must).
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+        self._write_lock: threading.RLock | contextlib.nullcontext[None] = (
             write_lock(engine) if self._sqlite else contextlib.nullcontext()
         )
 

@@ -34,7 +34,9 @@ WAL_SIZE_LIMIT = 16 * 1024 * 1024
 #: The OS caches the file anyway; this keeps the pages a delivery touches warm.
 CACHE_KIB = 128
 
-_write_locks: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_write_locks: "weakref.WeakKeyDictionary[Engine, threading.RLock]" = weakref.WeakKeyDictionary()
+#: ``Connection.info`` key: this connection's transaction holds the process's write lock.
+_HOLDS_WRITE_LOCK = "delivery_holds_write_lock"
 
 #: Execution option for connections that only read: on SQLite they begin a deferred
 #: transaction, which in WAL mode never waits for a writer (see ``read_only``).
@@ -96,8 +98,24 @@ def make_engine(url: str) -> Engine:
         # it wait its turn instead. A reader has no such turn to wait for.
         if connection.get_execution_options().get(READ_ONLY_OPTION):
             connection.exec_driver_sql("BEGIN")
-        else:
+            return
+        # Every writer of this process, whatever part of the product it is (the log, the
+        # breaker, channels, inbox, keys…), queues on one lock, not in SQLite's busy
+        # handler; re-entrant, for the parts that take it themselves around a transaction.
+        lock = write_lock(engine)
+        lock.acquire()
+        try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        connection.info[_HOLDS_WRITE_LOCK] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _release_write_lock(connection: Any) -> None:
+        if connection.info.pop(_HOLDS_WRITE_LOCK, False):
+            write_lock(engine).release()
 
     return engine
 
@@ -136,14 +154,15 @@ def _checkpoint_in_background(engine: Engine) -> None:
     threading.Thread(target=run, name="delivery-wal-checkpoint", daemon=True).start()
 
 
-def write_lock(engine: Engine) -> threading.Lock:
+def write_lock(engine: Engine) -> threading.RLock:
     """The lock this process's writers to ``engine`` take in turn (SQLite has one writer
     at a time; threads queue here instead of in SQLite's busy handler, which sleeps in
-    growing steps and wastes the wait)."""
+    growing steps and wastes the wait). Every write transaction on a SQLite engine takes it
+    as it begins; taking it around one as well is allowed (it is re-entrant)."""
     with _lock:
         lock = _write_locks.get(engine)
         if lock is None:
-            lock = _write_locks[engine] = threading.Lock()
+            lock = _write_locks[engine] = threading.RLock()
         return lock
 
 

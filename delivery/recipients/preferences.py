@@ -253,7 +253,7 @@ class Preferences:
         """
         key = check_key(address)
         table = RecipientPreferencesRow
-        lock: threading.Lock | contextlib.nullcontext[None] = (
+        lock: threading.RLock | contextlib.nullcontext[None] = (
             write_lock(self.engine) if self._sqlite else contextlib.nullcontext()
         )
         with lock, self.engine.begin() as connection:
