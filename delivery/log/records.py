@@ -67,6 +67,9 @@ class DeliveryRecord:
     receipts: list[dict[str, Any]] = field(default_factory=list)
     #: ``security``, ``marketing``…, as the producer or the subscription gave it.
     category: str | None = None
+    #: The subscription it was fanned out from, and that subscription's throttle.
+    subscription: str | None = None
+    per_recipient: str | None = None
 
     @classmethod
     def from_row(
@@ -91,6 +94,8 @@ class DeliveryRecord:
             last_error=row.last_error,
             provider_ref=row.provider_ref,
             category=row.category,
+            subscription=row.subscription,
+            per_recipient=row.per_recipient,
             attempts=[
                 AttemptRecord(
                     number=a.number,
@@ -127,6 +132,8 @@ class DeliveryRecord:
                 "payload": self.payload or {},
                 "idempotency_key": self.idempotency_key,
                 "category": self.category,
+                "subscription": self.subscription,
+                "per_recipient": self.per_recipient,
             }
         )
 

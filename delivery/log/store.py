@@ -100,7 +100,8 @@ class DeliveryStore(LogBase):
                 idempotency_key=bindparam("p_idempotency_key"), status=bindparam("p_status"),
                 next_attempt_at=bindparam("p_next_attempt_at"), lease_until=lease_until,
                 attempt_count=bindparam("p_attempt_count"), attempt_base=0,
-                category=bindparam("p_category"), created_at=now, updated_at=now,
+                category=bindparam("p_category"), subscription=bindparam("p_subscription"),
+                per_recipient=bindparam("p_per_recipient"), created_at=now, updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )  # fmt: skip
@@ -242,6 +243,8 @@ class DeliveryStore(LogBase):
             "p_payload": envelope.payload.model_dump(mode="json"),
             "p_idempotency_key": envelope.idempotency_key,
             "p_category": envelope.category,
+            "p_subscription": envelope.subscription,
+            "p_per_recipient": envelope.per_recipient,
             # A deferred delivery waits in the log until due; the sweep sends it.
             "p_status": Status.RETRYING if deferred else Status.SENDING,
             "p_next_attempt_at": envelope.not_before if deferred else None,

@@ -158,6 +158,10 @@ class DeliveryRow(Base):
     #: ``security``, ``marketing``…: what preferences and unsubscribe links act on
     #: (migration 0007). Written with the row when the delivery is first claimed.
     category: Mapped[str | None] = mapped_column(String(32))
+    #: The subscription a fanned-out delivery came from, and its per-recipient throttle
+    #: (migration 0009): a delivery sent again from the log is throttled as the first time.
+    subscription: Mapped[str | None] = mapped_column(String(64))
+    per_recipient: Mapped[str | None] = mapped_column(String(32))
 
 
 class AttemptRow(Base):

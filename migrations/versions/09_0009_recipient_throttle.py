@@ -23,6 +23,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("channels") as batch:
         batch.add_column(sa.Column("per_recipient", sa.String(32), nullable=True))
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("subscription", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("per_recipient", sa.String(32), nullable=True))
     op.create_table(
         "recipient_sends",
         sa.Column("throttle", sa.String(128), nullable=False),
@@ -41,5 +44,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_recipient_sends_key_sent", table_name="recipient_sends")
     op.drop_table("recipient_sends")
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_column("per_recipient")
+        batch.drop_column("subscription")
     with op.batch_alter_table("channels") as batch:
         batch.drop_column("per_recipient")

@@ -172,3 +172,15 @@ def test_bad_throttles_are_refused_when_the_channel_is_added(
 ) -> None:
     with pytest.raises(ConfigurationError, match="per-recipient"):
         service.dispatchers.channels.add("bad", "console", {}, per_recipient=value)
+
+
+def test_a_delivery_sent_again_from_the_log_keeps_its_subscription_throttle(
+    service: DeliveryService, receiver: HTTPServer
+) -> None:
+    a = receiver.url_for("/a")
+    first = envelope(a, "s0", subscription="sub-1", per_recipient="1/d", category="news")
+    service.log.claim(first.model_copy(update={"id": "s1"}), lease=60)
+    record = service.log.get("s1")
+    assert record is not None
+    again = record.envelope()
+    assert (again.subscription, again.per_recipient, again.category) == ("sub-1", "1/d", "news")
