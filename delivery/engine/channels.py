@@ -6,18 +6,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, SecretStr, ValidationError
-from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.orm import sessionmaker
+from pydantic import BaseModel
+from sqlalchemy import Engine, update
 
-from delivery.dispatchers.base import MASK, DispatcherConfig
+from delivery.dispatchers.base import DispatcherConfig
 from delivery.dispatchers.registry import DispatcherRegistry
 from delivery.engine.crypto import SecretBox
+from delivery.engine.sealed import SealedConfigs, check_name
+from delivery.engine.sealed import split_secrets as split_secrets  # its old home
+from delivery.engine.sealed import validate_config as validate_config  # its old home
 from delivery.errors import ConfigurationError, UnknownChannel
 from delivery.log.tables import ChannelRow
-from schemas import CHANNEL_NAME_PATTERN, messages
+from schemas import messages
 from schemas.settings import parse_delays
-from schemas.validation import explain
 
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
 
@@ -90,26 +91,16 @@ def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[
         raise ConfigurationError(str(exc)) from None
 
 
-def validate_config(config_class: type[M], raw: dict[str, Any]) -> M:
-    """A plugin's config model applied to ``raw`` (channels, inbound backends).
-
-    Raises:
-        ConfigurationError: it does not validate (one line per field, naming it).
-    """
-    try:
-        return config_class.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigurationError("\n".join(explain(exc, model=config_class))) from None
-
-
 class ChannelStore:
+    """Channels: a name bound to a dispatcher, its config (secrets sealed) and the
+    channel's own settings (retry schedule, limits, fallback, pause and breaker state)."""
+
     def __init__(
         self, engine: Engine, registry: DispatcherRegistry, box: Callable[[], SecretBox]
     ) -> None:
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sealed = SealedConfigs(engine, ChannelRow, box)
+        self._sessions = self._sealed.sessions
         self._registry = registry
-        # A factory: the key is only needed when a channel actually has secrets.
-        self._box = box
 
     def validate(self, dispatcher: str, raw: dict[str, Any]) -> DispatcherConfig:
         """The dispatcher's config model applied to ``raw``.
@@ -138,10 +129,7 @@ class ChannelStore:
             ConfigurationError: bad name, config, schedule or rate limit, or the channel
                 exists and ``replace`` is false.
         """
-        if not re.match(CHANNEL_NAME_PATTERN, name):
-            raise ConfigurationError(
-                f"channel name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
-            )
+        check_name(name, "channel")
         config = self.validate(dispatcher, raw)
         if fallback == name:
             raise ConfigurationError(f"channel {name!r} cannot be its own fallback")
@@ -151,8 +139,7 @@ class ChannelStore:
         if per_recipient is not None:
             parse_per_recipient(per_recipient)
             per_recipient = per_recipient.strip()
-        plain, secret = split_secrets(config)
-        token = self._box().encrypt(secret) if secret else None
+        plain, token = self._sealed.seal(config)
         now = datetime.now(UTC)
         with self._sessions.begin() as session:
             row = session.get(ChannelRow, name)
@@ -192,13 +179,10 @@ class ChannelStore:
             UnknownChannel: no channel has that name.
             ConfigurationError: its stored config no longer validates, or cannot be decrypted.
         """
-        with self._sessions() as session:
-            row = session.get(ChannelRow, name)
+        row = self._sealed.get(name)
         if row is None:
             raise UnknownChannel(f"no channel named {name!r}")
-        raw = dict(row.config)
-        if row.secrets:
-            raw.update(self._box().decrypt(row.secrets))
+        raw = self._sealed.unseal(row)
         return Channel(
             name=row.name,
             dispatcher=row.dispatcher,
@@ -226,22 +210,13 @@ class ChannelStore:
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every channel as shown to a person: secret fields masked, nothing decrypted."""
-        with self._sessions() as session:
-            rows = session.scalars(select(ChannelRow).order_by(ChannelRow.name)).all()
         out = []
-        for row in rows:
-            config: dict[str, Any] = dict(row.config)
-            if row.secrets:
-                # Mask only the secrets that are set; the names are not secret, the values are.
-                try:
-                    config.update(dict.fromkeys(sorted(self._box().decrypt(row.secrets)), MASK))
-                except ConfigurationError:
-                    config["secrets"] = "(cannot decrypt with this DELIVERY_SECRET_KEY)"
+        for row in self._sealed.all():
             out.append(
                 {
                     "name": row.name,
                     "dispatcher": row.dispatcher,
-                    "config": config,
+                    "config": self._sealed.masked(row),
                     "retry_schedule": row.retry_schedule,
                     "rate_limit": row.rate_limit,
                     "per_recipient": row.per_recipient,
@@ -258,8 +233,7 @@ class ChannelStore:
         return out
 
     def remove(self, name: str) -> bool:
-        with self._sessions.begin() as session:
-            return bool(session.execute(delete(ChannelRow).where(ChannelRow.name == name)).rowcount)  # type: ignore[attr-defined]
+        return self._sealed.remove(name)
 
 
 def _state(row: ChannelRow) -> str:
@@ -268,16 +242,3 @@ def _state(row: ChannelRow) -> str:
     if row.breaker_open_until is not None:
         return "breaker open"
     return "active"
-
-
-def split_secrets(config: DispatcherConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config as JSON, split into plain fields and secret ones (inbound backends'
-    configs are stored the same way)."""
-    secret_names = config.secret_fields()
-    plain = config.model_dump(mode="json", exclude=set(secret_names))
-    secret: dict[str, Any] = {}
-    for name in secret_names:
-        value = getattr(config, name)
-        if value is not None:
-            secret[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
-    return plain, secret

@@ -1,24 +1,20 @@
-"""Inbound backends: a name bound to a backend kind and its validated config, stored as
-channels are (secret fields encrypted with the channels' key, masked when listed)."""
+"""Inbound backends: a name bound to a backend kind and its validated config, kept in the
+same sealed store as channels (``engine.sealed``: secrets encrypted, masked when listed)."""
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import Engine
 
 from delivery.clock import utcnow
-from delivery.dispatchers.base import MASK
-from delivery.engine.channels import split_secrets, validate_config
 from delivery.engine.crypto import SecretBox
+from delivery.engine.sealed import SealedConfigs, check_name, validate_config
 from delivery.errors import ConfigurationError, UnknownBackend
 from delivery.inbound.base import BackendConfig, InboundBackend
 from delivery.inbound.registry import BackendRegistry
 from delivery.log.inbound import InboundBackendRow
-from schemas import CHANNEL_NAME_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +29,8 @@ class BackendStore:
     def __init__(
         self, engine: Engine, registry: BackendRegistry, box: Callable[[], SecretBox]
     ) -> None:
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sealed = SealedConfigs(engine, InboundBackendRow, box)
         self.registry = registry
-        # A factory: the key is only needed when a backend actually has secrets.
-        self._box = box
 
     def validate(self, kind: str, raw: dict[str, Any]) -> BackendConfig:
         """The kind's config model applied to ``raw``.
@@ -55,15 +49,11 @@ class BackendStore:
                 is false.
             UnknownInboundKind: no such kind.
         """
-        if not re.match(CHANNEL_NAME_PATTERN, name):
-            raise ConfigurationError(
-                f"backend name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
-            )
+        check_name(name, "backend")
         config = self.validate(kind, raw)
-        plain, secret = split_secrets(config)
-        token = self._box().encrypt(secret) if secret else None
+        plain, token = self._sealed.seal(config)
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self._sealed.sessions.begin() as session:
             row = session.get(InboundBackendRow, name)
             if row is not None and not replace:
                 raise ConfigurationError(
@@ -83,13 +73,10 @@ class BackendStore:
             ConfigurationError: its stored config no longer validates, or cannot be decrypted.
             RegistryError: its kind is no longer installed, or does not load.
         """
-        with self._sessions() as session:
-            row = session.get(InboundBackendRow, name)
+        row = self._sealed.get(name)
         if row is None:
             raise UnknownBackend(f"no inbound backend named {name!r}")
-        raw = dict(row.config)
-        if row.secrets:
-            raw.update(self._box().decrypt(row.secrets))
+        raw = self._sealed.unseal(row)
         return Backend(row.name, row.kind, self.validate(row.kind, raw), row.updated_at)
 
     def instance(self, backend: Backend) -> InboundBackend:
@@ -98,30 +85,16 @@ class BackendStore:
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every backend as shown to a person: secret fields masked, nothing decrypted."""
-        with self._sessions() as session:
-            rows = session.scalars(select(InboundBackendRow).order_by(InboundBackendRow.name))
-            out = []
-            for row in rows:
-                config: dict[str, Any] = dict(row.config)
-                if row.secrets:
-                    try:
-                        config.update(dict.fromkeys(sorted(self._box().decrypt(row.secrets)), MASK))
-                    except ConfigurationError:
-                        config["secrets"] = "(cannot decrypt with this DELIVERY_SECRET_KEY)"
-                out.append(
-                    {
-                        "name": row.name,
-                        "kind": row.kind,
-                        "path": f"/inbound/{row.name}",
-                        "config": config,
-                        "updated_at": row.updated_at.isoformat(),
-                    }
-                )
-        return out
+        return [
+            {
+                "name": row.name,
+                "kind": row.kind,
+                "path": f"/inbound/{row.name}",
+                "config": self._sealed.masked(row),
+                "updated_at": row.updated_at.isoformat(),
+            }
+            for row in self._sealed.all()
+        ]
 
     def remove(self, name: str) -> bool:
-        with self._sessions.begin() as session:
-            result = session.execute(
-                delete(InboundBackendRow).where(InboundBackendRow.name == name)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+        return self._sealed.remove(name)
