@@ -17,6 +17,7 @@ else falls back to Celery's own handling (``celery.worker.strategy.default``).
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -26,7 +27,9 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.concurrency.thread import TaskPool
+from celery.signals import task_postrun, task_prerun
 from celery.utils.saferepr import saferepr
+from celery.worker import state as worker_state
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 from pydantic import ValidationError
@@ -35,15 +38,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision
 from delivery.errors import DeliveryFailed, RetryableError
-from delivery.log.tables import Outcome
 from schemas import Envelope, get_settings
-from workers.tasks import (
-    get_service,
-    one_argument,
-    report_failure,
-    retry_from_the_log,
-    task_result,
-)
+from workers.tasks import get_service, one_argument, task_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +84,44 @@ class Pending:
     #: again when it is acknowledged (on the QoS object of its own connection).
     credit: Any = None
     acknowledged: bool = False
+    #: While a thread sends it: what Celery's worker state (``inspect active``) holds.
+    running: "CoalescedRequest | None" = None
 
     @property
     def task_id(self) -> str:
         return str(self.headers["id"])
+
+
+class CoalescedRequest:
+    """A coalesced task as Celery's worker state sees it while it runs: ``celery inspect
+    active`` and Flower's worker page list it as they list a task Celery runs itself."""
+
+    __slots__ = ("__weakref__", "_pending", "id", "name", "time_start")
+
+    def __init__(self, name: str, pending: Pending) -> None:
+        self.id = pending.task_id
+        self.name = name
+        self.time_start = time.time()
+        self._pending = pending
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """As ``celery.worker.request.Request.info``: masked arguments, as Flower shows."""
+        headers, message = self._pending.headers, self._pending.message
+        return {
+            "id": self.id,
+            "name": self.name,
+            "args": headers.get("argsrepr") or "(…)",
+            "kwargs": headers.get("kwargsrepr") or "{}",
+            "type": self.name,
+            "hostname": headers.get("hostname"),
+            "time_start": self.time_start,
+            "acknowledged": self._pending.acknowledged,
+            "delivery_info": {
+                key: (message.delivery_info or {}).get(key)
+                for key in ("exchange", "routing_key", "priority", "redelivered")
+            },
+            "worker_pid": os.getpid(),
+        }
 
 
 def coalescing_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
@@ -238,7 +268,7 @@ class Coalescer:
     def _deliver(self, batch: list[Pending]) -> None:
         started = time.monotonic()
         for pending in batch:
-            self._event("task-started", pending)
+            self._started(pending)
         envelopes = [p.envelope for p in batch]
         service = get_service()
         try:
@@ -261,22 +291,22 @@ class Coalescer:
             self._finish(pending, decision, runtime)
 
     def _finish(self, pending: Pending, decision: Decision, runtime: float) -> None:
-        if decision.action == "requeue":
+        outcome = task_outcome(pending.envelope, decision)
+        if outcome.state == "REQUEUE":
             self._again(pending, decision.countdown, reason=decision.error)
             return
-        if decision.outcome is Outcome.FAILED:
-            failure = DeliveryFailed(decision.error or "failed")
-            report_failure(pending.envelope, decision)
+        if outcome.state == "FAILURE":
+            failure = DeliveryFailed(outcome.detail)
             logger.info("Task %s[%s] raised expected: %r", self.task.name, pending.task_id, failure)
             self._event("task-failed", pending, exception=saferepr(failure), traceback="")
-        elif decision.outcome is Outcome.RETRY:
-            reason = retry_from_the_log(decision)
-            retry = RetryableError(reason)
-            logger.info("Task %s[%s] retry: %s", self.task.name, pending.task_id, reason)
+        elif outcome.state == "RETRY":
+            retry = RetryableError(outcome.detail)
+            logger.info("Task %s[%s] retry: %s", self.task.name, pending.task_id, outcome.detail)
             self._event("task-retried", pending, exception=saferepr(retry), traceback="")
         else:
-            result = saferepr(task_result(decision))
+            result = saferepr(outcome.detail)
             self._event("task-succeeded", pending, result=result, runtime=runtime)
+        self._ended(pending, outcome.state, outcome.detail)
         self._acknowledge(pending)
 
     def _again(
@@ -305,7 +335,33 @@ class Coalescer:
             logger.exception("could not publish %s again; the sweep will", pending.task_id)
         shown = RetryableError(f"{reason or 'waiting'}; next attempt in {countdown:.1f}s")
         self._event("task-retried", pending, exception=saferepr(shown), traceback="")
+        self._ended(pending, "RETRY", shown)
         self._acknowledge(pending)
+
+    def _started(self, pending: Pending) -> None:
+        """What Celery does as a task starts: the event, the worker state, the signal."""
+        self._event("task-started", pending)
+        pending.running = CoalescedRequest(self.task.name, pending)
+        worker_state.task_accepted(pending.running)
+        task_prerun.send(
+            sender=self.task, task_id=pending.task_id, task=self.task, args=[pending.raw], kwargs={}
+        )
+
+    def _ended(self, pending: Pending, state: str, retval: Any) -> None:
+        """What Celery does as a task ends, for one that was started."""
+        running, pending.running = pending.running, None
+        if running is None:
+            return
+        task_postrun.send(
+            sender=self.task,
+            task_id=pending.task_id,
+            task=self.task,
+            args=[pending.raw],
+            kwargs={},
+            retval=retval,
+            state=state,
+        )
+        worker_state.task_ready(running, successful=state == "SUCCESS")
 
     def _acknowledge(self, pending: Pending) -> None:
         pending.acknowledged = True

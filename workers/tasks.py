@@ -5,7 +5,8 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, NoReturn, TypeGuard
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, TypeGuard
 
 from celery import Task
 from celery.exceptions import Retry
@@ -99,16 +100,39 @@ def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
         decision = get_service().deliver(request)
     except SQLAlchemyError as exc:
         _retry_later(self, exc, request.id)
-    if decision.action == "requeue":
+    outcome = task_outcome(request, decision)
+    if outcome.state == "REQUEUE":
         raise _again(self, decision.countdown)
+    if outcome.state == "FAILURE":
+        raise DeliveryFailed(outcome.detail)
+    if outcome.state == "RETRY":
+        raise Retry(outcome.detail, exc=RetryableError(outcome.detail), when=decision.countdown)
+    return outcome.detail
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How one delivery's decision shows in Celery (and so in Flower): the one mapping,
+    for the single task and the coalescer alike."""
+
+    #: REQUEUE: published again, not yet attempted (or waiting its turn); RETRY: an
+    #: attempt failed and the next is scheduled; FAILURE: failed for good; SUCCESS: done.
+    state: Literal["SUCCESS", "FAILURE", "RETRY", "REQUEUE"]
+    #: The result (SUCCESS) or the reason shown.
+    detail: str
+
+
+def task_outcome(envelope: Envelope, decision: Decision) -> TaskOutcome:
+    """The Celery outcome of ``decision``; a failure for good is reported here, once."""
+    if decision.action == "requeue":
+        return TaskOutcome("REQUEUE", decision.error or "waiting")
     if decision.outcome is Outcome.FAILED:
-        report_failure(request, decision)
-        raise DeliveryFailed(decision.error or "failed")
+        report_failure(envelope, decision)
+        return TaskOutcome("FAILURE", decision.error or "failed")
     if decision.outcome is Outcome.RETRY:
         # Scheduled from the log (too far ahead for the broker): a retry all the same.
-        reason = retry_from_the_log(decision)
-        raise Retry(reason, exc=RetryableError(reason), when=decision.countdown)
-    return task_result(decision)
+        return TaskOutcome("RETRY", retry_from_the_log(decision))
+    return TaskOutcome("SUCCESS", task_result(decision))
 
 
 @app.task(name=DELIVER_BATCH_TASK, **_DELIVERY_TASK)

@@ -252,3 +252,64 @@ def test_a_coalesced_delivery_failed_for_good_is_one_warning(
     assert all("address http://localhost/***" in line for line in lines)
     assert all("hello" not in line and "T0KEN" not in line for line in lines)
     assert len(acked) == 2
+
+
+def test_a_coalesced_task_shows_in_celerys_signals_and_worker_state(
+    settings: Settings, httpserver: Any
+) -> None:
+    from celery.signals import task_postrun, task_prerun
+    from celery.worker import state as worker_state
+
+    from tests.conftest import webhook_secret
+    from workers import tasks
+
+    tasks.close_service()
+    tasks.get_assembly().channels.add("hooks", "webhook", {"secret": webhook_secret()})
+    httpserver.expect_request("/ok").respond_with_data("", status=202)
+    httpserver.expect_request("/no").respond_with_data("", status=400)
+    consumer = SimpleNamespace(
+        pool=SimpleNamespace(limit=4),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
+        event_dispatcher=None,
+        connection_errors=(),
+    )
+    coalescer = Coalescer(tasks.deliver, consumer, limit=25)
+    pending = [
+        coalescer.take_over(
+            message(
+                args=[{**ENVELOPE, "id": f"s-{path}", "address": httpserver.url_for(path)}],
+                id=f"task-{path}",
+                argsrepr="(masked)",
+            ),
+            ack=lambda *_: None,
+        )
+        for path in ("/ok", "/no")
+    ]
+    seen: list[tuple[str, str, object]] = []
+
+    def started(task_id: str, **_: Any) -> None:
+        # While it runs, `celery inspect active` lists it, with the masked arguments
+        active = {r.id: r.info() for r in worker_state.active_requests}
+        seen.append(("prerun", task_id, active[task_id]["args"]))
+
+    def ended(task_id: str, state: str, **_: Any) -> None:
+        seen.append(("postrun", task_id, state))
+
+    task_prerun.connect(started, weak=False)
+    task_postrun.connect(ended, weak=False)
+    try:
+        coalescer._deliver([p for p in pending if p is not None])
+    finally:
+        task_prerun.disconnect(started)
+        task_postrun.disconnect(ended)
+        tasks.close_service()
+    assert sorted(seen, key=str) == sorted(
+        [
+            ("prerun", "task-/ok", "(masked)"),
+            ("prerun", "task-/no", "(masked)"),
+            ("postrun", "task-/ok", "SUCCESS"),
+            ("postrun", "task-/no", "FAILURE"),
+        ],
+        key=str,
+    )
+    assert not {r.id for r in worker_state.active_requests} & {"task-/ok", "task-/no"}
