@@ -1,5 +1,6 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir '.[flower]'
+# The image runs the migrations, the workers (and Flower) and the HTTP service.
+RUN pip install --no-cache-dir '.[server]'
 USER nobody

@@ -1,6 +1,8 @@
 """Print pip constraints pinning every runtime dependency to its declared lower bound.
 
 The lower bounds in pyproject.toml are a promise; CI installs them and runs the tests again.
+Runtime dependencies are the base ones (the producer) and every extra's but ``dev``'s (the
+test and lint tools); an extra naming delivery itself (``delivery[worker]``) adds nothing.
 """
 
 import re
@@ -8,7 +10,20 @@ import tomllib
 from pathlib import Path
 
 project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
-for requirement in project["dependencies"]:
+requirements = list(project["dependencies"])
+for extra, listed in project.get("optional-dependencies", {}).items():
+    if extra != "dev":
+        requirements.extend(listed)
+
+pins: dict[str, str] = {}
+for requirement in requirements:
     match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*>=\s*([^,;\s]+)", requirement)
     if match:
-        print(f"{match.group(1)}=={match.group(2)}")  # noqa: T201 - the output is the point
+        name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+        if name == project["name"]:
+            continue
+        if name in pins and pins[name] != match.group(2):
+            raise SystemExit(f"{name}: two lower bounds, {pins[name]} and {match.group(2)}")
+        pins[name] = match.group(2)
+for name, lowest in pins.items():
+    print(f"{name}=={lowest}")  # noqa: T201 - the output is the point

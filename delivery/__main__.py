@@ -1,3 +1,3 @@
-from delivery.cli import main
+from delivery.extras import main
 
 main()

@@ -7,7 +7,12 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from delivery.log.database import dispose_engines
+from delivery.extras import missing_extra
+
+try:
+    from delivery.log.database import dispose_engines
+except ModuleNotFoundError as exc:  # `pip install delivery` alone: the producer, no worker
+    raise missing_extra(exc, "the Celery app (workers.app)") from exc
 from delivery.producer.celery_config import celery_config
 from schemas import get_settings
 from workers.event_flush import BatchedTaskEvents

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from delivery import extras
 from delivery.errors import DeliveryError, PublishError, RegistryError
 from delivery.redaction import redactor
 from schemas.validation import explain
@@ -113,6 +114,9 @@ def user_errors() -> Iterator[None]:
 
 def _message(exc: Exception) -> str:
     """What went wrong and which setting or path to fix: one line, or one per field."""
+    missing = extras.explain(exc, "this command")
+    if missing is not None:  # e.g. `delivery serve` on an install without `[server]`
+        return missing
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     if isinstance(exc, ValidationError):

@@ -10,7 +10,6 @@ no reply of its own; replies go through a channel (see ``delivery.inbound.handle
 from typing import Any
 
 from pydantic import Field, SecretStr
-from starlette.datastructures import ImmutableMultiDict
 from twilio.request_validator import RequestValidator
 
 from delivery.errors import BadSignature, InvalidInbound
@@ -38,6 +37,22 @@ class TwilioConfig(BackendConfig):
     )
 
 
+class _FormParams(dict[str, list[str]]):
+    """A form body's parameters, repeated names kept, read the way the twilio validator
+    reads a MultiDict (``getall``). Ours, not starlette's: workers check receipts too, and
+    a worker installs no web framework."""
+
+    @classmethod
+    def of(cls, form: list[tuple[str, str]]) -> "_FormParams":
+        params = cls()
+        for name, value in form:
+            params.setdefault(name, []).append(value)
+        return params
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
 def verify_twilio(request: InboundRequest, auth_token: str) -> None:
     """Check ``X-Twilio-Signature`` over the URL and the parameters Twilio sent.
 
@@ -58,7 +73,7 @@ def verify_twilio(request: InboundRequest, auth_token: str) -> None:
             raise BadSignature("X-Twilio-Signature: a JSON body needs bodySHA256 in the URL")
         params = request.body.decode("utf-8", "replace")
     else:
-        params = ImmutableMultiDict(request.form)
+        params = _FormParams.of(request.form)
     try:
         valid = validator.validate(request.url, params, signature)
     except (TypeError, ValueError):
