@@ -333,3 +333,16 @@ def test_a_batch_looks_up_suppressions_once_and_fails_only_the_suppressed(
         ("hooks", stopped): "opt-out",
         ("hooks", url): None,
     }
+
+
+@pytest.mark.parametrize("status", ["confirmed", "bounced", "skipped"])
+def test_a_copy_of_a_final_delivery_is_done_not_put_back(
+    service: DeliveryService, httpserver: HTTPServer, status: str
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=202)
+    assert service.deliver(envelope(httpserver.url_for("/h"))).outcome == "delivered"
+    with service.log.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE deliveries SET status = ?", (status,))
+    # Before, a receipt's status was not final: the copy came back every second, for ever
+    assert service.deliver(envelope(httpserver.url_for("/h"))).action == "done"
+    assert len(httpserver.log) == 1
