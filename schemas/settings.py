@@ -30,6 +30,13 @@ def parse_delays(value: str | list[float] | tuple[float, ...]) -> tuple[float, .
         ValueError: what is wrong with it, in words a person can act on.
     """
     items = value.split(",") if isinstance(value, str) else list(value)
+    blank = [n for n, item in enumerate(items, 1) if not str(item).strip()]
+    if blank and len(items) > 1:
+        # ``0,,300`` is a slip (a delay left out), not ``0,300``: say so, drop nothing.
+        raise ValueError(
+            f"retry schedule {str(value)[:80]!r} has a blank delay (entry {blank[0]}); "
+            "give seconds separated by single commas, e.g. 0,5,300"
+        )
     try:
         delays = tuple(float(item) for item in items if str(item).strip())
     except (TypeError, ValueError):

@@ -26,6 +26,16 @@ def test_a_retry_schedule_is_finite_non_negative_and_bounded(schedule: str) -> N
         parse_retry_schedule(schedule)
 
 
+@pytest.mark.parametrize("schedule", ["0,,300", "0,5,", ",5", "0, ,300"])
+def test_a_retry_schedule_with_a_blank_delay_is_refused_not_shortened(schedule: str) -> None:
+    # Issue 27: ``0,,300`` was saved as ``[0, 300]``, one retry fewer than meant.
+    with pytest.raises(ValidationError) as caught:
+        Settings(retry_schedule=schedule)
+    assert "blank delay" in describe(caught.value)
+    with pytest.raises(ConfigurationError, match="blank delay"):
+        parse_retry_schedule(schedule)
+
+
 def test_good_schedules_are_kept() -> None:
     assert Settings(retry_schedule="exponential").retry_schedule == "exponential"
     assert parse_retry_schedule("0, 5, 2592000") == (0.0, 5.0, 2592000.0)
