@@ -1,10 +1,8 @@
 import json
 import logging
-import os
 import sqlite3
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import delivery
 from delivery.errors import PublishError
 from delivery.producer.publisher import batches, delivery_id
 from schemas import Message, Payload, Settings, get_settings
+from tests.support.installs import import_names, run_as_installed
 
 
 def _drain() -> list[dict[str, Any]]:
@@ -117,28 +116,9 @@ def test_import_delivery_loads_no_database_or_provider_sdk() -> None:
     }
 
 
-#: The project's own top-level packages the producer loads.
-OURS = {"delivery", "schemas"}
-#: A base install, simulated: any module that neither the standard library nor the base
-#: dependencies (nor delivery itself) provide cannot be imported, as if no extra were
-#: installed. Then it sends on the embedded default broker, sends many, notifies, and loads
-#: every broker's transport. Guarded optional imports (kombu's ``yaml``, celery's
-#: ``greenlet``) just find nothing, as they would after ``pip install delivery``.
-_PRODUCER_PROBE = """
-import json, sys
-
-allowed = set(json.loads(sys.argv[1]))
-
-
-class BaseOnly:
-    def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        if top in allowed or top in sys.stdlib_module_names or top.startswith("_"):
-            return None
-        raise ModuleNotFoundError(f"No module named {name!r} in a base install", name=name)
-
-
-sys.meta_path.insert(0, BaseOnly())
+#: Sends on the embedded default broker, sends many, notifies, and loads every broker's
+#: transport: all a producer-only service does.
+_PRODUCER = """
 import delivery
 
 message = {"channel": "hooks", "address": "https://a.example", "payload": {"message": "y"}}
@@ -146,54 +126,20 @@ delivery.send("hooks", "https://a.example", {"message": "x"})
 delivery.send_many([message, message])
 delivery.notify("order.shipped", {"order": 1})
 import delivery.transport.amqp, delivery.transport.embedded, delivery.transport.redis
+import sys
+assert not {"workers", "migrations"} & set(sys.modules)  # the producer never loads a worker
 """
-
-
-def _base_import_names() -> set[str]:
-    """The top-level modules of the base dependencies (pyproject.toml's, not an extra's)
-    and of everything they require in turn, as installed here."""
-    from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    pending = [Requirement(r) for r in project["project"]["dependencies"]]
-    seen: set[str] = set()
-    while pending:
-        requirement = pending.pop()
-        key = f"{canonicalize_name(requirement.name)}[{','.join(sorted(requirement.extras))}]"
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            requires = distribution(requirement.name).requires or []
-        except PackageNotFoundError:  # a dependency's optional dependency, not installed
-            continue
-        for raw in requires:
-            child = Requirement(raw)
-            extras = requirement.extras or {""}
-            if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in extras):
-                pending.append(child)
-    base = {key.partition("[")[0] for key in seen}
-    return {
-        module
-        for module, dists in packages_distributions().items()
-        if any(canonicalize_name(d) in base for d in dists)
-    }
 
 
 def test_the_producer_needs_only_the_base_dependencies(tmp_path: Path) -> None:
     # `pip install delivery` (no extra) must be enough to send, send many and notify on
     # every broker: nothing the producer loads may come from an extra.
-    allowed = _base_import_names()
-    assert {"celery", "kombu", "redis", "pydantic", "pydantic_settings"} <= allowed
-    assert not allowed & {"sqlalchemy", "fastapi", "typer", "requests", "twilio"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
-    env["DELIVERY_HOME"] = str(tmp_path / "home")
-    probe = [sys.executable, "-c", _PRODUCER_PROBE, json.dumps(sorted(allowed | OURS))]
-    subprocess.run(probe, env=env, check=True, timeout=120)
-    with sqlite3.connect(tmp_path / "home" / "broker.sqlite3") as broker:
+    base = import_names()
+    assert {"celery", "kombu", "redis", "pydantic", "pydantic_settings"} <= base
+    assert not base & {"sqlalchemy", "fastapi", "typer", "requests", "twilio", "jinja2"}
+    result = run_as_installed(_PRODUCER, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "broker.sqlite3") as broker:
         [(count,)] = broker.execute("SELECT count(*) FROM message").fetchall()
     assert count >= 3  # the send, the batch (or two) and the event
 
