@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.tracing import Traceparent
+
 #: Channel names are identifiers users type on the command line and see in Flower.
 CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Categories (``security``, ``marketing``) are short lower-case names: preferences and
@@ -174,6 +176,9 @@ class Envelope(Model):
     #: broker (longer than its visibility timeout) is scheduled from the delivery log.
     not_before: AwareDatetime | None = None
     category: Category | None = None
+    #: The W3C traceparent of the span that sent it (OpenTelemetry, docs/tracing.md); a
+    #: malformed one reads as None, so it can never fail the delivery.
+    traceparent: Traceparent = None
     #: The subscription a fanned-out delivery came from (None: sent directly).
     subscription: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     #: The subscription's throttle per recipient (``3/h``), which the worker enforces.

@@ -1,8 +1,8 @@
 """The app factory: ``create_app(settings)`` builds ``delivery serve``'s FastAPI app.
 
 A router per concept; a capability of its own (events, inbound, receipts) adds its
-router to ``ROUTERS``. Middleware, outermost first: request metrics, the API-key check
-on ``/v1/``, the body-size limit; then routing and the exception handlers.
+router to ``ROUTERS``. Middleware, outermost first: tracing, request metrics, the API-key
+check on ``/v1/``, the body-size limit; then routing and the exception handlers.
 """
 
 from collections.abc import AsyncIterator
@@ -16,6 +16,7 @@ from delivery.api.broker import BrokerProbe
 from delivery.api.keys import CACHE_SECONDS, KeyStore, KeyVerifier
 from delivery.api.limits import MAX_BATCH_BODY, MAX_BODY, BodyLimit
 from delivery.api.state import ApiState
+from delivery.api.tracing import TraceRequests
 from delivery.engine.assembly import assemble
 from delivery.inbound import receipts as inbound_receipts
 from delivery.inbound import routes as inbound_routes
@@ -90,4 +91,5 @@ def create_app(
     app.add_middleware(KeyRequired, verifier=state.verifier)
     requests, latency = metrics.request_metrics(exposition.own)
     app.add_middleware(metrics.RequestMetrics, requests=requests, latency=latency)
+    app.add_middleware(TraceRequests)  # outermost: the span covers the whole request
     return app

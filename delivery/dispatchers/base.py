@@ -100,6 +100,9 @@ class SendContext:
     channel: str = ""
     #: The recipient's one-click unsubscribe link (RFC 8058), when the message has one.
     unsubscribe_url: str | None = None
+    #: The W3C traceparent of the attempt's span (OpenTelemetry), for dispatchers whose
+    #: provider can carry it on (the webhook's ``traceparent`` header); None: no tracing.
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)

@@ -94,6 +94,9 @@ class WebhookDispatcher(Dispatcher):
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self._signer.sign(context.delivery_id, now, body),
         }
+        if context.traceparent:
+            # The receiver's spans join the delivery's trace (W3C Trace Context).
+            headers["traceparent"] = context.traceparent
         pool = self.get_local("http", self._pool)
         host = urlsplit(address).hostname
         try:

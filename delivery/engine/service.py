@@ -45,6 +45,7 @@ from delivery.errors import (
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
 from delivery.log.tables import Outcome
 from delivery.recipients import unsubscribe_url
+from delivery.tracing import attempt_span, current_traceparent
 from schemas import Envelope, Settings
 
 logger = logging.getLogger(__name__)
@@ -353,11 +354,17 @@ class DeliveryService:
                 result = self._ended(outcome, started, clock, error=describe_error(verdict.error))
             else:
                 started, clock = utcnow(), time.perf_counter()
-                sent = route.dispatcher.send(
-                    route.envelope.address,
-                    route.envelope.payload,
-                    context=self.context(route, claim),
-                )
+                with attempt_span(
+                    delivery_id=claim.delivery_id,
+                    channel=route.channel.name,
+                    attempt=claim.attempt,
+                    traceparent=route.envelope.traceparent,
+                ):
+                    sent = route.dispatcher.send(
+                        route.envelope.address,
+                        route.envelope.payload,
+                        context=self.context(route, claim),
+                    )
                 result = AttemptResult(
                     outcome=Outcome.DELIVERED,
                     started_at=started,
@@ -400,6 +407,7 @@ class DeliveryService:
             delivery_id=envelope.id,
             attempt=claim.attempt,
             channel=envelope.channel,
+            traceparent=current_traceparent(),
             unsubscribe_url=unsubscribe_url(
                 self.settings,
                 address=route.address,

@@ -26,6 +26,7 @@ from delivery.producer.celery_config import (
 )
 from delivery.producer.recipients import expand, is_several
 from delivery.redaction import mask_address
+from delivery.tracing import current_traceparent
 from schemas import Envelope, Message, Payload, Receipt, Settings, get_settings
 from schemas.events import Event
 from schemas.inbound import RouteRequest
@@ -308,6 +309,8 @@ def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = N
         idempotency_key=message.idempotency_key,
         not_before=not_before,
         category=message.category,
+        # The caller's span, if any: the worker's attempt continues its trace.
+        traceparent=current_traceparent(),
     )
 
 

@@ -53,6 +53,7 @@ def test_send_publishes_the_envelope_by_task_name() -> None:
         "idempotency_key": "order-42",
         "not_before": None,
         "category": None,
+        "traceparent": None,
         "subscription": None,
         "per_recipient": None,
     }
