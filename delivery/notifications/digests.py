@@ -89,7 +89,9 @@ class DigestStore(LogBase):
                     window_start=start,
                     context=event.context,
                     category=event.category,
-                    received_at=now,
+                    # Ordered by when the producer published them: the worker threads
+                    # that collect one window's events may take them in any order.
+                    received_at=event.occurred_at or now,
                 )
                 .on_conflict_do_nothing(index_elements=["subscription_id", "event_id"])
             )
