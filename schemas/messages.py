@@ -183,6 +183,11 @@ class Envelope(Model):
     subscription: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     #: The subscription's throttle per recipient (``3/h``), which the worker enforces.
     per_recipient: PerRecipient | None = None
+    #: The name of the API key that sent it (None: Python or the command line).
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    #: Sent with a test key: it goes the whole way through the workers and the log, but
+    #: no provider is called.
+    test: bool = False
 
 
 class Receipt(Model):

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a dispatcher waits for a provider (connect and read).
     http_timeout: float = Field(default=10.0, gt=0)
+    #: Requests an API key may make a minute on ``delivery serve`` (0: no limit); beyond
+    #: it, 429 with ``Retry-After``. Shared by every API process when the broker is Redis.
+    api_rate_limit: int = Field(default=3000, ge=0)
     #: Retries due sooner than this wait in the broker as ETA tasks; later ones are written
     #: to the log and re-enqueued by the sweep. Empty means half the visibility timeout,
     #: at most 5 minutes, so no ETA task outlives the broker's visibility timeout.

@@ -3,8 +3,8 @@
 Checked in a middleware, before routing, so a missing, wrong or revoked key is 401
 whatever the request: a known route, an unknown path, a wrong method or a bad body alike
 (a dependency would run only after routing and body validation, and let 404, 405 and 422
-tell a stranger what exists). The key is never logged; only the name of the key that
-made a request is kept, in the request's state.
+tell a stranger what exists). The key is never logged; only who made a request (the
+key's name, whether it is an admin or a test key) is kept, in the request's state.
 """
 
 from typing import Annotated
@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from delivery.api.errors import LOG_DOWN, problem
-from delivery.api.keys import KeyVerifier
+from delivery.api.keys import Caller, KeyVerifier
 
 #: Routes under this prefix need a key.
 PROTECTED = "/v1"
@@ -40,6 +40,12 @@ async def api_key(
     return str(request.scope.get("state", {}).get("api_key", ""))
 
 
+async def caller(request: Request) -> Caller:
+    """Who made the request (the middleware has checked the key)."""
+    found = request.scope.get("state", {}).get("caller")
+    return found if isinstance(found, Caller) else Caller("")
+
+
 class KeyRequired:
     def __init__(self, app: ASGIApp, *, verifier: KeyVerifier) -> None:
         self.app = app
@@ -59,17 +65,19 @@ class KeyRequired:
         try:
             if self.verifier.fresh:
                 # A hash and a dict lookup: cheaper than a hop to a worker thread.
-                name = self.verifier.verify(presented)
+                who = self.verifier.verify(presented)
             else:
-                name = await run_in_threadpool(self.verifier.verify, presented)
+                who = await run_in_threadpool(self.verifier.verify, presented)
         except SQLAlchemyError:
             # A key that cannot be checked is neither accepted nor called wrong.
             await problem(503, LOG_DOWN)(scope, receive, send)
             return
-        if name is None:
+        if who is None:
             await _unauthorised("the API key is wrong or revoked")(scope, receive, send)
             return
-        scope.setdefault("state", {})["api_key"] = name
+        state = scope.setdefault("state", {})
+        state["api_key"] = who.name
+        state["caller"] = who
         await self.app(scope, receive, send)
 
 

@@ -14,7 +14,7 @@ from delivery.api import deliveries, errors, events, health, metrics, preference
 from delivery.api.auth import KeyRequired
 from delivery.api.broker import BrokerProbe
 from delivery.api.keys import CACHE_SECONDS, KeyStore, KeyVerifier
-from delivery.api.limits import MAX_BATCH_BODY, MAX_BODY, BodyLimit
+from delivery.api.limits import MAX_BATCH_BODY, MAX_BODY, BodyLimit, KeyRate, RateLimited
 from delivery.api.state import ApiState
 from delivery.api.tracing import TraceRequests
 from delivery.engine.assembly import assemble
@@ -41,8 +41,12 @@ never sends to a provider itself: it enqueues, like any producer, and reads back
 delivery log the workers write.
 
 Every `/v1/` route needs `Authorization: Bearer <key>` (`delivery keys add NAME`).
-Errors are JSON `{"detail": …}`: 401 bad key, 404 unknown, 409 wrong state, 413 body
-too large, 422 invalid input (each field named in `errors`), 503 broker or log down.
+A key sees and acts only on the deliveries it sent (an `--admin` key on all); a
+`--test` key's deliveries go the whole way through the workers, but no provider is
+called. Errors are JSON `{"detail": …}`: 400 a body that is not JSON, 401 bad key,
+404 unknown (or another key's), 409 wrong state, 413 body too large, 422 invalid input
+(each field named in `errors`), 429 too many requests for the key (see `Retry-After`),
+503 broker or log down.
 """
 
 
@@ -88,6 +92,8 @@ def create_app(
         app.include_router(router)
     # add_middleware puts each outside the ones before it.
     app.add_middleware(BodyLimit, limit=max_body, batch_limit=max_batch_body)
+    rate = KeyRate(assembly.limiter, per_minute=settings.api_rate_limit)
+    app.add_middleware(RateLimited, rate=rate)  # inside the key check: it names the key
     app.add_middleware(KeyRequired, verifier=state.verifier)
     requests, latency = metrics.request_metrics(exposition.own)
     app.add_middleware(metrics.RequestMetrics, requests=requests, latency=latency)

@@ -45,11 +45,24 @@ def _new_key() -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request: the key's name, and what kind of key it is."""
+
+    name: str
+    #: Sees and acts on every delivery, not only its own.
+    admin: bool = False
+    #: Its deliveries go the whole way, but no provider is called.
+    test: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     name: str
     key_id: str
     created_at: datetime
     revoked_at: datetime | None
+    admin: bool = False
+    test: bool = False
 
     @property
     def active(self) -> bool:
@@ -62,6 +75,8 @@ class ApiKey:
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "active": self.active,
+            "admin": self.admin,
+            "test": self.test,
         }
 
 
@@ -71,8 +86,9 @@ class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
-    def add(self, name: str) -> tuple[ApiKey, str]:
+    def add(self, name: str, *, admin: bool = False, test: bool = False) -> tuple[ApiKey, str]:
         """Make a key called ``name``; returns it with the key itself, which is not kept.
+        An ``admin`` key sees every delivery; a ``test`` key's deliveries call no provider.
 
         Raises:
             ConfigurationError: the name is not an identifier, or a key has it already.
@@ -84,7 +100,13 @@ class KeyStore:
             )
         key_id, key = _new_key()
         row = ApiKeyRow(
-            name=name, key_id=key_id, key_hash=key_hash(key), created_at=utcnow(), revoked_at=None
+            name=name,
+            key_id=key_id,
+            key_hash=key_hash(key),
+            created_at=utcnow(),
+            revoked_at=None,
+            admin=admin,
+            test=test,
         )
         try:
             with self._sessions.begin() as session:
@@ -112,17 +134,22 @@ class KeyStore:
             ).rowcount  # type: ignore[attr-defined]
         return bool(moved)
 
-    def active(self) -> dict[str, tuple[str, str]]:
-        """Key id -> (name, hash) of every key not revoked."""
-        query = select(ApiKeyRow.key_id, ApiKeyRow.name, ApiKeyRow.key_hash).where(
-            ApiKeyRow.revoked_at.is_(None)
-        )
+    def active(self) -> dict[str, tuple[Caller, str]]:
+        """Key id -> (who it is, hash) of every key not revoked."""
+        query = select(
+            ApiKeyRow.key_id, ApiKeyRow.name, ApiKeyRow.key_hash, ApiKeyRow.admin, ApiKeyRow.test
+        ).where(ApiKeyRow.revoked_at.is_(None))
         with self._sessions() as session:
-            return {row.key_id: (row.name, row.key_hash) for row in session.execute(query)}
+            return {
+                row.key_id: (Caller(row.name, bool(row.admin), bool(row.test)), row.key_hash)
+                for row in session.execute(query)
+            }
 
 
 def _record(row: ApiKeyRow) -> ApiKey:
-    return ApiKey(row.name, row.key_id, row.created_at, row.revoked_at)
+    return ApiKey(
+        row.name, row.key_id, row.created_at, row.revoked_at, bool(row.admin), bool(row.test)
+    )
 
 
 class KeyVerifier:
@@ -136,7 +163,7 @@ class KeyVerifier:
         self.store = store
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
-        self._keys: dict[str, tuple[str, str]] = {}
+        self._keys: dict[str, tuple[Caller, str]] = {}
         self._read_at = -float("inf")
 
     @property
@@ -144,15 +171,15 @@ class KeyVerifier:
         """Whether ``verify`` can answer without reading the table."""
         return time.monotonic() - self._read_at < self.cache_seconds
 
-    def _current(self) -> dict[str, tuple[str, str]]:
+    def _current(self) -> dict[str, tuple[Caller, str]]:
         with self._lock:
             if time.monotonic() - self._read_at >= self.cache_seconds:
                 self._keys = self.store.active()
                 self._read_at = time.monotonic()
             return self._keys
 
-    def verify(self, presented: str) -> str | None:
-        """The name of the key ``presented`` is, or None if it is no active key."""
+    def verify(self, presented: str) -> Caller | None:
+        """Who the key ``presented`` belongs to, or None if it is no active key."""
         match = _KEY_PATTERN.match(presented)
         keys = self._current()
         found = keys.get(match.group(1)) if match else None

@@ -3,7 +3,7 @@ OpenAPI document is generated from these."""
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Message, Model
 
@@ -11,10 +11,17 @@ from schemas import Message, Model
 MAX_BATCH = 1000
 
 
+class MessageRequest(Message):
+    """One delivery, as ``POST /v1/deliveries`` takes it: a ``Message`` with JSON's own
+    types (``false`` is not a number, ``"5"`` is not a countdown)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
 class BatchRequest(Model):
     """``POST /v1/deliveries/batch``: every message is validated before any is enqueued."""
 
-    messages: list[Message] = Field(min_length=1, max_length=MAX_BATCH)
+    messages: list[MessageRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class Accepted(Model):
@@ -72,6 +79,12 @@ class DeliverySummary(BaseModel):
     provider_ref: str | None
     #: ``security``, ``marketing``… as the producer or the subscription gave it.
     category: str | None = None
+    #: The API key that sent it (null: Python or the command line).
+    owner: str | None = None
+    #: Sent with a test key: no provider was called.
+    test: bool = False
+    #: Not to be sent after this (the producer's ``ttl``): it ends ``expired``.
+    expires_at: str | None = None
 
 
 class DeliveryDocument(DeliverySummary):
@@ -93,5 +106,21 @@ class DeliveryPage(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing, wrong or revoked API key"},
     422: {"model": Problem, "description": "invalid input; each field named"},
+    429: {
+        "model": Problem,
+        "description": "too many requests for this API key; `Retry-After` says when to try",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
     503: {"model": Problem, "description": "the broker or the delivery log is unreachable"},
+}
+#: And those of routes that take a JSON body.
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": Problem, "description": "the body is not JSON (or not UTF-8)"},
+    413: {"model": Problem, "description": "the body is larger than the service takes"},
 }

@@ -18,14 +18,31 @@ def _store() -> KeyStore:
 
 
 @keys.command("add")
-def add(name: str) -> None:
-    """Make a new API key and print it once: only its hash is kept."""
+def add(
+    name: str,
+    admin: Annotated[
+        bool,
+        typer.Option("--admin", help="Sees and acts on every delivery, not only its own."),
+    ] = False,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test",
+            help="Its deliveries go the whole way through the workers and end delivered, "
+            "but no provider is called.",
+        ),
+    ] = False,
+) -> None:
+    """Make a new API key and print it once: only its hash is kept. A key sees and acts
+    only on the deliveries it sent."""
     with user_errors():
-        _, key = _store().add(name)
+        _, key = _store().add(name, admin=admin, test=test)
     # The key alone on stdout, so `KEY=$(delivery keys add billing)` works.
     typer.echo(key)
+    kind = " (admin)" if admin else ""
+    kind += " (test: no provider is called)" if test else ""
     typer.echo(
-        f"API key {name!r} made; this is the only time it is shown. "
+        f"API key {name!r}{kind} made; this is the only time it is shown. "
         "Send it as `Authorization: Bearer <key>`.",
         err=True,
     )
@@ -38,11 +55,12 @@ def list_keys(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print_json({"keys": [k.to_json() for k in found]})
         return
-    table = Table("name", "key id", "created", "revoked")
+    table = Table("name", "key id", "kind", "created", "revoked")
     for k in found:
         table.add_row(
             k.name,
             k.key_id,
+            ", ".join(kind for kind, on in (("admin", k.admin), ("test", k.test)) if on) or "-",
             k.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             k.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_at else "-",
         )

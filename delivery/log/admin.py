@@ -101,7 +101,9 @@ class DeliveryAdmin(DeliveryReads):
             ).rowcount  # type: ignore[attr-defined]
         return self.get(delivery_id) if moved else None
 
-    def cancel(self, delivery_id: str, *, now: datetime | None = None) -> Cancellation:
+    def cancel(
+        self, delivery_id: str, *, now: datetime | None = None, owner: str | None = None
+    ) -> Cancellation:
         """Make sure a delivery not yet sent is never sent.
 
         A delivery the log does not know yet (its message still waits in the broker) is
@@ -111,7 +113,8 @@ class DeliveryAdmin(DeliveryReads):
         worker whose lease has expired) is marked cancelled: claims only take deliveries
         in those states, so a worker either took it first (and cancel says "sending") or
         never will. Delivered (or confirmed, bounced) and live sending are too late;
-        failed has ended, and stays as it ended.
+        failed has ended, and stays as it ended. ``owner``: the API key the placeholder
+        row of a delivery not yet in the log belongs to.
         """
         now = now or utcnow()
         d = DeliveryRow
@@ -127,6 +130,7 @@ class DeliveryAdmin(DeliveryReads):
                     channel="-",
                     address="-",
                     payload=None,
+                    owner=owner,
                     status=Status.CANCELLED,
                     attempt_count=0,
                     attempt_base=0,

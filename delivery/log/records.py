@@ -67,6 +67,10 @@ class DeliveryRecord:
     receipts: list[dict[str, Any]] = field(default_factory=list)
     #: ``security``, ``marketing``…, as the producer or the subscription gave it.
     category: str | None = None
+    #: The API key that sent it (None: Python or the command line).
+    owner: str | None = None
+    #: Sent with a test key: no provider is called.
+    test: bool = False
     #: The subscription it was fanned out from, and that subscription's throttle.
     subscription: str | None = None
     per_recipient: str | None = None
@@ -94,6 +98,8 @@ class DeliveryRecord:
             last_error=row.last_error,
             provider_ref=row.provider_ref,
             category=row.category,
+            owner=row.owner,
+            test=bool(row.test),
             subscription=row.subscription,
             per_recipient=row.per_recipient,
             attempts=[
@@ -132,6 +138,8 @@ class DeliveryRecord:
                 "payload": self.payload or {},
                 "idempotency_key": self.idempotency_key,
                 "category": self.category,
+                "owner": self.owner,
+                "test": self.test,
                 "subscription": self.subscription,
                 "per_recipient": self.per_recipient,
             }
@@ -153,6 +161,8 @@ class DeliveryRecord:
             "last_error": self.last_error,
             "provider_ref": self.provider_ref,
             "category": self.category,
+            "owner": self.owner,
+            "test": self.test,
         }
         if with_attempts:
             doc["payload"] = self.payload
@@ -193,9 +203,11 @@ class DeliveryReads(LogBase):
         since: datetime | None = None,
         limit: int = 50,
         after: tuple[datetime, str] | None = None,
+        owner: str | None = None,
     ) -> list[DeliveryRecord]:
         """Deliveries, newest first. ``after`` is the ``(created_at, id)`` of the last one
-        of a previous page: the page goes on from there whatever was inserted meanwhile."""
+        of a previous page: the page goes on from there whatever was inserted meanwhile.
+        ``owner``: only those the API key of that name sent."""
         query = (
             select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit)
         )
@@ -203,6 +215,8 @@ class DeliveryReads(LogBase):
             query = query.where(DeliveryRow.status == status)
         if channel:
             query = query.where(DeliveryRow.channel == channel)
+        if owner is not None:
+            query = query.where(DeliveryRow.owner == owner)
         if since:
             query = query.where(DeliveryRow.created_at >= since)
         if after:

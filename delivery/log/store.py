@@ -100,6 +100,7 @@ class DeliveryStore(LogBase):
                 idempotency_key=bindparam("p_idempotency_key"), status=bindparam("p_status"),
                 next_attempt_at=bindparam("p_next_attempt_at"), lease_until=lease_until,
                 attempt_count=bindparam("p_attempt_count"), attempt_base=0,
+                owner=bindparam("p_owner"), test=bindparam("p_test"),
                 category=bindparam("p_category"), subscription=bindparam("p_subscription"),
                 per_recipient=bindparam("p_per_recipient"), created_at=now, updated_at=now,
             )
@@ -242,6 +243,8 @@ class DeliveryStore(LogBase):
             "p_address": envelope.address,
             "p_payload": envelope.payload.model_dump(mode="json"),
             "p_idempotency_key": envelope.idempotency_key,
+            "p_owner": envelope.owner,
+            "p_test": envelope.test,
             "p_category": envelope.category,
             "p_subscription": envelope.subscription,
             "p_per_recipient": envelope.per_recipient,

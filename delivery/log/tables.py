@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import false
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -134,6 +135,8 @@ class DeliveryRow(Base):
         # alone, and the oldest waiting delivery per status in one index step.
         Index("ix_deliveries_channel_status", "channel", "status"),
         Index("ix_deliveries_status_created", "status", "created_at"),
+        # A key's own deliveries, newest first (migration 0010): its listing reads the index.
+        Index("ix_deliveries_owner_created", "owner", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -158,6 +161,12 @@ class DeliveryRow(Base):
     #: ``security``, ``marketing``…: what preferences and unsubscribe links act on
     #: (migration 0007). Written with the row when the delivery is first claimed.
     category: Mapped[str | None] = mapped_column(String(32))
+    #: The name of the API key that sent it (migration 0010); None: sent from Python or
+    #: the command line. A key reads and acts only on its own.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    #: Sent with a test key (migration 0010): it goes the whole way, but no provider is
+    #: called.
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: The subscription a fanned-out delivery came from, and its per-recipient throttle
     #: (migration 0009): a delivery sent again from the log is throttled as the first time.
     subscription: Mapped[str | None] = mapped_column(String(64))
@@ -200,6 +209,10 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Sees and acts on every delivery, not only its own (migration 0010).
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Its deliveries call no provider (migration 0010).
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PeriodicJobRow(Base):

@@ -105,10 +105,16 @@ class Publisher:
         self.app.conf.update(config)
 
     def publish(
-        self, messages: Sequence[Message], *, ids: Sequence[str | None] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        ids: Sequence[str | None] | None = None,
+        owner: str | None = None,
+        test: bool = False,
     ) -> list[Receipt]:
         """Publish new deliveries and return their receipts. ``ids`` fixes a message's
-        delivery id (None: derived from its channel and idempotency key).
+        delivery id (None: derived from its channel and idempotency key). ``owner``: the
+        API key that sends them; ``test``: no provider is to be called (a test key's).
 
         Raises:
             PublishError: the broker stayed unreachable, or refused the message.
@@ -119,6 +125,8 @@ class Publisher:
             _envelope(m, defer=bool(m.countdown and m.countdown > limit), fixed_id=i)
             for m, i in zip(messages, fixed, strict=True)
         ]
+        if owner is not None or test:
+            envelopes = [e.model_copy(update={"owner": owner, "test": test}) for e in envelopes]
         self.publish_envelopes(
             [
                 (e, m.countdown if not e.not_before else None)

@@ -62,7 +62,11 @@ class Api:
 def api(settings: Settings) -> Iterator[Api]:
     # A revoked key stops working at once here; in production within the cache's seconds.
     app = create_app(settings, key_cache_seconds=0)
-    _, key = app.state.api.keys.add("tests")
+    # An admin key: these tests read back deliveries written straight into the log.
+    # test_teams.py checks what a key of one team may see of another's.
+    _, key = app.state.api.keys.add("tests", admin=True)
+    # POST /v1/deliveries refuses a channel that does not exist.
+    app.state.api.assembly.channels.add("hooks", "webhook", {"secret": "whsec_" + "A" * 44})
     drain()
     with serving(app) as url, requests.Session() as session:
         yield Api(url, key, app, session)

@@ -59,7 +59,7 @@ def test_revoking_takes_effect_and_the_key_is_never_logged(
 
 def test_the_openapi_document_comes_from_the_models(api: Api) -> None:
     doc = api.get("/openapi.json", key=None).json()
-    assert {"Message", "Payload", "BatchRequest", "DeliveryDocument"} <= set(
+    assert {"MessageRequest", "Payload", "BatchRequest", "DeliveryDocument"} <= set(
         doc["components"]["schemas"]
     )
     post = doc["paths"]["/v1/deliveries"]["post"]

@@ -2,6 +2,7 @@
 
 import pytest
 
+from delivery.api.ownership import owned_id
 from delivery.log.tables import Status
 from delivery.producer.publisher import delivery_id
 from schemas import Envelope, Payload
@@ -11,14 +12,17 @@ from tests.api.conftest import Api, drain, enqueued_ids, message
 def test_a_message_is_enqueued_as_send_would(api: Api) -> None:
     # When a service posts a message with an Idempotency-Key header
     r = api.post("/v1/deliveries", json=message(), headers={"Idempotency-Key": "order-7"})
-    # Then it is accepted with the id send() derives, and one task carries it
+    # Then it is accepted with an id of the key's own (per key: two teams' order-7 are two
+    # deliveries; never the id send() derives), and one task carries it, marked the key's
     assert r.status_code == 202
-    assert r.json() == {"id": delivery_id("hooks", "order-7")}
+    assert r.json() == {"id": owned_id("tests", "hooks", "order-7")}
+    assert r.json()["id"] != delivery_id("hooks", "order-7")
     [task] = drain()
     assert task["task"] == "delivery.deliver"
     envelope = Envelope.model_validate(task["args"][0])
     assert envelope.idempotency_key == "order-7"
     assert envelope.payload == Payload(message="hello 0", data={"i": 0})
+    assert envelope.owner == "tests" and not envelope.test
 
 
 def test_the_header_and_the_field_must_agree(api: Api) -> None:
@@ -37,7 +41,7 @@ def test_a_batch_is_one_publish_with_ids_in_order(api: Api) -> None:
     r = api.post("/v1/deliveries/batch", json={"messages": docs})
     assert r.status_code == 202
     ids = r.json()["ids"]
-    assert ids == [delivery_id("hooks", f"k{i}") for i in range(60)]
+    assert ids == [owned_id("tests", "hooks", f"k{i}") for i in range(60)]
     # batched as send_many batches them: fewer task messages than deliveries
     tasks = drain()
     assert sorted(enqueued_ids(tasks)) == sorted(ids)

@@ -21,7 +21,6 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_count_what_the_log_holds(api: Api) -> None:
     # Given three deliveries: one delivered in 30 ms, one failed in 2 s, one waiting
     log = api.app.state.api.log
-    api.app.state.api.assembly.channels.add("hooks", "webhook", {"secret": "whsec_" + "A" * 44})
     started = utcnow() - timedelta(minutes=1)
     for i, (outcome, ms) in enumerate([(Outcome.DELIVERED, 30.0), (Outcome.FAILED, 2000.0)]):
         env = Envelope(id=f"m-{i}", channel="hooks", address="a", payload=Payload(message="m"))

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from delivery.api.keys import KeyStore, KeyVerifier
+from delivery.api.keys import Caller, KeyStore, KeyVerifier
 from delivery.cli import app, deliveries, keys  # noqa: F401 - registers the commands
 from delivery.clock import utcnow
 from delivery.log import DeliveryLog
@@ -30,7 +30,7 @@ def test_a_key_is_shown_once_and_only_its_hash_is_kept(settings: Settings) -> No
     assert key.startswith("dlv_")
     # Then it works, the list never shows it, and the database holds no copy of it
     store = KeyStore(DeliveryLog.from_settings(settings).engine)
-    assert KeyVerifier(store, cache_seconds=0).verify(key) == "billing"
+    assert KeyVerifier(store, cache_seconds=0).verify(key) == Caller("billing")
     listed = runner.invoke(app, ["keys", "list", "--json"])
     assert key not in listed.stdout
     [doc] = json.loads(listed.stdout)["keys"]
