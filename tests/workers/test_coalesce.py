@@ -313,3 +313,22 @@ def test_a_coalesced_task_shows_in_celerys_signals_and_worker_state(
         key=str,
     )
     assert not {r.id for r in worker_state.active_requests} & {"task-/ok", "task-/no"}
+
+
+def test_a_coalesced_delivery_keeps_its_traceparent(coalescer: Coalescer) -> None:
+    # The trace travels in the envelope, so the coalesced path sends within it too.
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    pending = coalescer.take_over(
+        message(args=[{**ENVELOPE, "traceparent": traceparent}]), ack=print
+    )
+    assert pending is not None and pending.envelope.traceparent == traceparent
+
+
+@pytest.mark.parametrize("traceparent", ["00-zz", "", 42, ["00"], "00-" + "0" * 52])
+def test_a_malformed_traceparent_is_coalesced_without_it(
+    coalescer: Coalescer, traceparent: Any
+) -> None:
+    pending = coalescer.take_over(
+        message(args=[{**ENVELOPE, "traceparent": traceparent}]), ack=print
+    )
+    assert pending is not None and pending.envelope.traceparent is None
