@@ -2,14 +2,19 @@
 ``delivery serve``, deliveries posted there, a real worker process applying them (and a
 channel's per-recipient throttle) before anything reaches the local receiver."""
 
+import time
 from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
 import requests
 
+import delivery
 from delivery.clock import utcnow
+from delivery.recipients.preferences import EMPTY_RECHECK_SECONDS
+from schemas import Payload
 from tests.conftest import webhook_secret
+from tests.delivery.dispatchers.conftest import start_smtp
 from tests.integration.conftest import Stack
 from tests.integration.test_api import _key, api_process
 from tests.support.receiver import Receiver
@@ -84,3 +89,52 @@ def test_preferences_quiet_hours_and_throttles_hold_in_a_real_worker(
         assert "preferences" in (reason["last_error"] or "")
         receiver.wait_for(4)
     assert sorted(r.path for r in receiver.received) == ["/busy", "/busy", "/off", "/sleepy"]
+
+
+def test_one_click_unsubscribe_from_a_real_email_stops_the_next_one(
+    embedded_stack: Stack,
+) -> None:
+    smtp = start_smtp()
+    embedded_stack.channels.add(
+        "mail",
+        "email",
+        {"host": "127.0.0.1", "port": smtp.port, "tls": "none", "from_address": "news@example.com"},
+    )
+    try:
+        with api_process(embedded_stack.env, embedded_stack.tmp_path / "api.log") as api:
+            # The worker makes links to this `delivery serve`, as DELIVERY_PUBLIC_URL says
+            embedded_stack.worker(DELIVERY_PUBLIC_URL=api.url)
+
+            def send(category: str) -> str:
+                payload = Payload(message="hello", subject=category)
+                return delivery.send("mail", "ann@example.com", payload, category=category).id
+
+            # Given a marketing email that reached the mailbox with RFC 8058's headers
+            first = send("marketing")
+            embedded_stack.wait_until([first], {"delivered"})
+            [mail] = smtp.mailbox.received
+            assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            link = str(mail.message["List-Unsubscribe"]).strip("<>")
+            assert link.startswith(f"{api.url}/unsubscribe/")
+            # When a mail scanner follows the link nothing changes; the mailbox's POST does
+            assert requests.get(link, timeout=10).status_code == 200
+            still = send("marketing")
+            embedded_stack.wait_until([still], {"delivered"})
+            posted = requests.post(link, data={"List-Unsubscribe": "One-Click"}, timeout=10)
+            assert posted.status_code == 200
+            # A worker that saw nobody with preferences looks again within this bound
+            # (documented: honoured within two seconds); the first preference of the site
+            time.sleep(EMPTY_RECHECK_SECONDS + 0.5)
+            # Then the next marketing email is skipped; a security one still goes, unlinked
+            after = send("marketing")
+            reset = send("security")
+            embedded_stack.wait_until([after], {"skipped"})
+            embedded_stack.wait_until([reset], {"delivered"})
+            # An altered link is refused and changes nothing
+            forged = link[:-2] + ("AA" if not link.endswith("AA") else "BB")
+            assert requests.post(forged, timeout=10).status_code in (400, 404)
+    finally:
+        smtp.stop()
+    subjects = [m.message["Subject"] for m in smtp.mailbox.received]
+    assert subjects == ["marketing", "marketing", "security"]
+    assert smtp.mailbox.received[-1].message["List-Unsubscribe"] is None
