@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from schemas.messages import Address, Category, IdempotencyKey, Model, Receipt
+from schemas.tracing import Traceparent
 
 #: Dotted lower-case words: ``order.shipped``, ``user.signed-up``, ``invoice.paid_late``.
 #: Lower case only, so ``Order.Shipped`` cannot silently miss the subscriptions of
@@ -94,6 +95,9 @@ class Event(Model):
     occurred_at: AwareDatetime | None = None
     #: The deliveries' category; None leaves each subscription's own (``notify`` wins).
     category: Category | None = None
+    #: The W3C traceparent of the span that published it, which each delivery it makes
+    #: carries on (docs/tracing.md); a malformed one reads as None.
+    traceparent: Traceparent = None
 
     @field_validator("context", mode="before")
     @classmethod

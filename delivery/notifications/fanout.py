@@ -121,6 +121,7 @@ class Notifier:
                     category=event.category or subscription.category,
                     settings=publisher.settings,
                     templates=templates,
+                    traceparent=event.traceparent,
                 )
             except RenderError as exc:
                 reason = f"could not render for event {event.name} ({event.id}): {exc}"
@@ -193,6 +194,7 @@ class Notifier:
         category: str | None,
         settings: Settings,
         templates: dict[str, Template | None],
+        traceparent: str | None = None,
     ) -> Envelope:
         """The subscription's delivery to ``address``, its payload rendered with
         ``variables`` and ``{{ unsubscribe_url }}`` (without a template, ``message`` and
@@ -224,6 +226,7 @@ class Notifier:
                 category=category,
                 subscription=subscription.id,
                 per_recipient=subscription.per_recipient,
+                traceparent=traceparent,
             )
         except ValidationError as exc:
             raise RenderError("; ".join(explain(exc, limit=3))) from None

@@ -10,6 +10,7 @@ from typing import Any
 
 from delivery.clock import utcnow
 from delivery.producer.publisher import get_publisher
+from delivery.tracing import current_traceparent
 from schemas.events import Event, EventReceipt
 
 #: Namespace for event ids derived from ``(event name, idempotency_key)``.
@@ -44,6 +45,7 @@ def build_event(
             "idempotency_key": idempotency_key,
             "occurred_at": utcnow(),
             "category": category,
+            "traceparent": current_traceparent(),
         }
     )
 

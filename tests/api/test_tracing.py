@@ -135,3 +135,15 @@ def test_a_malformed_traceparent_header_is_ignored(
         # The caller's trace was continued: its header named one.
         assert re.fullmatch("[0-9a-f]{32}", value[3:35]) and int(value[3:35], 16)
         assert value[:2] != "ff"
+
+
+def test_an_event_carries_the_request_trace(api: Api, spans: InMemorySpanExporter) -> None:
+    response = api.post(
+        "/v1/events",
+        json={"event": "order.shipped", "context": {"order": 42}},
+        headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 202, response.text
+    [task] = drain()
+    carried = task["args"][0]["traceparent"]
+    assert ids(carried)[0] == 0x4BF92F3577B34DA6A3CE929D0E0E4736

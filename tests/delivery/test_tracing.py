@@ -20,7 +20,10 @@ import delivery
 from delivery import tracing
 from delivery.engine.assembly import assemble
 from delivery.engine.service import DeliveryService
+from delivery.notifications import Notifier
+from delivery.producer.publisher import get_publisher
 from schemas import Envelope, Payload, Settings
+from schemas.events import Event
 from schemas.tracing import valid_traceparent
 from tests.api.conftest import drain
 from tests.conftest import webhook_secret
@@ -248,3 +251,20 @@ def test_without_opentelemetry_installed_every_function_does_nothing(
         monkeypatch.undo()
         importlib.reload(tracing)
     assert tracing.ENABLED
+
+
+def test_notify_inside_a_span_reaches_each_delivery_it_makes(
+    service: DeliveryService, spans: InMemorySpanExporter
+) -> None:
+    notifier = Notifier(service.log)
+    notifier.subscriptions.add("order.shipped", "hooks", "https://example.com/h")
+    with trace.get_tracer("tests").start_as_current_span("checkout") as span:
+        delivery.notify("order.shipped", {"order": 42})
+    [published] = drain()
+    event = Event.model_validate(published["args"][0])
+    context = span.get_span_context()
+    assert event.traceparent is not None
+    assert ids(event.traceparent) == (context.trace_id, context.span_id)
+    notifier.fan_out(event, get_publisher())
+    [fanned] = drain()
+    assert fanned["args"][0]["traceparent"] == event.traceparent
