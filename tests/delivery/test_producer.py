@@ -56,6 +56,8 @@ def test_send_publishes_the_envelope_by_task_name() -> None:
         "traceparent": None,
         "subscription": None,
         "per_recipient": None,
+        "owner": None,
+        "test": False,
     }
 
 
