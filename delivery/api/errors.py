@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from delivery.errors import ConfigurationError, PublishError, RegistryError
 
@@ -72,6 +75,37 @@ async def _model_invalid(_: Request, exc: Exception) -> JSONResponse:
     return invalid(describe(exc.errors()))
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, but a 405 lists in ``Allow`` every method the path takes (several
+    routes may share a path, one per method; Starlette names only the first's)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = _methods(request.app.router.routes, request.scope)
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return await http_exception_handler(request, exc)
+
+
+def _methods(routes: Sequence[Any], scope: Any) -> set[str]:
+    """The methods of the routes whose path matches (in routers included too): of those
+    with a fixed path, if any (``/v1/deliveries/batch`` rather than ``…/{delivery_id}``),
+    as the OpenAPI document reads."""
+    fixed: set[str] = set()
+    templated: set[str] = set()
+    pending = list(routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI's included router
+        if included is not None:
+            pending.extend(included.routes)
+            continue
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods = set(getattr(route, "methods", None) or ())
+            (templated if getattr(route, "param_convertors", None) else fixed).update(methods)
+    return fixed or templated
+
+
 async def _broker_down(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("%s %s: broker unreachable", request.method, request.url.path)
     return problem(503, BROKER_DOWN)
@@ -100,6 +134,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ValidationError, _model_invalid)
     app.add_exception_handler(PublishError, _broker_down)

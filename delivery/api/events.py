@@ -12,13 +12,14 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from delivery.api.auth import api_key
-from delivery.api.deliveries import ID_PATTERN
+from delivery.api.deliveries import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
 from delivery.api.errors import invalid
-from delivery.api.models import ERRORS, Problem
+from delivery.api.models import BODY_ERRORS, ERRORS, Problem
 from delivery.api.state import State
 from delivery.notifications.events import EventStore
 from delivery.producer.events import build_event
 from schemas import Category, Model
+from schemas.events import EVENT_NAME_PATTERN, MAX_EVENT_NAME
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(api_key)])
 
@@ -27,7 +28,11 @@ class EventRequest(Model):
     """``POST /v1/events``: as ``delivery.notify(event, context, idempotency_key=…,
     category=…)``."""
 
-    event: str = Field(description="A dotted lower-case name, e.g. `order.shipped`.")
+    event: str = Field(
+        description="A dotted lower-case name, e.g. `order.shipped`.",
+        # Documented here; enforced by build_event, whose 422 says what a name may be.
+        json_schema_extra={"pattern": EVENT_NAME_PATTERN, "maxLength": MAX_EVENT_NAME},
+    )
     context: dict[str, Any] = Field(
         default_factory=dict,
         description="A JSON object (at most 64 KiB) the templates are rendered with.",
@@ -49,7 +54,7 @@ class EventAccepted(Model):
     event: str
 
 
-@router.post("/events", status_code=202, response_model=EventAccepted, responses=ERRORS)
+@router.post("/events", status_code=202, response_model=EventAccepted, responses=BODY_ERRORS)
 def create_event(
     request: EventRequest,
     state: State,
@@ -59,7 +64,9 @@ def create_event(
             alias="Idempotency-Key",
             min_length=1,
             max_length=255,
-            description="As the body's `idempotency_key`.",
+            description="As the body's `idempotency_key` (give one or the other, or the "
+            "same in both).",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
         ),
     ] = None,
 ) -> EventAccepted | JSONResponse:

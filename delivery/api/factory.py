@@ -96,6 +96,11 @@ def create_app(
     app.add_middleware(RateLimited, rate=rate)  # inside the key check: it names the key
     app.add_middleware(KeyRequired, verifier=state.verifier)
     requests, latency = metrics.request_metrics(exposition.own)
-    app.add_middleware(metrics.RequestMetrics, requests=requests, latency=latency)
+    app.add_middleware(
+        metrics.RequestMetrics,
+        requests=requests,
+        latency=latency,
+        routes=metrics.route_templates(app.routes),
+    )
     app.add_middleware(TraceRequests)  # outermost: the span covers the whole request
     return app

@@ -210,17 +210,47 @@ def _channel_metrics(rows: Iterable[tuple[object, ...]]) -> Iterator[Metric]:
     yield failures
 
 
+#: Methods counted by name; any other a client sends is counted as ``other``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The route label of a request no route took (any path a client makes up).
+UNMATCHED = "unmatched"
+
+
+def route_templates(routes: Iterable[object]) -> frozenset[str]:
+    """The path templates of ``routes``, in routers included too: the only route labels."""
+    found: set[str] = set()
+    pending = list(routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI's included router
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(getattr(route, "path", None), str):
+            found.add(route.path)  # type: ignore[attr-defined]
+    return frozenset(found)
+
+
 class RequestMetrics:
     """The API's own requests: counts by route and status, latencies by route.
 
     Labelled by the route's template (``/v1/deliveries/{delivery_id}``), never the raw
-    path, so ids do not make a series each.
+    path, so ids do not make a series each; methods and routes only from allow-lists
+    (``METHODS``, the app's own templates), so no client can add series by making up
+    methods or paths: those are ``other`` and ``unmatched``.
     """
 
-    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        requests: Counter,
+        latency: Histogram,
+        routes: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.requests = requests
         self.latency = latency
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,9 +268,12 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watching_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(scope.get("route"), "path", None)
+            if template not in self.routes:
+                template = UNMATCHED
             method = str(scope.get("method", ""))
+            if method not in METHODS:
+                method = "other"
             self.requests.labels(method, template, str(status)).inc()
             self.latency.labels(method, template).observe(time.perf_counter() - started)
 

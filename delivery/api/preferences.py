@@ -13,28 +13,38 @@ from pydantic import AfterValidator, Field, model_validator
 
 from delivery.api.auth import api_key
 from delivery.api.errors import invalid
-from delivery.api.models import ERRORS
+from delivery.api.models import BODY_ERRORS, ERRORS
 from delivery.api.state import State
 from delivery.recipients.preferences import (
+    MAX_KEY,
     MAX_RULES,
     Preferences,
     RecipientPreferences,
     Rule,
     check_key,
 )
-from delivery.recipients.quiet import QuietHours, check_timezone
+from delivery.recipients.quiet import MAX_TIMEZONE, QUIET_PATTERN, QuietHours, check_timezone
 from schemas import Model
 from schemas.messages import Category, ChannelName
 
 router = APIRouter(prefix="/v1", tags=["preferences"], dependencies=[Depends(api_key)])
 
-Timezone = Annotated[str, Field(max_length=64), AfterValidator(check_timezone)]
-Quiet = Annotated[str, Field(max_length=32), AfterValidator(lambda v: str(QuietHours.parse(v)))]
+Timezone = Annotated[
+    str, Field(min_length=1, max_length=MAX_TIMEZONE), AfterValidator(check_timezone)
+]
+Quiet = Annotated[
+    str,
+    Field(max_length=32, pattern=QUIET_PATTERN),
+    AfterValidator(lambda v: str(QuietHours.parse(v))),
+]
 AddressPath = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=2048,
+        max_length=MAX_KEY,
+        # No control characters: preferences are never kept for such an address, and a
+        # line break would not even reach this route.
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="An email address, phone number, webhook URL…; email addresses are "
         "compared without case.",
     ),
@@ -91,7 +101,7 @@ def get_preferences(address: AddressPath, state: State) -> PreferencesView | JSO
     return _view(key, Preferences(state.log.engine).show(key))
 
 
-@router.put("/preferences/{address:path}", response_model=PreferencesView, responses=ERRORS)
+@router.put("/preferences/{address:path}", response_model=PreferencesView, responses=BODY_ERRORS)
 def put_preferences(
     address: AddressPath, document: PreferencesDocument, state: State
 ) -> PreferencesView | JSONResponse:

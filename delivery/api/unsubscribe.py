@@ -21,6 +21,15 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["unsubscribe"])
 
+#: The pages each route may answer with.
+PAGES: dict[int | str, dict[str, object]] = {
+    200: {"description": "a page for the recipient", "content": {"text/html": {}}},
+    404: {
+        "description": "the link is not valid (whatever is wrong with it)",
+        "content": {"text/html": {}},
+    },
+}
+
 #: The token is a credential in the URL: it must not leave in a Referer, be cached on the
 #: way, or be indexed; the page loads nothing and posts only to itself.
 HEADERS = {
@@ -41,7 +50,7 @@ _PAGE = """<!doctype html>
 NOT_VALID = "This unsubscribe link is not valid. It may have been copied incompletely."
 
 
-@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=PAGES)
 def confirm(token: str, state: State) -> HTMLResponse:
     """A page asking to confirm; nothing changes until its button is pressed."""
     target = read_token(state.settings, token)
@@ -56,7 +65,7 @@ def confirm(token: str, state: State) -> HTMLResponse:
     return _page(200, "Unsubscribe", question + button)
 
 
-@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=PAGES)
 def one_click(token: str, state: State) -> HTMLResponse:
     """Unsubscribe at once. The body (``List-Unsubscribe=One-Click``) is not needed: the
     token says everything, and a POST is what no scanner sends by itself."""

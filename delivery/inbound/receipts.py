@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from delivery.errors import UnknownBackend, UnknownChannel
 from delivery.inbound.base import InboundRequest
 from delivery.inbound.receipt_log import read_receipt
-from delivery.inbound.routes import answer, take
+from delivery.inbound.routes import PROVIDER_ANSWERS, answer, take
 from delivery.inbound.wiring import Inbound
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def _take(inbound: Inbound, channel_name: str, incoming: InboundRequest) -> JSON
     return JSONResponse({"recorded": True, "known": recorded.delivery_id is not None})
 
 
-@router.post("/receipts/{channel}")
+@router.post("/receipts/{channel}", responses=PROVIDER_ANSWERS)
 async def provider_receipt(channel: str, request: Request) -> Response:
     """A provider's status callback about a message sent through ``channel``."""
     taken = await take(request, what=f"receipt for {channel}")

@@ -10,7 +10,7 @@ name the problem, never a secret or an internal detail.
 import json
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
@@ -38,6 +38,19 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 
 router = APIRouter(tags=["inbound"])
+
+#: Every answer a provider's request may get, for the OpenAPI document (here and receipts).
+PROVIDER_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "taken (a provider's retry too); the body is what the provider expects",
+        "content": {"application/json": {}, "text/xml": {}, "text/plain": {}},
+    },
+    400: {"description": "the request is malformed or misses a field"},
+    403: {"description": "the signature is missing or wrong"},
+    404: {"description": "no backend (or receipt channel) of that name"},
+    413: {"description": "the body is larger than a provider's request can be"},
+    503: {"description": "the log or the broker is unreachable, or the setup is wrong"},
+}
 
 
 def inbound_for(request: Request) -> Inbound:
@@ -180,4 +193,5 @@ for _method in ("GET", "POST"):
         methods=[_method],
         operation_id=f"inbound_message_{_method.lower()}",
         summary=f"A provider's inbound message ({_method})",
+        responses=PROVIDER_ANSWERS,
     )

@@ -74,3 +74,24 @@ def test_readyz_is_503_when_the_log_is_not_migrated(api: Api, tmp_path) -> None:
         r = requests.get(url + "/readyz", timeout=10)
     assert r.status_code == 503
     assert "delivery db upgrade" in r.json()["checks"]["log"]
+
+
+def test_request_labels_are_bounded_whatever_clients_send(api: Api) -> None:
+    # Issue 27: made-up paths and methods must not each make a series of their own.
+    for i in range(5):
+        api.get(f"/no/such/path/{i}", key=None)
+        api.request(f"BREW{i}", "/healthz", key=None)
+    api.get("/v1/deliveries/some-id")  # a known route: its template, never the id
+    samples = _samples(api.get("/metrics", key=None).text)
+    labels = {
+        dict(key)["route"]: dict(key)["method"]
+        for (name, key) in samples
+        if name == "delivery_api_requests_total"
+    }
+    methods = {
+        dict(key)["method"] for (name, key) in samples if name == "delivery_api_requests_total"
+    }
+    assert "unmatched" in labels and not any(r.startswith("/no/") for r in labels)
+    assert "/v1/deliveries/{delivery_id}" in labels and "some-id" not in str(labels)
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "other" in methods

@@ -66,7 +66,7 @@ def world(
     engine.channels.add("console", "console", {})
     # delivery serve's own app: its /receipts route, and GET /v1/deliveries/{id}
     app = create_app(get_settings())
-    _, key = app.state.api.keys.add("tests")
+    _, key = app.state.api.keys.add("tests", admin=True)  # reads deliveries sent from Python
     with serving(app, port=port) as base:
         yield World(base, engine, current_inbound(), httpserver, key)
     engine.close()
