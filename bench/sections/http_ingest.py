@@ -6,7 +6,9 @@ after each measurement). The API is one uvicorn process (``uvicorn delivery.api:
 access log off), its key checked on every request, SQLite for the key table.
 """
 
+import base64
 import os
+import secrets
 import sys
 import threading
 import time
@@ -41,8 +43,11 @@ class _Api:
 
     def __init__(self, ctx: BenchContext) -> None:
         from delivery.api.keys import KeyStore
+        from delivery.engine.assembly import assemble
+        from delivery.engine.crypto import generate_key
         from delivery.log.database import get_engine
         from delivery.log.migrate import upgrade
+        from schemas import Settings
 
         database = ctx.sqlite_url("http-ingest")
         upgrade(database)
@@ -56,7 +61,20 @@ class _Api:
             "DELIVERY_BROKER_URL": ctx.redis.url,
             "DELIVERY_QUEUE": SINK,
             "DELIVERY_DATABASE_URL": database,
+            "DELIVERY_SECRET_KEY": generate_key(),
+            # Measured: ingest itself. One key sends far more than the default limit.
+            "DELIVERY_API_RATE_LIMIT": "0",
         }
+        # The API refuses a channel that does not exist (the worker would fail it).
+        settings = Settings(
+            database_url=database,
+            secret_key=env["DELIVERY_SECRET_KEY"],
+            home=ctx.workdir / "http-ingest",
+        )
+        engine = assemble(settings)
+        signing = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        engine.channels.add(CHANNEL, "webhook", {"secret": signing}, replace=True)
+        engine.close()
         argv = [sys.executable, "-m", "uvicorn", "delivery.api:app", "--port", str(self.port)]
         self.child = ctx.processes.start(
             "http-ingest-api",

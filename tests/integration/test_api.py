@@ -75,8 +75,8 @@ def api_process(env: dict[str, str], log_path: Path, **kw: Any) -> Iterator[ApiP
         process.stop()
 
 
-def _key(stack: Stack, name: str = "tests") -> dict[str, str]:
-    _, key = KeyStore(stack.log.engine).add(name)
+def _key(stack: Stack, name: str = "tests", **kind: bool) -> dict[str, str]:
+    _, key = KeyStore(stack.log.engine).add(name, **kind)
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -204,6 +204,7 @@ def test_a_delivery_cancelled_while_in_the_broker_is_never_sent(redis_stack: Sta
 
 
 def test_broker_down_and_log_down_are_503_with_a_message(redis_stack: Stack) -> None:
+    redis_stack.channels.add("hooks", "webhook", {"secret": webhook_secret()})
     headers = _key(redis_stack)
     closed = free_port()
     no_broker = {
@@ -244,9 +245,11 @@ def test_200_concurrent_clients_lose_nothing(redis_stack: Stack) -> None:
     accepted: list[str] = []
     refused: list[str] = []
     lock = threading.Lock()
+    # One key sends far more than a team's limit (3,000 a minute) here: no limit.
+    env = {**redis_stack.env, "DELIVERY_API_RATE_LIMIT": "0"}
     with (
         Receiver(secret) as receiver,
-        api_process(redis_stack.env, redis_stack.tmp_path / "api.log") as api,
+        api_process(env, redis_stack.tmp_path / "api.log") as api,
     ):
         stop = time.monotonic() + 3.0
 
@@ -284,6 +287,7 @@ def test_200_concurrent_clients_lose_nothing(redis_stack: Stack) -> None:
 def test_several_server_processes_add_up_their_request_metrics(redis_stack: Stack) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
+    redis_stack.channels.add("hooks", "webhook", {"secret": webhook_secret()})
     headers = _key(redis_stack)
     message = {"channel": "hooks", "address": "https://x.example/", "payload": {"message": "m"}}
     with api_process(redis_stack.env, redis_stack.tmp_path / "api.log", workers=2) as api:
@@ -303,3 +307,63 @@ def test_several_server_processes_add_up_their_request_metrics(redis_stack: Stac
     assert accepted == [20.0]
     # and the queue depth is the broker's, not a process's
     assert 'delivery_queue_messages{queue="delivery",state="ready"} 20.0' in text
+
+
+def test_teams_own_what_they_send_and_a_test_key_calls_no_provider(redis_stack: Stack) -> None:
+    # Given the whole stack, and three keys: two teams and one team's CI
+    secret = webhook_secret()
+    redis_stack.channels.add("hooks", "webhook", {"secret": secret, "timeout": 5})
+    billing, shop = _key(redis_stack, "billing"), _key(redis_stack, "shop")
+    ci = _key(redis_stack, "billing-ci", test=True)
+    redis_stack.worker()
+    with (
+        Receiver(secret) as receiver,
+        api_process(redis_stack.env, redis_stack.tmp_path / "api.log") as api,
+    ):
+
+        def post(headers: dict[str, str], doc: dict[str, object]) -> requests.Response:
+            return requests.post(f"{api.url}/v1/deliveries", json=doc, headers=headers, timeout=10)
+
+        # When both teams send their own order-42, and CI sends one with its test key
+        order = {"Idempotency-Key": "order-42"}
+        mine = post({**billing, **order}, _doc(receiver, 1)).json()["id"]
+        theirs = post({**shop, **order}, _doc(receiver, 2)).json()["id"]
+        test = post(ci, _doc(receiver, 3)).json()["id"]
+        # Then they are three deliveries, all delivered, and only two reached the receiver
+        assert len({mine, theirs, test}) == 3
+        assert redis_stack.wait_until([mine, theirs, test], {"delivered"}) == {"delivered": 3}
+        assert sorted(r.headers["webhook-id"] for r in receiver.wait_for(2, "/in")) == sorted(
+            [mine, theirs]
+        )
+        tested = _wait_status(api.url, ci, test, "delivered")
+        assert tested["test"] is True and tested["attempts"][0]["detail"] == {"test": True}
+        # and one team cannot read, retry or cancel the other's
+        for method, path in [
+            ("GET", f"/v1/deliveries/{mine}"),
+            ("POST", f"/v1/deliveries/{mine}/retry"),
+            ("POST", f"/v1/deliveries/{mine}/cancel"),
+        ]:
+            r = requests.request(method, api.url + path, headers=shop, timeout=10)
+            assert r.status_code == 404, (method, path, r.text)
+        listed = requests.get(f"{api.url}/v1/deliveries", headers=shop, timeout=10).json()
+        assert [d["id"] for d in listed["deliveries"]] == [theirs]
+        # and what a worker would only fail is refused at once, naming it
+        unknown = post(billing, _doc(receiver, 4, channel="no-such-channel"))
+        assert unknown.status_code == 422 and "no-such-channel" in unknown.json()["detail"]
+        assert receiver.received[2:] == []
+
+
+def test_the_rate_limit_is_one_per_key_across_api_processes(redis_stack: Stack) -> None:
+    # 6 a minute with a burst of ten seconds' worth: two requests at once, then 429,
+    # whichever of the two processes answers (the pace is kept in Redis)
+    headers = _key(redis_stack, "billing")
+    env = {**redis_stack.env, "DELIVERY_API_RATE_LIMIT": "6"}
+    with api_process(env, redis_stack.tmp_path / "api.log", workers=2) as api:
+        # each request on a new connection, so both processes take some
+        codes = [
+            requests.get(f"{api.url}/v1/deliveries", headers=headers, timeout=10).status_code
+            for _ in range(6)
+        ]
+        limited = requests.get(f"{api.url}/v1/deliveries", headers=headers, timeout=10)
+    assert sorted(codes) == [200, 200, 429, 429, 429, 429]
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
