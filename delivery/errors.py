@@ -13,6 +13,7 @@
     - RenderError             a template failed on a context or went over its budget
     - TemplateRefused         a template, address or filter the sandbox will not compile
   + Skipped                   the recipient's say: preferences or a throttle; never sent
+  + Expired                   its ttl passed before it could be sent; never sent late
   + ConfigurationError        a channel or setting is wrong; a person must fix it
     - UnknownChannel
     - SecretKeyMissing
@@ -134,6 +135,10 @@ class Suppressed(PermanentError):
 
 class Skipped(DeliveryError):
     """Not a failure: the delivery ends ``skipped``, as the recipient asked."""
+
+
+class Expired(DeliveryError):
+    """Too late: the delivery ends ``expired``, never sent after its ttl."""
 
 
 class UnknownInboundKind(RegistryError):

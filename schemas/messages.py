@@ -161,6 +161,20 @@ class Message(Model):
     #: Seconds to wait before sending: finite, at most a year.
     countdown: Annotated[float, Field(ge=0, le=MAX_COUNTDOWN, allow_inf_nan=False)] | None = None
     category: Category | None = None
+    #: Seconds from now within which it must be sent, or never (it ends ``expired``): a
+    #: one-time code is no use hours later. Finite, above 0, at most a year.
+    ttl: (
+        Annotated[float, Field(gt=0, le=MAX_COUNTDOWN, allow_inf_nan=False, strict=True)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _sendable_in_time(self) -> "Message":
+        if self.ttl is not None and self.countdown is not None and self.countdown >= self.ttl:
+            raise ValueError(
+                f"countdown ({self.countdown:g} s) must be shorter than ttl ({self.ttl:g} s): "
+                "the delivery would expire before it could be sent"
+            )
+        return self
 
 
 class Envelope(Model):
@@ -188,6 +202,8 @@ class Envelope(Model):
     #: Sent with a test key: it goes the whole way through the workers and the log, but
     #: no provider is called.
     test: bool = False
+    #: Not to be sent after this time (the producer's ``ttl``): it ends ``expired``.
+    expires_at: AwareDatetime | None = None
 
 
 class Receipt(Model):

@@ -51,7 +51,9 @@ def _check_sendable(message: Message) -> None:
         err.print(f"note: {verdict.reason}; the delivery waits", highlight=False, markup=False)
     elif isinstance(verdict, Refuse):
         err.print(
-            f"note: the delivery will be skipped ({verdict.error})", highlight=False, markup=False
+            f"note: the delivery will be {verdict.ends} ({verdict.error})",
+            highlight=False,
+            markup=False,
         )
 
 

@@ -103,6 +103,9 @@ class SendContext:
     #: The W3C traceparent of the attempt's span (OpenTelemetry), for dispatchers whose
     #: provider can carry it on (the webhook's ``traceparent`` header); None: no tracing.
     traceparent: str | None = None
+    #: Seconds left before the delivery's deadline (its ``ttl``), for providers that take
+    #: one (Twilio's ``ValidityPeriod``); None when it has none.
+    ttl: float | None = None
 
 
 @dataclass(slots=True)

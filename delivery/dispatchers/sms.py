@@ -9,6 +9,7 @@ header.
 """
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, NoReturn
@@ -39,6 +40,9 @@ from delivery.errors import (
     RetryableError,
 )
 from schemas import Payload
+
+#: Twilio's longest ``ValidityPeriod``, seconds (error 90007 beyond it).
+MAX_VALIDITY_PERIOD = 36_000
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +209,7 @@ class SmsDispatcher(Dispatcher):
 
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:
         config = self.config
-        sender: dict[str, str] = (
+        sender: dict[str, str | int] = (
             {"messaging_service_sid": config.messaging_service_sid}
             if config.messaging_service_sid
             else {"from_": config.from_number or ""}
@@ -213,6 +217,10 @@ class SmsDispatcher(Dispatcher):
         callback = config.status_callback or self._receipts_url(context)
         if callback:
             sender["status_callback"] = callback
+        if context.ttl is not None:
+            # What is left of the delivery's ttl, so Twilio does not send it late either
+            # (whole seconds, 1 to Twilio's maximum of 10 hours).
+            sender["validity_period"] = max(1, min(MAX_VALIDITY_PERIOD, math.floor(context.ttl)))
         twilio = self.get_local("twilio", self._connect)
         try:
             message = twilio.client.messages.create(to=address, body=payload.message, **sender)

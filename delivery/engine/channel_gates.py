@@ -12,7 +12,7 @@ from delivery.engine.failover import Failover
 from delivery.engine.gates import PROCEED, Pass, Proceed, Refuse, Reroute, Route, Verdict, Wait
 from delivery.engine.ratelimit import RateLimiter
 from delivery.engine.suppression import Known, SuppressionList
-from delivery.errors import Suppressed
+from delivery.errors import Expired, Suppressed
 from delivery.log import Claim
 
 #: Longest a worker thread sleeps for a rate-limit slot; further slots are waited for in
@@ -99,3 +99,17 @@ class RateLimitGate:
         if wait > 0:
             time.sleep(wait)
         return PROCEED
+
+
+class ExpiryGate:
+    """A delivery past its deadline (the producer's ``ttl``) ends ``expired``: never sent
+    late. First, so that an expired delivery takes no probe and no slot."""
+
+    name = "expiry"
+
+    def check(self, route: Route, claim: Claim | None, look: Pass) -> Verdict:
+        deadline = route.envelope.expires_at
+        if deadline is None or look.now < deadline:
+            return PROCEED
+        late = (look.now - deadline).total_seconds()
+        return Refuse(Expired(f"its ttl ran out {late:.0f} s before it could be sent"), "expired")

@@ -8,8 +8,8 @@ order. The first gate that does not say ``Proceed`` decides:
 - ``Wait(until)``: the delivery goes back to the log, due at ``until``, without spending an
   attempt (a paused channel, an open breaker, a rate limit, quiet hours);
 - ``Reroute(target)``: the delivery moves to its channel's fallback (failover);
-- ``Refuse(error)``: the delivery ends without a send, ``failed`` (a suppressed address) or
-  ``skipped`` (the recipient's say: preferences, a throttle).
+- ``Refuse(error)``: the delivery ends without a send, ``failed`` (a suppressed address),
+  ``skipped`` (the recipient's say: preferences, a throttle) or ``expired`` (its ttl).
 
 A gate may also add bookkeeping to the transaction that records the attempt (the breaker
 counts failures there). New policies are new gates: the service does not change.
@@ -21,7 +21,7 @@ nothing and takes no probe.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from delivery.dispatchers.base import Dispatcher
 from delivery.engine.channels import Channel
@@ -73,10 +73,11 @@ class Reroute:
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    """Never send it: it ends ``skipped`` (the recipient's choice) or ``failed``."""
+    """Never send it: it ends ``failed``, ``skipped`` (the recipient's choice) or
+    ``expired`` (too late: its ttl passed)."""
 
     error: DeliveryError
-    skipped: bool = False
+    ends: Literal["failed", "skipped", "expired"] = "failed"
 
 
 Verdict = Proceed | Wait | Reroute | Refuse

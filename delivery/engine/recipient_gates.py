@@ -43,7 +43,7 @@ class PreferencesGate:
             return PROCEED
         mine = _preferences_of(self.preferences, route, look)
         reason = mine.refuses(channel=route.channel.name, category=category) if mine else None
-        return Refuse(Skipped(reason), skipped=True) if reason else PROCEED
+        return Refuse(Skipped(reason), ends="skipped") if reason else PROCEED
 
 
 class QuietHoursGate:
@@ -99,5 +99,5 @@ class ThrottleGate:
                 dry_run=claim is None,
             ):
                 reason = f"throttled: this address has had {limit} on this {owner} already"
-                return Refuse(Skipped(reason), skipped=True)
+                return Refuse(Skipped(reason), ends="skipped")
         return PROCEED

@@ -15,7 +15,12 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
 from delivery.engine.breaker import AttemptHealth, Breaker
-from delivery.engine.channel_gates import BreakerGate, RateLimitGate, SuppressionGate
+from delivery.engine.channel_gates import (
+    BreakerGate,
+    ExpiryGate,
+    RateLimitGate,
+    SuppressionGate,
+)
 from delivery.engine.channels import Channel, parse_retry_schedule
 from delivery.engine.failover import Failover
 from delivery.engine.gates import (
@@ -119,6 +124,7 @@ class DeliveryService:
         #: In order: the channel's own health first; the recipient's say before the rate
         #: limit, so no slot is spent on a delivery that will not be sent.
         self.gates: list[Gate] = [
+            ExpiryGate(),
             BreakerGate(self.breaker, self.failover),
             SuppressionGate(self.suppressions),
             *recipient_gates,
@@ -281,7 +287,18 @@ class DeliveryService:
             return Decision("requeue", countdown=countdown)
         return Decision("done")
 
-    def _release(self, claim: Claim, until: datetime, *, scheduled: bool = False) -> Decision:
+    def _release(
+        self,
+        claim: Claim,
+        until: datetime,
+        *,
+        scheduled: bool = False,
+        expires_at: datetime | None = None,
+    ) -> Decision:
+        if expires_at is not None and until > expires_at:
+            # Waiting past its deadline would only end it later: look again then, and
+            # the expiry gate ends it on time.
+            until = expires_at
         self.log.release(
             claim,
             until=until,
@@ -315,7 +332,7 @@ class DeliveryService:
         """
         route = self.route(envelope)
         verdict, _ = first_verdict(self.gates, route, None, Pass([route], utcnow()))
-        if isinstance(verdict, Refuse) and not verdict.skipped:
+        if isinstance(verdict, Refuse) and verdict.ends == "failed":
             raise verdict.error
         return verdict
 
@@ -340,7 +357,12 @@ class DeliveryService:
             if free:
                 claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
             if isinstance(verdict, Wait):
-                return self._release(claim, verdict.until, scheduled=verdict.scheduled)
+                return self._release(
+                    claim,
+                    verdict.until,
+                    scheduled=verdict.scheduled,
+                    expires_at=route.envelope.expires_at,
+                )
             if isinstance(verdict, Reroute):
                 result, claim = self.failover.moved(
                     self._ended(Outcome.FAILED, started, clock, error=verdict.reason),
@@ -350,7 +372,7 @@ class DeliveryService:
                     reason=verdict.reason,
                 )
             elif isinstance(verdict, Refuse):
-                outcome = Outcome.SKIPPED if verdict.skipped else Outcome.FAILED
+                outcome = _REFUSED_AS[verdict.ends]
                 result = self._ended(outcome, started, clock, error=describe_error(verdict.error))
             elif route.envelope.test:
                 # A test key's delivery goes the whole way but to the provider (GOV.UK
@@ -393,6 +415,11 @@ class DeliveryService:
             logger.exception("unexpected error delivering %s", claim.delivery_id)
             breaker_failure = True
             result = self._retry(started, clock, exc, claim, channel)
+        deadline = route.envelope.expires_at if isinstance(route, Route) else None
+        if result.next_attempt_at and deadline and result.next_attempt_at > deadline:
+            # The next attempt would come too late: it is due at the deadline instead,
+            # when the expiry gate ends it (never left waiting past it).
+            result = dataclasses.replace(result, next_attempt_at=deadline)
         if result.outcome is Outcome.FAILED and breaker_failure and channel is not None:
             # Provider-side failures to the end: the backup channel, if there is one.
             result, claim = self.failover.after_exhausted(result, claim, channel)
@@ -412,11 +439,13 @@ class DeliveryService:
         """What the dispatcher is told about the delivery it sends: with the recipient's
         one-click unsubscribe link, when there can be one (email puts it in its headers)."""
         envelope = route.envelope
+        left = (envelope.expires_at - utcnow()).total_seconds() if envelope.expires_at else None
         return SendContext(
             delivery_id=envelope.id,
             attempt=claim.attempt,
             channel=envelope.channel,
             traceparent=current_traceparent(),
+            ttl=left,
             unsubscribe_url=unsubscribe_url(
                 self.settings,
                 address=route.address,
@@ -517,6 +546,10 @@ class DeliveryService:
             status_code=getattr(exc, "status", None),
             next_attempt_at=utcnow() + timedelta(seconds=delay),
         )
+
+
+#: How a refused delivery ends.
+_REFUSED_AS = {"failed": Outcome.FAILED, "skipped": Outcome.SKIPPED, "expired": Outcome.EXPIRED}
 
 
 def default_schedule(settings: Settings) -> tuple[float, ...] | None:

@@ -74,6 +74,8 @@ class DeliveryRecord:
     #: The subscription it was fanned out from, and that subscription's throttle.
     subscription: str | None = None
     per_recipient: str | None = None
+    #: Not to be sent after this (the producer's ``ttl``).
+    expires_at: datetime | None = None
 
     @classmethod
     def from_row(
@@ -102,6 +104,7 @@ class DeliveryRecord:
             test=bool(row.test),
             subscription=row.subscription,
             per_recipient=row.per_recipient,
+            expires_at=row.expires_at,
             attempts=[
                 AttemptRecord(
                     number=a.number,
@@ -142,6 +145,7 @@ class DeliveryRecord:
                 "test": self.test,
                 "subscription": self.subscription,
                 "per_recipient": self.per_recipient,
+                "expires_at": self.expires_at,
             }
         )
 
@@ -163,6 +167,7 @@ class DeliveryRecord:
             "category": self.category,
             "owner": self.owner,
             "test": self.test,
+            "expires_at": _iso(self.expires_at),
         }
         if with_attempts:
             doc["payload"] = self.payload

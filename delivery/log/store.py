@@ -65,6 +65,7 @@ _STATUS_AFTER = {
     Outcome.RETRY: Status.RETRYING,
     Outcome.FAILED: Status.FAILED,
     Outcome.SKIPPED: Status.SKIPPED,
+    Outcome.EXPIRED: Status.EXPIRED,
 }
 
 
@@ -102,7 +103,8 @@ class DeliveryStore(LogBase):
                 attempt_count=bindparam("p_attempt_count"), attempt_base=0,
                 owner=bindparam("p_owner"), test=bindparam("p_test"),
                 category=bindparam("p_category"), subscription=bindparam("p_subscription"),
-                per_recipient=bindparam("p_per_recipient"), created_at=now, updated_at=now,
+                per_recipient=bindparam("p_per_recipient"), expires_at=bindparam("p_expires_at"),
+                created_at=now, updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )  # fmt: skip
@@ -248,6 +250,7 @@ class DeliveryStore(LogBase):
             "p_category": envelope.category,
             "p_subscription": envelope.subscription,
             "p_per_recipient": envelope.per_recipient,
+            "p_expires_at": envelope.expires_at,
             # A deferred delivery waits in the log until due; the sweep sends it.
             "p_status": Status.RETRYING if deferred else Status.SENDING,
             "p_next_attempt_at": envelope.not_before if deferred else None,

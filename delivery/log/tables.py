@@ -54,6 +54,7 @@ class Status(enum.StrEnum):
     CANCELLED = "cancelled"  # cancelled before it was sent: never sent (``cancel``)
     SKIPPED = "skipped"  # never sent: the recipient's preferences or a throttle said no
     SCHEDULED = "scheduled"  # waits in the log until a time (the recipient's quiet hours)
+    EXPIRED = "expired"  # its ttl passed before it could be sent: never sent late
 
 
 #: Statuses of deliveries that wait in the log for ``next_attempt_at`` (the sweep sends them).
@@ -68,6 +69,7 @@ FINAL_STATUSES = frozenset(
         Status.BOUNCED,
         Status.CANCELLED,
         Status.SKIPPED,
+        Status.EXPIRED,
     }
 )
 
@@ -82,6 +84,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the worker died mid-attempt; the provider may have it
     SKIPPED = "skipped"  # not sent: a gate refused it for the recipient (never a failure)
+    EXPIRED = "expired"  # not sent: its ttl had passed
 
 
 NAMING = {
@@ -171,6 +174,8 @@ class DeliveryRow(Base):
     #: (migration 0009): a delivery sent again from the log is throttled as the first time.
     subscription: Mapped[str | None] = mapped_column(String(64))
     per_recipient: Mapped[str | None] = mapped_column(String(32))
+    #: Not to be sent after this (the producer's ``ttl``; migration 0011).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AttemptRow(Base):

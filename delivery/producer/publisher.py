@@ -306,9 +306,10 @@ def _shown_arguments(task: _Task) -> dict[str, str]:
 
 def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = None) -> Envelope:
     """The task message. A deferred one goes now and waits in the log, not the broker."""
+    now = datetime.now(UTC)
     not_before = None
     if defer and message.countdown:
-        not_before = datetime.now(UTC) + timedelta(seconds=message.countdown)
+        not_before = now + timedelta(seconds=message.countdown)
     return Envelope(
         id=fixed_id or delivery_id(message.channel, message.idempotency_key),
         channel=message.channel,
@@ -319,6 +320,7 @@ def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = N
         category=message.category,
         # The caller's span, if any: the worker's attempt continues its trace.
         traceparent=current_traceparent(),
+        expires_at=now + timedelta(seconds=message.ttl) if message.ttl else None,
     )
 
 
@@ -390,6 +392,7 @@ def send(  # type: ignore[overload-overlap]  # a str is a Sequence[str]; str is 
     idempotency_key: str | None = None,
     countdown: float | None = None,
     category: str | None = None,
+    ttl: float | None = None,
 ) -> Receipt: ...
 
 
@@ -402,6 +405,7 @@ def send(
     idempotency_key: str | None = None,
     countdown: float | None = None,
     category: str | None = None,
+    ttl: float | None = None,
 ) -> list[Receipt]: ...
 
 
@@ -413,6 +417,7 @@ def send(
     idempotency_key: str | None = None,
     countdown: float | None = None,
     category: str | None = None,
+    ttl: float | None = None,
 ) -> Receipt | list[Receipt]:
     """Enqueue one delivery and return its receipt at once.
 
@@ -422,6 +427,9 @@ def send(
 
     ``category`` (``security``, ``marketing``) is what preferences and unsubscribe links
     act on; a category in ``DELIVERY_CRITICAL_CATEGORIES`` is never skipped.
+
+    ``ttl``: seconds from now within which it must be sent; a delivery that could not be
+    sent in time ends ``expired``, never sent late (Twilio is told too: ``ValidityPeriod``).
 
     Raises:
         pydantic.ValidationError: the message is invalid; nothing was enqueued.
@@ -435,6 +443,7 @@ def send(
         "idempotency_key": idempotency_key,
         "countdown": countdown,
         "category": category,
+        "ttl": ttl,
     }
     if is_several(address):
         messages, ids = expand(fields)

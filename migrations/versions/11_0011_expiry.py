@@ -9,6 +9,11 @@ Chain position 11 of 11: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → 0
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
+from delivery.log.tables import UTCDateTime
+
 revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
@@ -16,8 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("expires_at", UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_column("expires_at")

@@ -58,7 +58,7 @@ def test_a_refusing_gate_skips_the_delivery_without_a_send(
     service: DeliveryService, httpserver: HTTPServer
 ) -> None:
     httpserver.expect_request("/kept").respond_with_data("", status=202)
-    gate = Recorded("/skipped", Refuse(DeliveryError("marketing is off here"), skipped=True))
+    gate = Recorded("/skipped", Refuse(DeliveryError("marketing is off here"), ends="skipped"))
     plug(service, gate)
     decision = service.deliver(envelope(httpserver.url_for("/skipped"), "d1"))
     assert (decision.action, decision.outcome) == ("done", "skipped")
@@ -76,7 +76,7 @@ def test_a_batch_asks_the_gate_per_delivery_and_looks_up_once(
     service: DeliveryService, httpserver: HTTPServer
 ) -> None:
     httpserver.expect_request("/kept").respond_with_data("", status=202)
-    gate = Recorded("/skipped", Refuse(DeliveryError("no"), skipped=True))
+    gate = Recorded("/skipped", Refuse(DeliveryError("no"), ends="skipped"))
     plug(service, gate)
     urls = [httpserver.url_for("/kept"), httpserver.url_for("/skipped")] * 2
     decisions = service.deliver_many([envelope(u, f"d{i}") for i, u in enumerate(urls)])
@@ -117,10 +117,10 @@ def test_a_scheduled_delivery_can_be_cancelled(
 def test_the_dry_run_asks_the_same_gates_and_reserves_nothing(
     service: DeliveryService, httpserver: HTTPServer
 ) -> None:
-    gate = Recorded("/skipped", Refuse(DeliveryError("off"), skipped=True))
+    gate = Recorded("/skipped", Refuse(DeliveryError("off"), ends="skipped"))
     plug(service, gate)
     skipped = service.preview(envelope(httpserver.url_for("/skipped"), "preview"))
-    assert isinstance(skipped, Refuse) and skipped.skipped
+    assert isinstance(skipped, Refuse) and skipped.ends == "skipped"
     assert service.preview(envelope(httpserver.url_for("/kept"), "preview")) == PROCEED
     assert [dry for _, dry in gate.asked] == [True, True]
     assert service.log.get("preview") is None and httpserver.log == []

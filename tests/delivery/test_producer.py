@@ -58,6 +58,7 @@ def test_send_publishes_the_envelope_by_task_name() -> None:
         "per_recipient": None,
         "owner": None,
         "test": False,
+        "expires_at": None,
     }
 
 

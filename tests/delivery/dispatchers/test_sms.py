@@ -1,6 +1,7 @@
 """The SMS dispatcher against a local HTTP server standing in for Twilio's REST API."""
 
 import base64
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -250,3 +251,18 @@ def test_config_is_checked(overrides: dict[str, Any]) -> None:
 def test_segment_count(text: str, encoding: str, count: int) -> None:
     segments = sms_segments(text)
     assert (segments.encoding, segments.count) == (encoding, count)
+
+
+@pytest.mark.parametrize(
+    ("left", "sent"), [(None, None), (90.7, "90"), (0.2, "1"), (10 * 24 * 3600.0, "36000")]
+)
+def test_what_is_left_of_the_ttl_is_twilios_validity_period(
+    httpserver: HTTPServer, sms: Factory, left: float | None, sent: str | None
+) -> None:
+    httpserver.expect_oneshot_request(MESSAGES, method="POST").respond_with_json(
+        message_resource(), status=201
+    )
+    context = dataclasses.replace(CONTEXT, ttl=left)
+    sms().send("+14155552671", Payload(message="code 123456"), context=context)
+    [(request, _)] = httpserver.log
+    assert request.form.get("ValidityPeriod") == sent
