@@ -22,6 +22,21 @@ def _settings(settings: Settings) -> None:
     context.registry.cache_clear()
 
 
+def test_admin_and_test_keys_are_made_and_listed_as_such(settings: Settings) -> None:
+    for args in (["ops", "--admin"], ["ci", "--test"], ["plain"]):
+        made = runner.invoke(app, ["keys", "add", *args])
+        assert made.exit_code == 0, made.stderr
+    assert (
+        "test: no provider is called" in runner.invoke(app, ["keys", "add", "ci2", "--test"]).stderr
+    )
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--json"]).stdout)["keys"]
+    kinds = {k["name"]: (k["admin"], k["test"]) for k in listed}
+    assert kinds["ops"] == (True, False) and kinds["ci"] == (False, True)
+    assert kinds["plain"] == (False, False)
+    table = runner.invoke(app, ["keys", "list"]).stdout
+    assert "admin" in table and "test" in table
+
+
 def test_a_key_is_shown_once_and_only_its_hash_is_kept(settings: Settings) -> None:
     # When a person makes a key
     made = runner.invoke(app, ["keys", "add", "billing"])

@@ -70,7 +70,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     derandomize=True,
     database=None,
 )
-def test_the_server_answers_as_its_document_says(case: schemathesis.Case) -> None:
+def test_the_server_answers_as_its_document_says(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate()
 
 
