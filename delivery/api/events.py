@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from delivery.api.auth import api_key
+from delivery.api.auth import api_key, caller
 from delivery.api.deliveries import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
-from delivery.api.errors import invalid
+from delivery.api.errors import invalid, problem
+from delivery.api.keys import Caller
 from delivery.api.models import BODY_ERRORS, ERRORS, Problem
 from delivery.api.state import State
 from delivery.notifications.events import EventStore
@@ -54,10 +55,22 @@ class EventAccepted(Model):
     event: str
 
 
-@router.post("/events", status_code=202, response_model=EventAccepted, responses=BODY_ERRORS)
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=EventAccepted,
+    responses={
+        **BODY_ERRORS,
+        403: {
+            "model": Problem,
+            "description": "a test key: the deliveries an event fans out to would be real",
+        },
+    },
+)
 def create_event(
     request: EventRequest,
     state: State,
+    who: Annotated[Caller, Depends(caller)],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -71,6 +84,12 @@ def create_event(
     ] = None,
 ) -> EventAccepted | JSONResponse:
     """Publish an event to its subscriptions (``delivery.notify``). 202 with its id."""
+    if who.test:
+        # The subscriptions' deliveries are made by the workers, not marked as tests:
+        # a test key must never make a real one.
+        return problem(
+            403, "a test key cannot publish events: their deliveries would call providers"
+        )
     key = request.idempotency_key
     if idempotency_key is not None:
         if key not in (None, idempotency_key):
