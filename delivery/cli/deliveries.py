@@ -44,7 +44,8 @@ def _check_sendable(message: Message) -> None:
         Suppressed: what the worker would have failed the delivery with.
     """
     service = engine().service
-    envelope = Envelope(**message.model_dump(exclude={"countdown"}), id="preview")
+    # The fields a task message has (a countdown or ttl is turned into times when sent).
+    envelope = Envelope(**message.model_dump(include=set(Envelope.model_fields)), id="preview")
     verdict = service.preview(envelope)
     service.dispatchers.get(envelope.channel)[1].protocol.adapt(message.payload)
     if isinstance(verdict, Wait):
