@@ -86,7 +86,8 @@ class Event(Model):
     """One event as the fan-out task carries it."""
 
     schema_version: Literal[1] = 1
-    #: The event id: uuid5 of the name and idempotency key, or a random uuid4.
+    #: The event id: uuid5 of the name and idempotency key, or a random uuid4 (an API
+    #: key's: ``delivery.api.ownership.owned_event_id``).
     id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     name: EventName
     context: dict[str, JsonValue] = Field(default_factory=dict)
@@ -98,6 +99,11 @@ class Event(Model):
     #: The W3C traceparent of the span that published it, which each delivery it makes
     #: carries on (docs/tracing.md); a malformed one reads as None.
     traceparent: Traceparent = None
+    #: The name of the API key that published it (None: Python or the command line); the
+    #: deliveries it makes are that key's.
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    #: Published with a test key: the deliveries it makes are tests (no provider called).
+    test: bool = False
 
     @field_validator("context", mode="before")
     @classmethod

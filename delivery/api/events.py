@@ -3,6 +3,12 @@ back with the deliveries it made.
 
 Like ``notify``, the route only validates and publishes one fan-out task; the workers
 resolve the subscriptions and render the templates.
+
+A key owns the events it publishes, as it owns its deliveries: their ids are its own
+(``owned_event_id``: two teams' ``order-42`` are two events), every delivery an event
+makes is the key's (and a test key's are tests: no provider is called), and another key's
+event, or an id nobody published, is 404. An admin key's events are its own as well; it
+reads every event.
 """
 
 from typing import Annotated, Any
@@ -13,9 +19,10 @@ from pydantic import Field
 
 from delivery.api.auth import api_key, caller
 from delivery.api.deliveries import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
-from delivery.api.errors import invalid, problem
+from delivery.api.errors import invalid
 from delivery.api.keys import Caller
 from delivery.api.models import BODY_ERRORS, ERRORS, Problem
+from delivery.api.ownership import owned_event_id
 from delivery.api.state import State
 from delivery.notifications.events import EventStore
 from delivery.producer.events import build_event
@@ -59,13 +66,7 @@ class EventAccepted(Model):
     "/events",
     status_code=202,
     response_model=EventAccepted,
-    responses={
-        **BODY_ERRORS,
-        403: {
-            "model": Problem,
-            "description": "a test key: the deliveries an event fans out to would be real",
-        },
-    },
+    responses=BODY_ERRORS,
 )
 def create_event(
     request: EventRequest,
@@ -83,13 +84,8 @@ def create_event(
         ),
     ] = None,
 ) -> EventAccepted | JSONResponse:
-    """Publish an event to its subscriptions (``delivery.notify``). 202 with its id."""
-    if who.test:
-        # The subscriptions' deliveries are made by the workers, not marked as tests:
-        # a test key must never make a real one.
-        return problem(
-            403, "a test key cannot publish events: their deliveries would call providers"
-        )
+    """Publish an event to its subscriptions (``delivery.notify``). 202 with its id. The
+    deliveries it makes are this key's (a test key's are tests: no provider is called)."""
     key = request.idempotency_key
     if idempotency_key is not None:
         if key not in (None, idempotency_key):
@@ -97,7 +93,13 @@ def create_event(
         key = idempotency_key
     # Invalid names or contexts raise ValidationError: 422 naming the field, nothing sent.
     event = build_event(
-        request.event, request.context, idempotency_key=key, category=request.category
+        request.event,
+        request.context,
+        idempotency_key=key,
+        category=request.category,
+        owner=who.name,
+        test=who.test,
+        fixed_id=owned_event_id(who.name, request.event, key),
     )
     state.publisher.publish_event(event)
     return EventAccepted(id=event.id, event=event.name)
@@ -107,15 +109,20 @@ def create_event(
     "/events/{event_id}",
     responses={
         **ERRORS,
-        404: {"model": Problem, "description": "the log does not know this event (yet)"},
+        404: {
+            "model": Problem,
+            "description": "the log does not know this event (yet), or another key published it",
+        },
     },
 )
 def get_event(
     event_id: Annotated[str, Path(pattern=ID_PATTERN, description="The event's id.")],
     state: State,
+    who: Annotated[Caller, Depends(caller)],
 ) -> dict[str, Any]:
-    """The event and the deliveries it made, as ``delivery status EVENT_ID --json``."""
+    """The event and the deliveries it made, as ``delivery status EVENT_ID --json``: the
+    key's own, or any for an admin key."""
     record = EventStore(state.log.engine).get(event_id)
-    if record is None:
+    if record is None or not (who.admin or record.owner == who.name):
         raise HTTPException(404, "no such event in the log (not published, or not yet fanned out)")
     return record.to_json()

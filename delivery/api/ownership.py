@@ -9,7 +9,11 @@ it, while any other id (another key's, one nobody sent, ``not-a-uuid``) is 404 a
 is written. The tag is no secret and needs none: a key that makes ids passing its own
 check only ever reaches ids of its own (another key's pass its check one time in 2⁴⁸).
 
-Python and command-line callers keep ``delivery.producer.publisher.delivery_id``.
+Events published over HTTP get ids of the same kind (``owned_event_id``): a key's event
+ids are its own, so two teams' ``order-42`` are two events.
+
+Python and command-line callers keep ``delivery.producer.publisher.delivery_id`` and
+``delivery.producer.events.event_id``.
 """
 
 import hashlib
@@ -37,6 +41,13 @@ def owned_id(owner: str, channel: str, idempotency_key: str | None) -> str:
     body[6] = (body[6] & 0x0F) | 0x80
     body[8] = (body[8] & 0x3F) | 0x80
     return str(uuid.UUID(bytes=bytes(body) + _tag(owner, bytes(body))[: 16 - _BODY]))
+
+
+def owned_event_id(owner: str, event: str, idempotency_key: str | None) -> str:
+    """A new event id for the key ``owner``: random, or fixed by the event's name and the
+    idempotency key. The name is marked as an event's (``event:`` cannot start a channel
+    name), so an event and a delivery never share an id."""
+    return owned_id(owner, f"event:{event}", idempotency_key)
 
 
 def is_owned(delivery_id: str, owner: str) -> bool:

@@ -53,8 +53,11 @@ class DeliveryAdmin(DeliveryReads):
         address: str,
         reason: str,
         now: datetime | None = None,
+        owner: str | None = None,
+        test: bool = False,
     ) -> None:
-        """Record a message that can never be sent (malformed, unknown channel) as failed."""
+        """Record a message that can never be sent (malformed, unknown channel) as failed.
+        ``owner`` and ``test``: the API key it was made for, which may read it."""
         now = now or utcnow()
         with self._write_lock, self._sessions.begin() as session:
             session.execute(
@@ -64,6 +67,8 @@ class DeliveryAdmin(DeliveryReads):
                     channel=channel[:64],
                     address=address,
                     payload=None,
+                    owner=owner,
+                    test=test,
                     status=Status.FAILED,
                     attempt_count=0,
                     attempt_base=0,

@@ -90,6 +90,7 @@ def _render(
                     channel="-",
                     address="-",
                     reason=f"digest of {len(items)} events: its subscription was removed",
+                    owner=_shared_owner(items),
                 )
             continue
         variables = _variables(subscription, subscription.digest, window, items)
@@ -110,6 +111,7 @@ def _render(
                 category=subscription.category or _shared_category(items),
                 settings=publisher.settings,
                 templates=templates,
+                owner=_shared_owner(items),
             )
         except RenderError as exc:
             notifier.log.reject(
@@ -117,6 +119,7 @@ def _render(
                 channel=subscription.channel,
                 address=address,
                 reason=f"could not render the digest of {len(items)} {subscription.event}: {exc}",
+                owner=_shared_owner(items),
             )
             continue
         outgoing.append((envelope, None))
@@ -146,3 +149,10 @@ def _shared_category(items: Sequence[Item]) -> str | None:
     """The category ``notify`` gave every event of the window, if they all agree."""
     categories = {item.category for item in items}
     return categories.pop() if len(categories) == 1 else None
+
+
+def _shared_owner(items: Sequence[Item]) -> str | None:
+    """The API key that published every event of the window, if one did; a window that
+    mixes keys, or a key's events with Python's, belongs to none (admin keys read it)."""
+    owners = {item.owner for item in items}
+    return owners.pop() if len(owners) == 1 else None

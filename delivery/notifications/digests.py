@@ -16,6 +16,11 @@ Why it is sent once, with several workers and crashes:
   log sends it once. An event that came in too late for its window's first delivery (its
   fan-out committed after the claim) makes a second delivery for that window, whose id is
   derived from the window and that event, rather than being lost.
+
+Who owns a digest: each item keeps the API key that published its event. A window's
+delivery is that key's only when every event in it came from the same key; a window that
+mixes keys (or Python's events with a key's) belongs to none, so only an admin key reads
+it. A test key's event is never collected (``delivery.notifications.fanout``).
 """
 
 import uuid
@@ -68,6 +73,8 @@ class Item:
     event_id: str
     context: dict[str, Any]
     category: str | None
+    #: The API key that published the event (None: Python or the command line).
+    owner: str | None = None
 
 
 class DigestStore(LogBase):
@@ -89,6 +96,7 @@ class DigestStore(LogBase):
                     window_start=start,
                     context=event.context,
                     category=event.category,
+                    owner=event.owner,
                     # Ordered by when the producer published them: the worker threads
                     # that collect one window's events may take them in any order.
                     received_at=event.occurred_at or now,
@@ -175,12 +183,17 @@ class DigestStore(LogBase):
     def items(self, delivery_id: str) -> list[Item]:
         """A delivery's events, in the order they came."""
         query = (
-            select(DigestItemRow.event_id, DigestItemRow.context, DigestItemRow.category)
+            select(
+                DigestItemRow.event_id,
+                DigestItemRow.context,
+                DigestItemRow.category,
+                DigestItemRow.owner,
+            )
             .where(DigestItemRow.delivery_id == delivery_id)
             .order_by(DigestItemRow.received_at, DigestItemRow.event_id)
         )
         with self._sessions() as session:
-            return [Item(e, c, k) for e, c, k in session.execute(query).all()]
+            return [Item(e, c, k, o) for e, c, k, o in session.execute(query).all()]
 
     def mark_published(self, delivery_ids: Sequence[str], *, now: datetime) -> None:
         if not delivery_ids:

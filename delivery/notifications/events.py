@@ -38,6 +38,10 @@ class EventRecord:
     fanned_out_at: datetime | None
     #: Each outcome with its delivery's current status (None: not in the log yet).
     deliveries: list[tuple[EventDelivery, str | None]] = field(default_factory=list)
+    #: The API key that published it (None: Python or the command line).
+    owner: str | None = None
+    #: Published with a test key: its deliveries call no provider.
+    test: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +51,8 @@ class EventRecord:
             "idempotency_key": self.idempotency_key,
             "received_at": self.received_at.isoformat(),
             "fanned_out_at": self.fanned_out_at.isoformat() if self.fanned_out_at else None,
+            "owner": self.owner,
+            "test": self.test,
             "deliveries": [
                 {
                     "subscription_id": o.subscription_id,
@@ -87,6 +93,8 @@ class EventStore:
                     idempotency_key=event.idempotency_key,
                     received_at=now,
                     fanned_out_at=None,
+                    owner=event.owner,
+                    test=event.test,
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
             )
@@ -138,6 +146,8 @@ class EventStore:
             idempotency_key=row.idempotency_key,
             received_at=row.received_at,
             fanned_out_at=row.fanned_out_at,
+            owner=row.owner,
+            test=row.test,
             deliveries=[
                 (
                     EventDelivery(

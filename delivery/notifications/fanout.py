@@ -10,6 +10,11 @@ closes.
 
 A delivery's category is the one ``notify`` gave, else its subscription's. It carries the
 subscription's id and throttle per recipient, which the worker enforces.
+
+An event published with an API key makes deliveries owned by that key (which reads them
+through ``/v1/deliveries``), and a test key's event makes only test deliveries (no
+provider is called). A test key's event joins no digest: a window mixes events from any
+publisher and is sent for real, so it is skipped for digest subscriptions, saying why.
 """
 
 import logging
@@ -107,6 +112,11 @@ class Notifier:
                         )
                     )
                     continue
+                if subscription.digest is not None and event.test:
+                    outcomes.append(
+                        _outcome(subscription, delivery_id, "skipped", _TEST_NOT_DIGESTED)
+                    )
+                    continue
                 if subscription.digest is not None:
                     outcomes.append(self._collect(event, subscription, subscription.digest))
                     continue
@@ -122,11 +132,18 @@ class Notifier:
                     settings=publisher.settings,
                     templates=templates,
                     traceparent=event.traceparent,
+                    owner=event.owner,
+                    test=event.test,
                 )
             except RenderError as exc:
                 reason = f"could not render for event {event.name} ({event.id}): {exc}"
                 self.log.reject(
-                    delivery_id, channel=subscription.channel, address=address, reason=reason
+                    delivery_id,
+                    channel=subscription.channel,
+                    address=address,
+                    reason=reason,
+                    owner=event.owner,
+                    test=event.test,
                 )
                 outcomes.append(
                     EventDelivery(
@@ -195,10 +212,13 @@ class Notifier:
         settings: Settings,
         templates: dict[str, Template | None],
         traceparent: str | None = None,
+        owner: str | None = None,
+        test: bool = False,
     ) -> Envelope:
         """The subscription's delivery to ``address``, its payload rendered with
         ``variables`` and ``{{ unsubscribe_url }}`` (without a template, ``message`` and
-        ``data`` are the payload).
+        ``data`` are the payload). ``owner`` and ``test``: the API key whose event made it,
+        and whether that is a test key (no provider is called).
 
         Raises:
             RenderError: the template failed on this context, or the result is invalid.
@@ -227,12 +247,16 @@ class Notifier:
                 subscription=subscription.id,
                 per_recipient=subscription.per_recipient,
                 traceparent=traceparent,
+                owner=owner,
+                test=test,
             )
         except ValidationError as exc:
             raise RenderError("; ".join(explain(exc, limit=3))) from None
 
 
 _KINDS = ("queued", "failed", "skipped", "collected")
+#: Why a test key's event makes nothing for a digest subscription.
+_TEST_NOT_DIGESTED = "a test key's event joins no digest (a digest is sent for real)"
 
 
 def _outcome(subscription: Subscription, delivery_id: str, kind: str, reason: str) -> EventDelivery:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import false
 
 from delivery.log.tables import Base, UTCDateTime
 
@@ -56,6 +57,11 @@ class EventRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: Set once every subscription's delivery is recorded and published.
     fanned_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The name of the API key that published it (migration 0012); None: Python or the
+    #: command line. A key reads only its own events.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    #: Published with a test key (migration 0012): its deliveries call no provider.
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class EventDeliveryRow(Base):
@@ -97,6 +103,9 @@ class DigestItemRow(Base):
     context: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: The category ``notify`` gave the event, if any.
     category: Mapped[str | None] = mapped_column(String(32))
+    #: The API key that published the event (migration 0012): a window's delivery is that
+    #: key's only if every event in it is.
+    owner: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivery_id: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -31,21 +31,30 @@ def build_event(
     *,
     idempotency_key: str | None = None,
     category: str | None = None,
+    owner: str | None = None,
+    test: bool = False,
+    fixed_id: str | None = None,
 ) -> Event:
     """The validated event, its id derived (``notify`` publishes it; so does the API).
+    ``owner`` and ``test``: the API key that publishes it, whose id (``fixed_id``) the API
+    derives per key.
 
     Raises:
         pydantic.ValidationError: a bad event name, context or key.
     """
+    if fixed_id is None:
+        fixed_id = event_id(event, idempotency_key) if isinstance(event, str) else None
     return Event.model_validate(
         {
-            "id": event_id(event, idempotency_key) if isinstance(event, str) else str(uuid.uuid4()),
+            "id": fixed_id or str(uuid.uuid4()),
             "name": event,
             "context": dict(context) if isinstance(context, Mapping) else context,
             "idempotency_key": idempotency_key,
             "occurred_at": utcnow(),
             "category": category,
             "traceparent": current_traceparent(),
+            "owner": owner,
+            "test": test,
         }
     )
 

@@ -1,5 +1,6 @@
 """``POST /v1/events`` and ``GET /v1/events/{id}`` on a real uvicorn."""
 
+from delivery.api.ownership import owned_event_id
 from delivery.engine.assembly import assemble
 from delivery.notifications import Notifier
 from delivery.producer.events import event_id
@@ -13,10 +14,14 @@ def test_an_event_is_published_as_one_fanout_task(api: Api) -> None:
     body = {"event": "order.shipped", "context": {"order": 42}, "idempotency_key": "o-42"}
     answer = api.post("/v1/events", json=body)
     assert answer.status_code == 202, answer.text
-    assert answer.json() == {"id": event_id("order.shipped", "o-42"), "event": "order.shipped"}
+    # the key's own id (the fixture's key is called "tests"), not Python's
+    expected = owned_event_id("tests", "order.shipped", "o-42")
+    assert answer.json() == {"id": expected, "event": "order.shipped"}
+    assert expected != event_id("order.shipped", "o-42")
     [task] = drain()
     assert task["task"] == "delivery.fanout"
     assert task["args"][0]["context"] == {"order": 42}
+    assert (task["args"][0]["owner"], task["args"][0]["test"]) == ("tests", False)
     # the header works as the key; a different one in the body is refused
     again = api.post(
         "/v1/events", json={"event": "order.shipped"}, headers={"Idempotency-Key": "o-42"}
