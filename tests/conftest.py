@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from kombu.transport import memory
 
 from delivery.engine.crypto import generate_key
@@ -11,6 +12,12 @@ from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from delivery.producer import reset_publisher
 from schemas import Settings, get_settings
+
+# No per-example deadline: on a shared 2-core machine under the whole suite an example may
+# take seconds, and a deadline is a timed assertion. Tests that set their own settings
+# inherit this.
+hypothesis_settings.register_profile("delivery", deadline=None)
+hypothesis_settings.load_profile("delivery")
 
 #: A third party's package and its own tests, built and run by tests/integration/test_plugins.py.
 collect_ignore = ["fixtures"]

@@ -8,7 +8,7 @@ from delivery.engine.channels import ChannelStore
 from delivery.engine.crypto import SecretBox
 from delivery.engine.gates import Gate
 from delivery.engine.instances import CHANNEL_TTL, DispatcherCache
-from delivery.engine.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from delivery.engine.ratelimit import DatabaseRateLimiter, RateLimiter, RedisRateLimiter
 from delivery.engine.recipient_gates import PreferencesGate, QuietHoursGate, ThrottleGate
 from delivery.engine.service import DeliveryService
 from delivery.engine.throttle import RecipientThrottle
@@ -65,11 +65,12 @@ def recipient_gates(settings: Settings, log: DeliveryLog) -> list[Gate]:
     ]
 
 
-def rate_limiter(settings: Settings) -> RateLimiter:
-    # Through Redis a limit holds across every worker; otherwise within this process.
+def rate_limiter(settings: Settings, log: DeliveryLog) -> RateLimiter:
+    # Shared by every process of the site: through Redis when it is the broker (its own
+    # clock, a round trip), otherwise through the delivery log.
     if settings.is_redis_broker:
         return RedisRateLimiter(settings.broker_url)
-    return LocalRateLimiter()
+    return DatabaseRateLimiter(log.engine)
 
 
 def assemble(
@@ -83,4 +84,4 @@ def assemble(
     registry = registry or DispatcherRegistry.from_installed()
     channels = ChannelStore(log.engine, registry, lambda: SecretBox.from_settings(settings))
     dispatchers = DispatcherCache(channels, registry, environment_of(settings), ttl=channel_ttl)
-    return Assembly(settings, log, registry, channels, dispatchers, rate_limiter(settings))
+    return Assembly(settings, log, registry, channels, dispatchers, rate_limiter(settings, log))

@@ -6,7 +6,12 @@ clock is Redis's own, so workers on machines whose clocks disagree still share o
 
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from delivery.log.tables import RateScheduleRow
 
 #: Lua: reserve the next slot at ``interval`` spacing unless it is further away than
 #: ``max_wait``; returns the wait in milliseconds and whether the slot was taken.
@@ -65,3 +70,37 @@ class LocalRateLimiter:
                 return wait, False
             self._next[channel] = slot + 1 / per_second
             return wait, True
+
+
+class DatabaseRateLimiter:
+    """The same schedule kept in the delivery log, for brokers other than Redis: shared by
+    every process that uses the log (the workers of a site, the API processes), so a
+    channel's ``1/s`` is one a second across all of them, not one per process.
+
+    Each reservation is one short write transaction on the schedule's row (locked on
+    PostgreSQL; SQLite has one writer at a time). The clock is each process's own: keep
+    the machines' clocks in step (NTP), as the log's leases already ask.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert: Any = (postgresql if self._postgres else sqlite).insert
+
+    def reserve(self, channel: str, per_second: float, *, max_wait: float) -> tuple[float, bool]:
+        row = RateScheduleRow
+        now = time.time()
+        with self.engine.begin() as connection:
+            # Make the row exist, then hold it: concurrent reservations take turns.
+            connection.execute(
+                self._insert(row).values(name=channel, next_slot=now).on_conflict_do_nothing()
+            )
+            query = select(row.next_slot).where(row.name == channel)
+            slot = connection.execute(query.with_for_update() if self._postgres else query)
+            wait = max(float(slot.scalar_one()), now) - now
+            if wait > max_wait:
+                return wait, False
+            connection.execute(
+                update(row).where(row.name == channel).values(next_slot=now + wait + 1 / per_second)
+            )
+        return wait, True

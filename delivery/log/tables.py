@@ -247,3 +247,15 @@ class RecipientSendRow(Base):
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RateScheduleRow(Base):
+    """When a rate limit's next slot is free (migration 0013): a channel's ``--rate-limit``
+    or an API key's, shared through the log where the broker is not Redis."""
+
+    __tablename__ = "rate_schedules"
+
+    #: The channel's name, or ``api-key:NAME``.
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: Seconds since the epoch.
+    next_slot: Mapped[float] = mapped_column(Float)

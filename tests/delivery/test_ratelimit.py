@@ -1,6 +1,14 @@
-import pytest
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-from delivery.engine.ratelimit import LocalRateLimiter
+import pytest
+from sqlalchemy import select
+
+from delivery.engine.ratelimit import DatabaseRateLimiter, LocalRateLimiter
+from delivery.log.database import make_engine
+from delivery.log.migrate import upgrade
+from delivery.log.tables import RateScheduleRow
+from schemas import Settings
 
 
 def test_local_limiter_spaces_reservations() -> None:
@@ -13,3 +21,46 @@ def test_local_limiter_spaces_reservations() -> None:
     third, ok3 = limiter.reserve("sms", 2.0, max_wait=0.1)
     assert not ok3 and third == pytest.approx(1.0, abs=0.05)
     assert limiter.reserve("other", 2.0, max_wait=0) == (0, True)
+
+
+def _schedule_of(limiter: DatabaseRateLimiter, name: str) -> float:
+    with limiter.engine.connect() as connection:
+        return float(
+            connection.execute(
+                select(RateScheduleRow.next_slot).where(RateScheduleRow.name == name)
+            ).scalar_one()
+        )
+
+
+def test_the_log_keeps_one_schedule_for_every_process(settings: Settings) -> None:
+    # Two engines on one log, as two worker processes have
+    url = settings.resolved_database_url
+    upgrade(url)
+    first, second = (DatabaseRateLimiter(make_engine(url)) for _ in range(2))
+    try:
+        assert first.reserve("sms", 2.0, max_wait=10) == (0, True)
+        wait, taken = second.reserve("sms", 2.0, max_wait=10)
+        assert taken and wait == pytest.approx(0.5, abs=0.1)
+        # a slot beyond max_wait is not taken by anyone
+        later, ok = first.reserve("sms", 2.0, max_wait=0.1)
+        assert not ok and later == pytest.approx(1.0, abs=0.1)
+        assert second.reserve("other", 2.0, max_wait=0) == (0, True)
+    finally:
+        for limiter in (first, second):
+            limiter.engine.dispose()
+
+
+def test_threads_of_two_processes_lose_no_reservation(settings: Settings) -> None:
+    url = settings.resolved_database_url
+    upgrade(url)
+    limiters = [DatabaseRateLimiter(make_engine(url)) for _ in range(2)]
+    started = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(
+            pool.map(lambda i: limiters[i % 2].reserve("sms", 10.0, max_wait=60)[1], range(30))
+        )
+    assert all(taken)
+    # Each reservation moved the one schedule on by a tenth of a second: none was lost
+    assert _schedule_of(limiters[0], "sms") - started >= 3.0 - 0.01
+    for limiter in limiters:
+        limiter.engine.dispose()

@@ -43,3 +43,30 @@ def test_two_workers_share_one_throttle_exactly(postgres_stack: Stack) -> None:
     )
     for throttle in workers:
         throttle.engine.dispose()
+
+
+def test_a_rate_limit_kept_in_the_log_loses_no_reservation(postgres_stack: Stack) -> None:
+    import time
+
+    from sqlalchemy import select
+
+    from delivery.engine.ratelimit import DatabaseRateLimiter
+    from delivery.log.tables import RateScheduleRow
+
+    url = postgres_stack.env["DELIVERY_DATABASE_URL"]
+    limiters = [DatabaseRateLimiter(create_engine(url, pool_size=THREADS)) for _ in range(2)]
+    started = time.time()
+    start = threading.Barrier(THREADS)
+
+    def reserve(i: int) -> bool:
+        start.wait(timeout=30)
+        return limiters[i % 2].reserve("sms", 10.0, max_wait=60)[1]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        assert all(pool.map(reserve, range(THREADS)))
+    with limiters[0].engine.connect() as connection:
+        schedule = connection.execute(select(RateScheduleRow.next_slot)).scalar_one()
+    # Each of the two workers' reservations moved the one schedule on: none was lost
+    assert schedule - started >= THREADS / 10 - 0.01
+    for limiter in limiters:
+        limiter.engine.dispose()
