@@ -33,6 +33,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # After a broker restart Celery lowers the prefetch by the tasks running and raises
+        # it again from each acknowledgement's callback: a synchronous ``basic.qos`` on
+        # RabbitMQ, which from a pool thread (where the coalescer acknowledges) races the
+        # consumer's own reads and wedged a worker. The coalescer sizes what it reserves
+        # itself, so the prefetch stays as it is.
+        "worker_enable_prefetch_count_reduction": False,
         "task_default_queue": settings.queue,
         "task_routes": {
             DELIVER_TASK: {"queue": settings.queue},

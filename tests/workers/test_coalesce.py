@@ -332,3 +332,15 @@ def test_a_malformed_traceparent_is_coalesced_without_it(
         message(args=[{**ENVELOPE, "traceparent": traceparent}]), ack=print
     )
     assert pending is not None and pending.envelope.traceparent is None
+
+
+def test_no_prefetch_restore_runs_from_a_pool_thread(settings: Settings) -> None:
+    # Coalesced tasks are in Celery's worker state while they run, so after a broker
+    # restart Celery would lower the prefetch and raise it again from each acknowledgement:
+    # a blocking basic.qos from the pool thread that acknowledges (a worker wedged in CI's
+    # RabbitMQ restart test). The coalescer sizes what it reserves itself.
+    from delivery.producer.celery_config import celery_config
+    from workers.app import app
+
+    assert celery_config(settings)["worker_enable_prefetch_count_reduction"] is False
+    assert app.conf.worker_enable_prefetch_count_reduction is False
