@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
 
-from delivery.engine.assembly import Assembly, assemble
+from delivery.engine.assembly import Assembly
 from delivery.errors import ConfigurationError
 from delivery.log.tables import DeliveryRow
 from delivery.notifications import Notifier
@@ -18,39 +17,9 @@ from delivery.notifications.periods import check_period, period_seconds, window_
 from delivery.producer.events import build_event
 from delivery.producer.publisher import get_publisher, reset_publisher
 from delivery.recipients.unsubscribe import read_token
-from schemas import Envelope, Settings, get_settings
+from schemas import Envelope, get_settings
 from schemas.events import Event
-
-
-def _drain() -> list[dict[str, Any]]:
-    """Every envelope waiting in the in-memory broker, single or batched."""
-    envelopes: list[dict[str, Any]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return envelopes
-            args, _, _ = message.decode()
-            task = message.headers["task"]
-            if task == "delivery.deliver_batch":
-                envelopes.extend(args[0])
-            elif task == "delivery.deliver":
-                envelopes.extend(args)
-            message.ack()
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Assembly:
-    _drain()
-    assembly = assemble(settings)
-    assembly.channels.add("dev", "console", {})
-    return assembly
-
-
-@pytest.fixture
-def notifier(engine: Assembly) -> Notifier:
-    return Notifier(engine.log)
+from tests.delivery.notifications.conftest import drain_envelopes
 
 
 def _event(n: int, *, category: str | None = None, key: str | None = None) -> Event:
@@ -132,7 +101,7 @@ def test_fanned_out_envelopes_carry_category_subscription_and_throttle(
     plain = notifier.subscriptions.add("order.shipped", "dev", "a", category="orders")
     throttled = notifier.subscriptions.add("order.shipped", "dev", "b", per_recipient="3/h")
     notifier.fan_out(_event(1), get_publisher())
-    by_address = {e["address"]: Envelope.model_validate(e) for e in _drain()}
+    by_address = {e["address"]: Envelope.model_validate(e) for e in drain_envelopes()}
     assert by_address["a"].category == "orders" and by_address["a"].subscription == plain.id
     assert by_address["a"].per_recipient is None
     assert by_address["b"].category is None and by_address["b"].subscription == throttled.id
@@ -142,7 +111,7 @@ def test_fanned_out_envelopes_carry_category_subscription_and_throttle(
 def test_the_category_notify_names_wins_over_the_subscriptions(notifier: Notifier) -> None:
     notifier.subscriptions.add("order.shipped", "dev", "a", category="orders")
     notifier.fan_out(_event(1, category="security"), get_publisher())
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["category"] == "security"
 
 
@@ -162,7 +131,7 @@ def test_templates_get_an_empty_unsubscribe_url_for_critical_categories(
     notifier.templates.add("t", text="order {{ order }} [{{ unsubscribe_url }}]")
     notifier.subscriptions.add("order.shipped", "dev", "a", template="t", category="security")
     notifier.fan_out(_event(7), get_publisher())
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["payload"]["message"] == "order 7 []"
 
 
@@ -175,7 +144,7 @@ def test_templates_get_a_signed_unsubscribe_url_for_other_categories(
     notifier.templates.add("t", text="{{ unsubscribe_url }}")
     notifier.subscriptions.add("order.shipped", "dev", "ann@example.com", template="t")
     notifier.fan_out(_event(7, category="marketing"), get_publisher())
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     link = envelope["payload"]["message"]
     assert link.startswith("https://delivery.example.com/unsubscribe/")
     target = read_token(get_settings(), link.rsplit("/", 1)[1])
@@ -202,7 +171,7 @@ def test_a_digest_subscription_collects_events_instead_of_sending_them(
     subscription = _digest(notifier)
     result = notifier.fan_out(_event(1), get_publisher())
     assert (result.queued, result.collected) == (0, 1)
-    assert _drain() == []
+    assert drain_envelopes() == []
     [window] = notifier.digests.waiting()
     assert window.subscription_id == subscription
 
@@ -218,7 +187,7 @@ def test_a_replayed_event_is_collected_once(notifier: Notifier) -> None:
     )
     assert len(notifier.digests.waiting()) == 1
     _close(notifier, datetime.fromtimestamp(start + 3600 + CLOSE_GRACE + 1, UTC))
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["payload"]["message"] == "#1 "
 
 
@@ -230,17 +199,17 @@ def test_a_window_is_sent_once_when_it_closes(notifier: Notifier) -> None:
     end = datetime.fromtimestamp(window.start + 3600, UTC)
     # Still open (and within the grace after its end): nothing is sent.
     assert _close(notifier, end) == 0
-    assert _drain() == []
+    assert drain_envelopes() == []
     # Closed: one delivery, its id derived from the subscription and the window.
     assert _close(notifier, end + timedelta(seconds=CLOSE_GRACE + 1)) == 1
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["id"] == digest_delivery_id(subscription, window.start)
     assert envelope["payload"]["subject"] == "3 orders shipped"
     assert envelope["payload"]["message"] == "#1 #2 #3 "
     assert envelope["category"] == "orders" and envelope["subscription"] == subscription
     # A second worker closing the same window, or the next turn, finds nothing.
     assert _close(notifier, end + timedelta(seconds=CLOSE_GRACE + 2)) == 0
-    assert _drain() == []
+    assert drain_envelopes() == []
     assert notifier.digests.waiting() == []
 
 
@@ -257,7 +226,7 @@ def test_a_claim_whose_worker_died_before_publishing_is_published_again_the_same
     assert _close(notifier, closed_at) == 0  # too soon to say its worker died
     # When a later turn comes, then the same delivery is published
     assert _close(notifier, closed_at + REPUBLISH_AFTER + timedelta(seconds=1)) == 1
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["id"] == claimed.delivery_id == digest_delivery_id(subscription, window.start)
 
 
@@ -269,14 +238,14 @@ def test_an_event_too_late_for_its_windows_delivery_makes_a_second_one(
     [window] = notifier.digests.waiting()
     closed_at = datetime.fromtimestamp(window.start + 3600 + CLOSE_GRACE + 1, UTC)
     assert _close(notifier, closed_at) == 1
-    first = _drain()
+    first = drain_envelopes()
     # A fan-out that computed the same window but committed after the close
     late = _event(2)
     notifier.digests.collect(
         subscription, late, period=3600, now=datetime.fromtimestamp(window.start + 5, UTC)
     )
     assert _close(notifier, closed_at + timedelta(seconds=1)) == 1
-    [second] = _drain()
+    [second] = drain_envelopes()
     assert second["id"] == digest_delivery_id(subscription, window.start, late.id)
     assert second["id"] != first[0]["id"] and second["payload"]["message"] == "#2 "
 
@@ -289,7 +258,7 @@ def test_without_a_template_a_digest_carries_the_contexts_in_its_data(
         notifier.fan_out(_event(n, category="orders"), get_publisher())
     [window] = notifier.digests.waiting()
     _close(notifier, datetime.fromtimestamp(window.start + 900 + CLOSE_GRACE + 1, UTC))
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["payload"]["data"]["events"] == [{"order": 1}, {"order": 2}]
     assert envelope["payload"]["message"] == "order.shipped: 2 events"
     # Every event said "orders" and the subscription named none: the digest is "orders".
@@ -302,7 +271,7 @@ def test_a_removed_subscriptions_window_ends_as_a_failed_delivery(notifier: Noti
     [window] = notifier.digests.waiting()
     notifier.subscriptions.remove(subscription)
     _close(notifier, datetime.fromtimestamp(window.start + 3600 + CLOSE_GRACE + 1, UTC))
-    assert _drain() == []
+    assert drain_envelopes() == []
     record = notifier.log.get(digest_delivery_id(subscription, window.start))
     assert record is not None and record.status == "failed"
     assert "subscription was removed" in (record.last_error or "")
@@ -310,4 +279,4 @@ def test_a_removed_subscriptions_window_ends_as_a_failed_delivery(notifier: Noti
 
 def test_nothing_waiting_costs_nothing_and_sends_nothing(notifier: Notifier) -> None:
     assert _close(notifier, datetime.now(UTC)) == 0
-    assert _drain() == []
+    assert drain_envelopes() == []

@@ -3,50 +3,16 @@ flag on to every delivery; a digest is a key's only if all its events are; a tes
 event joins no digest. On a real SQLite log and the in-memory broker."""
 
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
-from kombu.connection import Connection
 
-from delivery.engine.assembly import Assembly, assemble
 from delivery.notifications import Notifier
 from delivery.notifications.closing import CLOSE_GRACE, close_digests
 from delivery.notifications.digests import digest_delivery_id
 from delivery.producer.events import build_event
 from delivery.producer.publisher import get_publisher
-from schemas import Settings
 from schemas.events import Event
-
-
-def _drain() -> list[dict[str, Any]]:
-    """Every envelope waiting in the in-memory broker, single or batched."""
-    envelopes: list[dict[str, Any]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return envelopes
-            args, _, _ = message.decode()
-            task = message.headers["task"]
-            if task == "delivery.deliver_batch":
-                envelopes.extend(args[0])
-            elif task == "delivery.deliver":
-                envelopes.extend(args)
-            message.ack()
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Assembly:
-    _drain()
-    assembly = assemble(settings)
-    assembly.channels.add("dev", "console", {})
-    return assembly
-
-
-@pytest.fixture
-def notifier(engine: Assembly) -> Notifier:
-    return Notifier(engine.log)
+from tests.delivery.notifications.conftest import drain_envelopes
 
 
 def _event(n: int, owner: str | None = None, *, test: bool = False) -> Event:
@@ -70,7 +36,7 @@ def test_every_delivery_an_event_makes_is_its_keys(notifier: Notifier) -> None:
     notifier.fan_out(_event(1, "billing"), get_publisher())
     notifier.fan_out(_event(2, "ci", test=True), get_publisher())
     notifier.fan_out(_event(3), get_publisher())  # Python's: no owner, as before
-    made = sorted((e["owner"] or "", e["test"], e["address"]) for e in _drain())
+    made = sorted((e["owner"] or "", e["test"], e["address"]) for e in drain_envelopes())
     assert made == [
         ("", False, "ann"),
         ("", False, "bob"),
@@ -100,7 +66,7 @@ def test_a_digest_of_one_keys_events_is_that_keys(notifier: Notifier) -> None:
         notifier.fan_out(_event(n, "billing"), get_publisher())
     [window] = notifier.digests.waiting()
     _close_all(notifier)
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["id"] == digest_delivery_id(subscription, window.start)
     assert (envelope["owner"], envelope["test"]) == ("billing", False)
 
@@ -111,7 +77,7 @@ def test_a_digest_mixing_publishers_is_nobodys(notifier: Notifier, second: str |
     notifier.fan_out(_event(1, "billing"), get_publisher())
     notifier.fan_out(_event(2, second), get_publisher())
     _close_all(notifier)
-    [envelope] = _drain()
+    [envelope] = drain_envelopes()
     assert envelope["owner"] is None and envelope["test"] is False
 
 
@@ -122,4 +88,4 @@ def test_a_test_keys_event_joins_no_digest(notifier: Notifier) -> None:
     assert notifier.digests.waiting() == []
     [(outcome, _)] = notifier.events.get(_event(1).id).deliveries  # type: ignore[union-attr]
     assert outcome.outcome == "skipped" and "test key" in (outcome.reason or "")
-    assert _drain() == []
+    assert drain_envelopes() == []
