@@ -212,6 +212,19 @@ def test_a_cpu_bound_process_reserves_more_beyond_the_prefetch(settings: Setting
     assert len(raised) == 4 * BUSY_CREDIT_PER_THREAD > 4 * CREDIT_PER_THREAD
 
 
+def _delivering_coalescer() -> Coalescer:
+    """A coalescer whose batches the test delivers itself (``_deliver``), with no events."""
+    from workers import tasks
+
+    consumer = SimpleNamespace(
+        pool=SimpleNamespace(limit=4),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
+        event_dispatcher=None,
+        connection_errors=(),
+    )
+    return Coalescer(tasks.deliver, consumer, limit=25)
+
+
 def test_a_coalesced_delivery_failed_for_good_is_one_warning(
     settings: Settings, httpserver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -226,13 +239,7 @@ def test_a_coalesced_delivery_failed_for_good_is_one_warning(
     httpserver.expect_request("/hook/T0KEN-abc123").respond_with_data("no", status=400)
     address = httpserver.url_for("/hook/T0KEN-abc123")
     acked: list[object] = []
-    consumer = SimpleNamespace(
-        pool=SimpleNamespace(limit=4),
-        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
-        event_dispatcher=None,
-        connection_errors=(),
-    )
-    coalescer = Coalescer(tasks.deliver, consumer, limit=25)
+    coalescer = _delivering_coalescer()
     pending = [
         coalescer.take_over(
             message(args=[{**ENVELOPE, "id": f"c-{n}", "address": address}]),
@@ -267,13 +274,7 @@ def test_a_coalesced_task_shows_in_celerys_signals_and_worker_state(
     tasks.get_assembly().channels.add("hooks", "webhook", {"secret": webhook_secret()})
     httpserver.expect_request("/ok").respond_with_data("", status=202)
     httpserver.expect_request("/no").respond_with_data("", status=400)
-    consumer = SimpleNamespace(
-        pool=SimpleNamespace(limit=4),
-        controller=SimpleNamespace(state=SimpleNamespace(revoked=LimitedSet())),
-        event_dispatcher=None,
-        connection_errors=(),
-    )
-    coalescer = Coalescer(tasks.deliver, consumer, limit=25)
+    coalescer = _delivering_coalescer()
     pending = [
         coalescer.take_over(
             message(
