@@ -6,11 +6,11 @@ clock is Redis's own, so workers on machines whose clocks disagree still share o
 
 import threading
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 
+from delivery.log.base import LogBase
 from delivery.log.tables import RateScheduleRow
 
 #: Lua: reserve the next slot at ``interval`` spacing unless it is further away than
@@ -72,7 +72,7 @@ class LocalRateLimiter:
             return wait, True
 
 
-class DatabaseRateLimiter:
+class DatabaseRateLimiter(LogBase):
     """The same schedule kept in the delivery log, for brokers other than Redis: shared by
     every process that uses the log (the workers of a site, the API processes), so a
     channel's ``1/s`` is one a second across all of them, not one per process.
@@ -81,11 +81,6 @@ class DatabaseRateLimiter:
     PostgreSQL; SQLite has one writer at a time). The clock is each process's own: keep
     the machines' clocks in step (NTP), as the log's leases already ask.
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-        self._insert: Any = (postgresql if self._postgres else sqlite).insert
 
     def reserve(self, channel: str, per_second: float, *, max_wait: float) -> tuple[float, bool]:
         row = RateScheduleRow
@@ -96,7 +91,7 @@ class DatabaseRateLimiter:
                 self._insert(row).values(name=channel, next_slot=now).on_conflict_do_nothing()
             )
             query = select(row.next_slot).where(row.name == channel)
-            slot = connection.execute(query.with_for_update() if self._postgres else query)
+            slot = connection.execute(query if self._sqlite else query.with_for_update())
             wait = max(float(slot.scalar_one()), now) - now
             if wait > max_wait:
                 return wait, False

@@ -8,15 +8,14 @@ writer; a PostgreSQL advisory lock per throttle and address), so two workers nev
 take the last place.
 """
 
-import contextlib
 import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from delivery.log.database import write_lock
+from delivery.log.base import LogBase
+from delivery.log.database import read_only
 from delivery.log.tables import RecipientSendRow
 
 _TABLE: Any = RecipientSendRow.__table__
@@ -28,12 +27,10 @@ def address_hash(address: str) -> str:
     return hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class RecipientThrottle:
+class RecipientThrottle(LogBase):
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-        self._insert: Any = (postgresql if self._postgres else sqlite).insert
-        self._lock = None if self._postgres else write_lock(engine)
+        super().__init__(engine)
+        self._reads = read_only(engine)
 
     def take(
         self,
@@ -51,10 +48,11 @@ class RecipientThrottle:
         A dry run only looks."""
         key = address_hash(address)
         if dry_run:
-            with self.engine.connect() as connection:
+            with self._reads.connect() as connection:
                 return _count(connection, throttle, key, delivery_id, now, period) < limit
-        with self._lock or contextlib.nullcontext(), self.engine.begin() as connection:
-            if self._postgres:
+        # On SQLite the write transaction takes the process's write lock as it begins.
+        with self.engine.begin() as connection:
+            if not self._sqlite:
                 # One throttle and address at a time, to the end of the transaction.
                 connection.execute(
                     select(func.pg_advisory_xact_lock(func.hashtext(throttle + key)))

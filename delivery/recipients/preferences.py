@@ -8,7 +8,6 @@ the unsubscribe link write through ``Preferences.update``, which reads and write
 one transaction so two changes at once cannot lose each other.
 """
 
-import contextlib
 import re
 import threading
 import time as _time
@@ -18,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.clock import utcnow
-from delivery.log.database import read_only, write_lock
+from delivery.log.base import LogBase
+from delivery.log.database import read_only
 from delivery.recipients.quiet import QuietHours, check_timezone, zone
 from delivery.recipients.tables import RecipientPreferencesRow
 from schemas.messages import CATEGORY_PATTERN, CHANNEL_NAME_PATTERN
@@ -189,16 +188,14 @@ def _ordered(rules: Iterable[Rule]) -> list[Rule]:
     return sorted(rules, key=lambda r: (-r.specificity, r.channel or "", r.category or ""))
 
 
-class Preferences:
+class Preferences(LogBase):
     """The recipients' preferences in the delivery log."""
 
     def __init__(
         self, engine: Engine, *, empty_recheck_seconds: float = EMPTY_RECHECK_SECONDS
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._reads = read_only(engine)
-        self._sqlite = engine.dialect.name == "sqlite"
-        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
         self._recheck = empty_recheck_seconds
         # Monotonic times: until when the table is taken as empty, and until when it is
         # known to have rows (so a batch nobody in has preferences costs one query, not two).
@@ -253,10 +250,8 @@ class Preferences:
         """
         key = check_key(address)
         table = RecipientPreferencesRow
-        lock: threading.RLock | contextlib.nullcontext[None] = (
-            write_lock(self.engine) if self._sqlite else contextlib.nullcontext()
-        )
-        with lock, self.engine.begin() as connection:
+        # On SQLite the write transaction takes the process's write lock as it begins.
+        with self.engine.begin() as connection:
             # Make the row exist, then hold it: two writers for one address take turns.
             connection.execute(
                 self._insert(table)
