@@ -1,0 +1,23 @@
+"""Receipts that arrive before the provider's reference is recorded.
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-07
+
+Chain position 16 of 16: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → … → 0015 → 0016.
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
