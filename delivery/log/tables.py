@@ -55,6 +55,7 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"  # never sent: the recipient's preferences or a throttle said no
     SCHEDULED = "scheduled"  # waits in the log until a time (the recipient's quiet hours)
     EXPIRED = "expired"  # its ttl passed before it could be sent: never sent late
+    ERASED = "erased"  # its address was erased (``delivery erase``) before it was sent
 
 
 #: Statuses of deliveries that wait in the log for ``next_attempt_at`` (the sweep sends them).
@@ -70,6 +71,7 @@ FINAL_STATUSES = frozenset(
         Status.CANCELLED,
         Status.SKIPPED,
         Status.EXPIRED,
+        Status.ERASED,
     }
 )
 
@@ -259,3 +261,16 @@ class RateScheduleRow(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     #: Seconds since the epoch.
     next_slot: Mapped[float] = mapped_column(Float)
+
+
+class ErasureRow(Base):
+    """An address erased (``delivery erase``; migration 0015), known only by its keyed hash:
+    when, and how many rows of each kind went. Erasing it again adds to the counts."""
+
+    __tablename__ = "erasures"
+
+    #: ``delivery.recipients.address_hash.keyed_hash`` of the address, hex.
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: ``{"deliveries": n, "attempts": n, …}``: what the last erasure of it removed.
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)

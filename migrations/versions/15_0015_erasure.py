@@ -5,9 +5,18 @@ Revises: 0014
 Create Date: 2026-12-07
 
 Chain position 15 of 15: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → … → 0014 → 0015.
+
+An erased address stays on a suppression list as ``erased:`` and its keyed hash, in the
+``suppressions`` table as it is (no change of schema there). This revision adds the record
+of erasures, by the same hash: when, and what went.
 """
 
 from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from delivery.log.tables import UTCDateTime
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -16,8 +25,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "erasures",
+        sa.Column("address_hash", sa.String(64), nullable=False),
+        sa.Column("erased_at", UTCDateTime(), nullable=False),
+        sa.Column("counts", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("address_hash", name=op.f("pk_erasures")),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("erasures")
