@@ -19,6 +19,7 @@ from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision, DeliveryService
 from delivery.errors import DeliveryFailed, PublishError, RetryableError
 from delivery.log.tables import Outcome
+from delivery.notifications.operational import OperationalEvents, operational_events
 from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
 from delivery.producer.publisher import get_publisher
 from delivery.redaction import mask_address
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _assembly: Assembly | None = None
 _assembly_lock = threading.Lock()
+#: Announces this process's operational events (delivery.failed, channel.*).
+_operational: OperationalEvents | None = None
 
 
 #: This worker's Celery node name (``-n``; ``celery@<hostname>`` by default), once known.
@@ -46,13 +49,17 @@ def _remember_node_name(sender: Any = None, **_: Any) -> None:
 
 def get_assembly() -> Assembly:
     """This process's engine, assembled on first use."""
-    global _assembly
+    global _assembly, _operational
     with _assembly_lock:
         if _assembly is None:
             _assembly = assemble(get_settings())
             if _node_name is not None:
                 # Attempts name the worker as Flower and `celery inspect` do, with the pid.
                 _assembly.service.worker_name = f"{_node_name}:{os.getpid()}"
+            _operational = operational_events(
+                _assembly.log.engine, lambda event: get_publisher().publish_event(event)
+            )
+            _assembly.service.breaker_watcher = _operational
         return _assembly
 
 
@@ -63,8 +70,12 @@ def get_service() -> DeliveryService:
 @worker_shutdown.connect
 def close_service(**_: Any) -> None:
     """Close the dispatchers' clients and forget the engine (at shutdown, and in tests)."""
-    global _assembly
+    global _assembly, _operational
     with _assembly_lock:
+        if _operational is not None:
+            # What is queued goes out before the worker does, if the broker lets it soon.
+            _operational.emitter.flush(timeout=5.0)
+            _operational = None
         if _assembly is not None:
             _assembly.close()
             _assembly = None
@@ -188,6 +199,9 @@ def report_failure(envelope: Envelope, decision: Decision) -> None:
         masked,
         error,
     )
+    # After the commit (decisions come from recorded attempts), and never raising.
+    if _operational is not None:
+        _operational.delivery_failed(envelope, error=decision.error, attempts=decision.attempts)
 
 
 def retry_from_the_log(decision: Decision) -> str:

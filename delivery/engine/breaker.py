@@ -4,13 +4,21 @@ and the bookkeeping each attempt's outcome adds to the transaction that records 
 After ``threshold`` failed attempts in a row the breaker opens: deliveries on the channel
 wait instead of spending their attempts, and one probe is let through per interval. The
 first success closes it. A channel paused by a person waits at the same gate.
+
+Each opening and closing is made by exactly one transaction (the writes are conditional),
+and ``bookkeeping`` tells its caller which ones its transaction made (``BreakerChange``),
+so that ``channel.paused`` and ``channel.resumed`` are announced once across the site. A
+success closes an open breaker only where the worker knew it might be open (the probe, or
+the channel as last read): a plain success resets the failure count of a closed breaker
+alone, so that the common case still writes nothing, and every closing is one that can be
+seen. A success that races an opening leaves the breaker to the next probe.
 """
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, bindparam, or_, update
+from sqlalchemy import Connection, Engine, bindparam, update
 from sqlalchemy.orm import sessionmaker
 
 from delivery.log.tables import ChannelRow
@@ -23,9 +31,16 @@ _RESET = (
     update(ChannelRow)
     .where(
         ChannelRow.name == bindparam("p_name"),
-        # Conditional, so the common case (nothing to reset) writes nothing.
-        or_(ChannelRow.consecutive_failures > 0, ChannelRow.breaker_open_until.is_not(None)),
+        # Conditional, so the common case (nothing to reset) writes nothing; an open
+        # breaker is closed by _CLOSE alone, so its closing is always seen.
+        ChannelRow.consecutive_failures > 0,
+        ChannelRow.breaker_open_until.is_(None),
     )
+    .values(consecutive_failures=0)
+)
+_CLOSE = (
+    update(ChannelRow)
+    .where(ChannelRow.name == bindparam("p_name"), ChannelRow.breaker_open_until.is_not(None))
     .values(consecutive_failures=0, breaker_open_until=None)
 )
 _COUNT = (
@@ -52,6 +67,22 @@ class AttemptHealth:
     delivered: bool
     #: A provider-side failure (retryable, unexpected); a bad address says nothing.
     failed: bool
+    #: The breaker may be open (this send was its probe, or the channel as last read had
+    #: it open): a success closes it.
+    may_be_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChange:
+    """A breaker that a recording transaction opened or closed. Read only once that
+    transaction has committed: before, it may still roll back."""
+
+    channel: str
+    opened: bool
+    #: When it changed (the attempt's time).
+    at: datetime
+    #: For an opening: when the first probe is due.
+    until: datetime | None = None
 
 
 class Breaker:
@@ -81,37 +112,60 @@ class Breaker:
             ).rowcount  # type: ignore[attr-defined]
             return (None, True) if probe else (now + timedelta(seconds=self.probe_interval), False)
 
-    def bookkeeping(self, health: Iterable[AttemptHealth], *, now: datetime) -> list[Bookkeeping]:
+    def bookkeeping(
+        self,
+        health: Iterable[AttemptHealth],
+        *,
+        now: datetime,
+        changes: list[BreakerChange] | None = None,
+    ) -> list[Bookkeeping]:
         """The writes that keep the breakers up to date with these attempts, in channel
-        order, so concurrent batches lock channel rows in one order (no deadlocks)."""
+        order, so concurrent batches lock channel rows in one order (no deadlocks).
+        ``changes`` collects the breakers these writes open or close (valid once their
+        transaction has committed)."""
         writes: list[tuple[str, Bookkeeping]] = []
         succeeded: set[str] = set()
+        collected = changes if changes is not None else []
         for attempt in health:
             if attempt.delivered:
                 # One reset per channel and batch closes the breaker as well as many.
                 if attempt.channel not in succeeded:
                     succeeded.add(attempt.channel)
-                    writes.append((attempt.channel, self._success(attempt.channel)))
+                    writes.append(
+                        (
+                            attempt.channel,
+                            self._success(attempt.channel, attempt.may_be_open, now, collected),
+                        )
+                    )
             elif attempt.failed:
-                writes.append((attempt.channel, self._failure(attempt.channel, now)))
+                writes.append((attempt.channel, self._failure(attempt.channel, now, collected)))
         writes.sort(key=lambda pair: pair[0])  # stable: a channel's own order is kept
         return [write for _, write in writes]
 
     @staticmethod
-    def _success(channel: str) -> Bookkeeping:
+    def _success(
+        channel: str, may_be_open: bool, now: datetime, changes: list[BreakerChange]
+    ) -> Bookkeeping:
         def apply(connection: Connection) -> None:
+            # Only where the breaker may be open: the common case stays one statement.
+            if may_be_open and connection.execute(_CLOSE, {"p_name": channel}).rowcount:
+                changes.append(BreakerChange(channel, opened=False, at=now))
+                return
             connection.execute(_RESET, {"p_name": channel})
 
         return apply
 
-    def _failure(self, channel: str, now: datetime) -> Bookkeeping:
+    def _failure(self, channel: str, now: datetime, changes: list[BreakerChange]) -> Bookkeeping:
         threshold, until = self.threshold, now + timedelta(seconds=self.probe_interval)
 
         def apply(connection: Connection) -> None:
             connection.execute(_COUNT, {"p_name": channel})
             if threshold > 0:
-                connection.execute(
+                opened = connection.execute(
                     _OPEN, {"p_name": channel, "p_threshold": threshold, "p_until": until}
-                )
+                ).rowcount
+                if opened:
+                    # Conditional on a closed breaker: only one transaction opens it.
+                    changes.append(BreakerChange(channel, opened=True, at=now, until=until))
 
         return apply

@@ -8,13 +8,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from delivery.clock import utcnow
 from delivery.dispatchers.base import SendContext
-from delivery.engine.breaker import AttemptHealth, Breaker
+from delivery.engine.breaker import AttemptHealth, Breaker, BreakerChange
 from delivery.engine.channel_gates import (
     BreakerGate,
     ExpiryGate,
@@ -74,6 +74,8 @@ class Decision:
     outcome: Outcome | None = None
     #: For a failure or a retry: the error, as recorded.
     error: str | None = None
+    #: For an attempt: its number (how many the delivery has had, this one included).
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +88,24 @@ class Attempt:
     breaker_failure: bool
     #: A success resets the channel's breaker; a batch needs to do that once per channel.
     resets_breaker: bool = True
+    #: The breaker may be open (the send was its probe, or the cached channel had it
+    #: open): a success closes it (``Breaker.bookkeeping``).
+    breaker_may_be_open: bool = False
 
     @property
     def countdown(self) -> float:
         """For a retry: seconds until it is due."""
         due = self.ended.result.next_attempt_at
         return _seconds_until(due) if due else 0.0
+
+
+class BreakerWatcher(Protocol):
+    """Told of the breakers a recording transaction opened or closed, once it committed
+    (``delivery.notifications.operational`` announces them). Must not raise or block."""
+
+    def breakers_changed(
+        self, changes: Sequence[BreakerChange], channels: dict[str, Channel]
+    ) -> None: ...
 
 
 class DeliveryService:
@@ -140,6 +154,8 @@ class DeliveryService:
         self._recorded = GroupCommit(self._record)
         #: Claims a single task's delivery in one transaction with the other threads'.
         self._claimed = GroupCommit(self._claim_group)
+        #: Told of breakers opened and closed, after the commit (the worker sets it).
+        self.breaker_watcher: BreakerWatcher | None = None
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -348,12 +364,13 @@ class DeliveryService:
         started = utcnow()
         clock = time.perf_counter()
         channel: Channel | None = None
-        breaker_failure = False
+        breaker_failure = may_be_open = False
         try:
             if isinstance(route, Exception):
                 raise route
             channel = route.channel
             verdict, free = first_verdict(self.gates, route, claim, look)
+            may_be_open = free or channel.may_be_held
             if free:
                 claim = dataclasses.replace(claim, attempt_base=claim.attempt_base + 1)
             if isinstance(verdict, Wait):
@@ -433,6 +450,7 @@ class DeliveryService:
             ),
             channel=channel,
             breaker_failure=breaker_failure,
+            breaker_may_be_open=may_be_open,
         )
 
     def context(self, route: Route, claim: Claim) -> SendContext:
@@ -458,22 +476,29 @@ class DeliveryService:
         """Record ended attempts in one transaction, with the breakers' bookkeeping."""
         if not attempts:
             return []
+        changes: list[BreakerChange] = []
         health = self.breaker.bookkeeping(
             (
                 AttemptHealth(
                     a.channel.name,
                     delivered=a.ended.result.outcome is Outcome.DELIVERED and a.resets_breaker,
                     failed=a.breaker_failure,
+                    may_be_open=a.breaker_may_be_open,
                 )
                 for a in attempts
                 if a.channel is not None
             ),
             now=utcnow(),
+            changes=changes,
         )
         health += self.failover.moves([a.ended for a in attempts])
         moved = self.log.finish_many(
             [a.ended for a in attempts], worker=self.worker_name, health=health
         )
+        if changes and self.breaker_watcher is not None:
+            # Committed: only now is the change real. Rare (a breaker turning), so free.
+            channels = {a.channel.name: a.channel for a in attempts if a.channel is not None}
+            self.breaker_watcher.breakers_changed(changes, channels)
         if moved < len(attempts):
             # Another worker took these over (their lease ran out); its attempt counts.
             logger.warning(
@@ -493,15 +518,19 @@ class DeliveryService:
                 outcome.value,
             )
             error = attempt.ended.result.error
-            if outcome is Outcome.RETRY and attempt.ended.parked:
-                decisions.append(
-                    Decision("requeue", countdown=attempt.countdown, outcome=outcome, error=error)
+            action: Literal["done", "requeue"] = (
+                "requeue" if outcome is Outcome.RETRY and attempt.ended.parked else "done"
+            )
+            # "done" for a retry: scheduled from the log; countdown says when (for Flower).
+            decisions.append(
+                Decision(
+                    action,
+                    countdown=attempt.countdown,
+                    outcome=outcome,
+                    error=error,
+                    attempts=attempt.ended.claim.attempt,
                 )
-            else:
-                # A retry scheduled from the log: countdown says when (for Flower).
-                decisions.append(
-                    Decision("done", countdown=attempt.countdown, outcome=outcome, error=error)
-                )
+            )
         return decisions
 
     def _failed(self, started: datetime, clock: float, exc: Exception) -> AttemptResult:

@@ -31,6 +31,7 @@ from delivery.log import DeliveryLog
 from delivery.notifications.digests import DigestStore, digest_delivery_id
 from delivery.notifications.events import EventDelivery, EventStore
 from delivery.notifications.links import unsubscribe_link
+from delivery.notifications.operational import held_by_itself
 from delivery.notifications.periods import as_datetime, period_seconds
 from delivery.notifications.subscriptions import Subscription, SubscriptionStore
 from delivery.notifications.templates import Template, TemplateStore, payload_of
@@ -105,6 +106,9 @@ class Notifier:
             # The address as far as it got: rendered, or its template if that failed.
             address = subscription.address
             try:
+                if held := held_by_itself(event.name, event.context, subscription.channel):
+                    outcomes.append(_outcome(subscription, delivery_id, "skipped", held))
+                    continue
                 if not subscription.matches(variables):
                     outcomes.append(
                         _outcome(
