@@ -10,7 +10,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from delivery.api import deliveries, errors, events, health, metrics, preferences, unsubscribe
+from delivery.api import (
+    deliveries,
+    erasures,
+    errors,
+    events,
+    health,
+    metrics,
+    preferences,
+    unsubscribe,
+)
 from delivery.api.auth import KeyRequired
 from delivery.api.broker import BrokerProbe
 from delivery.api.keys import CACHE_SECONDS, KeyStore, KeyVerifier
@@ -32,6 +41,7 @@ ROUTERS: list[APIRouter] = [
     inbound_routes.router,  # /inbound/NAME: providers call it, no key; signatures
     inbound_receipts.router,  # /receipts/CHANNEL: the same
     preferences.router,
+    erasures.router,  # POST /v1/erasures: admin keys only
     unsubscribe.router,  # /unsubscribe/TOKEN: reached from mailboxes, no key; signed tokens
 ]
 

@@ -232,6 +232,7 @@ def main() -> None:
                 channels,
                 deliveries,
                 demo,
+                erase,
                 events,
                 inbound,
                 keys,

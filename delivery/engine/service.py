@@ -50,6 +50,7 @@ from delivery.errors import (
 from delivery.log import AttemptResult, Claim, ClaimState, DeliveryLog, Finished
 from delivery.log.tables import Outcome
 from delivery.recipients import unsubscribe_url
+from delivery.recipients.address_hash import erasure_keys
 from delivery.tracing import attempt_span, current_traceparent
 from schemas import Envelope, Settings
 
@@ -133,7 +134,7 @@ class DeliveryService:
             probe_interval=settings.breaker_probe_interval,
         )
         self.limiter = limiter or LocalRateLimiter()
-        self.suppressions = SuppressionList(log.engine)
+        self.suppressions = SuppressionList(log.engine, erasure_keys=erasure_keys(settings))
         self.failover = Failover(log.engine)
         #: In order: the channel's own health first; the recipient's say before the rate
         #: limit, so no slot is spent on a delivery that will not be sent.

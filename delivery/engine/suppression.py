@@ -4,6 +4,9 @@ An address gets here from an opt-out (an inbound ``STOP``), a permanent bounce (
 naming an unsubscribed or non-existent number) or a person. A delivery to it then fails at
 once, without the provider being called: sending again would be against the recipient's
 wishes, or would only bounce again and cost the sender's reputation.
+
+An erased address (``delivery erase``) stays on the list as ``erased:`` and its keyed hash
+(``delivery.recipients.address_hash``): the check looks for both, in the one query.
 """
 
 from collections.abc import Iterable, Mapping
@@ -18,11 +21,13 @@ from delivery.clock import utcnow
 from delivery.errors import Suppressed
 from delivery.log.database import read_only
 from delivery.log.inbound import SuppressionRow
+from delivery.recipients.address_hash import hashed_forms
 
 _TABLE = cast(Table, SuppressionRow.__table__)
 #: Prebuilt: the check runs before every send.
 _CHECK = select(_TABLE.c.reason).where(
-    _TABLE.c.channel == bindparam("channel"), _TABLE.c.address == bindparam("address")
+    _TABLE.c.channel == bindparam("channel"),
+    _TABLE.c.address.in_(bindparam("addresses", expanding=True)),
 )
 _AMONG = select(_TABLE.c.channel, _TABLE.c.address, _TABLE.c.reason).where(
     tuple_(_TABLE.c.channel, _TABLE.c.address).in_(bindparam("pairs", expanding=True))
@@ -54,8 +59,11 @@ class Suppression:
 
 
 class SuppressionList:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, erasure_keys: tuple[bytes, ...] = ()) -> None:
+        """``erasure_keys`` (``address_hash.erasure_keys``): to find erased addresses too;
+        without them only addresses kept in clear are found."""
         self.engine = engine
+        self._erasure_keys = erasure_keys
         self._reader = read_only(engine)
         self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
@@ -66,7 +74,7 @@ class SuppressionList:
         if known is not None and pair in known:
             reason = known[pair]
         else:
-            query = {"channel": channel, "address": address}
+            query = {"channel": channel, "addresses": self._forms(address)}
             with self._reader.connect() as connection:
                 reason = connection.execute(_CHECK, query).scalar()
         if reason is not None:
@@ -76,13 +84,24 @@ class SuppressionList:
         """Each (channel, address) pair with its suppression's reason, or None: for ``check``
         to answer a batch from one query rather than one per delivery."""
         known: dict[tuple[str, str], str | None] = dict.fromkeys(pairs)
-        wanted = list(known)
+        # Each pair as the list may keep it (in clear, or erased) -> the pair asked about.
+        asked = {
+            (channel, form): (channel, address)
+            for channel, address in known
+            for form in self._forms(address)
+        }
+        wanted = list(asked)
         with self._reader.connect() as connection:
             for start in range(0, len(wanted), _AMONG_CHUNK):
                 chunk = wanted[start : start + _AMONG_CHUNK]
                 for channel, address, reason in connection.execute(_AMONG, {"pairs": chunk}):
-                    known[(channel, address)] = reason
+                    pair = asked[(channel, address)]
+                    known[pair] = known[pair] or reason
         return known
+
+    def _forms(self, address: str) -> list[str]:
+        """``address`` as the list may keep it: in clear, or erased under each key."""
+        return [address, *hashed_forms(self._erasure_keys, address)]
 
     def add(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
         """Suppress ``address`` on ``channel``; False if it already was (the first reason

@@ -78,6 +78,9 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # Deleted and overwritten rows are zeroed, not left readable in free space: an
+        # erased address (``delivery erase``) must leave the file, not only the tables.
+        cursor.execute("PRAGMA secure_delete=ON")
         # SQLite checkpoints the WAL inside whichever commit crosses 1,000 pages, and that
         # commit waits for the copy and its fsync: about once a second at 100 deliveries/s,
         # it was the latency tail (bench section 6). A thread of its own does it instead.
