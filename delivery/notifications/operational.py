@@ -220,7 +220,7 @@ class OperationalEvents:
             now = utcnow()
             reason = "paused by a person" if paused else "resumed by a person"
             context = channel_context(channel.name, reason, channel.fallback, now)
-            self._emit(name, context, key=f"{channel.name}\x00hand\x00{now.isoformat()}")
+            self._emit(name, context, key=f"{channel.name}|by-hand|{now.isoformat()}")
         except Exception:  # the command has done its work already
             logger.exception("could not announce that %s was paused or resumed", channel.name)
 
@@ -296,7 +296,7 @@ def held_by_itself(event: str, context: Mapping[str, Any], channel: str) -> str 
 def _breaker_key(change: BreakerChange) -> str:
     # The time the one transaction that made the change wrote: unique to this change.
     when = change.until if change.opened and change.until else change.at
-    return f"{change.channel}\x00{'open' if change.opened else 'closed'}\x00{when.isoformat()}"
+    return f"{change.channel}|{'open' if change.opened else 'closed'}|{when.isoformat()}"
 
 
 def operational_events(
