@@ -21,6 +21,8 @@ EMBEDDED_BROKER_SCHEMES = ("embedded://", "filesystem://")
 #: A retry schedule has at most this many delays, each at most this long (30 days).
 MAX_SCHEDULE = 50
 MAX_RETRY_DELAY = 30 * 24 * 3600.0
+#: The longest retention there is a point in (a hundred years): more is a typo.
+MAX_RETENTION_DAYS = 36_500.0
 
 
 def parse_delays(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
@@ -140,6 +142,9 @@ class Settings(BaseSettings):
     critical_categories: Annotated[frozenset[str], NoDecode] = frozenset({"security"})
     #: Seconds between the workers' looks for digest windows that have closed.
     digest_interval: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    #: Days a delivery in a final status is kept (with its attempts and receipts) before
+    #: the workers' daily purge removes it; its counts stay. 0: keep every delivery.
+    retention_days: float = Field(default=30.0, ge=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
 
     @field_validator("critical_categories", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ log whose turn it is (``PeriodicJobs.take_turn``); one worker on the site sweeps
 interval, and nothing shows unless the sweep finds something.
 
 The same thread takes turns at closing digest windows (``DIGEST_JOB``, every
-``DELIVERY_DIGEST_INTERVAL`` seconds): one indexed query when no window is waiting.
+``DELIVERY_DIGEST_INTERVAL`` seconds): one indexed query when no window is waiting; and
+once a day at the purge (``delivery.retention``), which runs in a thread of its own.
 """
 
 import logging
@@ -30,6 +31,7 @@ from delivery.log import DeliveryLog
 from delivery.notifications.closing import close_digests
 from delivery.notifications.fanout import Notifier
 from delivery.producer.publisher import get_publisher
+from delivery.retention import DailyPurge
 from schemas import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class Sweeper:
         self._thread: threading.Thread | None = None
         self._warned_at = -QUIET_FOR
         self._notifier: Notifier | None = None
+        self.purge = DailyPurge(log, settings, worker=worker)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="delivery-sweeper", daemon=True)
@@ -115,6 +118,7 @@ class Sweeper:
         while not self._stop.wait(self._pause()):
             self.look()
             self.look_at_digests()
+            self.look_at_purge()
 
     def look_at_digests(self) -> int | None:
         """One look at the digest windows: close those that ended, if it is this worker's
@@ -128,6 +132,16 @@ class Sweeper:
         except Exception:  # a bug must not end the thread the sweep runs in
             logger.exception("closing digest windows failed; trying again")
         return None
+
+    def look_at_purge(self) -> bool:
+        """Start the daily purge if it is this worker's turn. Never raises, like ``look``."""
+        try:
+            return self.purge.look()
+        except SQLAlchemyError as exc:
+            self._warn(f"could not take a turn at the purge ({type(exc).__name__}); trying again")
+        except Exception:  # a bug must not end the thread the sweep runs in
+            logger.exception("taking a turn at the purge failed; trying again")
+        return False
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

@@ -277,3 +277,7 @@ def beat_command(ctx: typer.Context) -> None:
     from workers.app import app as celery_app
 
     celery_app.start(["beat", *ctx.args])
+
+
+# `db purge` and `stats` live with retention; importing them here registers them with `db`.
+from delivery.cli import retention  # noqa: E402, F401

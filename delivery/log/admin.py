@@ -4,12 +4,15 @@ deliveries."""
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from delivery.clock import utcnow
+from delivery.log.counts import Counter, tally_of
 from delivery.log.records import DeliveryReads, DeliveryRecord
-from delivery.log.tables import DeliveryRow, Status
+from delivery.log.tables import FINAL_STATUSES, DeliveryRow, Status
 
 
 class CancelOutcome(enum.Enum):
@@ -60,6 +63,7 @@ class DeliveryAdmin(DeliveryReads):
         ``owner`` and ``test``: the API key it was made for, which may read it."""
         now = now or utcnow()
         with self._write_lock, self._sessions.begin() as session:
+            before = session.scalar(select(DeliveryRow.status).where(DeliveryRow.id == delivery_id))
             session.execute(
                 self._insert(DeliveryRow)
                 .values(
@@ -84,6 +88,11 @@ class DeliveryAdmin(DeliveryReads):
                 .values(status=Status.FAILED, last_error=reason, updated_at=now, lease_until=None)
                 .execution_options(synchronize_session=False)
             )
+            if before is None or before not in FINAL_STATUSES:
+                # It ends here (a delivery that had ended already was counted then).
+                Counter(self._insert).add(
+                    session.connection(), tally_of([(channel, Status.FAILED)]), now=now
+                )
 
     def reopen(self, delivery_id: str, *, now: datetime | None = None) -> DeliveryRecord | None:
         """Make a failed delivery sendable again, keeping its attempts. None if not failed."""
@@ -147,6 +156,7 @@ class DeliveryAdmin(DeliveryReads):
                 .returning(d.id)
             ).first()
             if inserted is not None:
+                _count_cancelled(self._insert, session, "-", now)
                 return Cancellation(CancelOutcome.CANCELLED, Status.CANCELLED)
             moved = session.execute(
                 update(d)
@@ -158,10 +168,11 @@ class DeliveryAdmin(DeliveryReads):
                     updated_at=now,
                     last_error="cancelled",
                 )
-                .returning(d.id)
+                .returning(d.channel)
                 .execution_options(synchronize_session=False)
             ).first()
             if moved is not None:
+                _count_cancelled(self._insert, session, moved[0], now)
                 return Cancellation(CancelOutcome.CANCELLED, Status.CANCELLED)
             status = session.execute(select(d.status).where(d.id == delivery_id)).scalar_one()
         if status == Status.CANCELLED:
@@ -172,3 +183,8 @@ class DeliveryAdmin(DeliveryReads):
             return Cancellation(CancelOutcome.FAILED, status)
         # Delivered, confirmed, bounced: the provider has it.
         return Cancellation(CancelOutcome.DELIVERED, status)
+
+
+def _count_cancelled(insert: Any, session: Session, channel: str, now: datetime) -> None:
+    """Count a delivery cancelled, in the transaction that cancelled it."""
+    Counter(insert).add(session.connection(), tally_of([(channel, Status.CANCELLED)]), now=now)

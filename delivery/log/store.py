@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, u
 
 from delivery.clock import utcnow
 from delivery.log.base import LogBase
+from delivery.log.counts import Counter, Tally
 from delivery.log.tables import FINAL_STATUSES, AttemptRow, DeliveryRow, Outcome, Status
 from schemas import Envelope
 
@@ -169,6 +170,12 @@ class DeliveryStore(LogBase):
             provider_ref=func.coalesce(bindparam("p_provider_ref"), d.provider_ref),
         )  # fmt: skip
         self._renew = update(d).where(held).values(lease_until=bindparam("p_until"))
+        # What the counts need of deliveries that ended: their channel, and whether this
+        # batch's write is what moved them (when some leases were lost).
+        self._ended = select(d.id, d.channel, d.status, d.attempt_count).where(
+            d.id.in_(bindparam("p_ids", expanding=True))
+        )
+        self._counter = Counter(insert)
         self._release = update(d).where(held).values(
             status=bindparam("p_status"), attempt_count=d.attempt_count - 1,
             next_attempt_at=bindparam("p_until"), lease_until=None,
@@ -273,10 +280,14 @@ class DeliveryStore(LogBase):
             number, base = taken[0], taken[1]
             if number > 1:
                 # The attempt before, if unrecorded, belonged to a worker that died.
-                connection.execute(
+                marked = connection.execute(
                     self._mark_interrupted,
                     {"p_id": delivery_id, "p_number": number - 1, "p_now": now},
-                )
+                ).rowcount
+                if marked:
+                    interrupted = Tally()
+                    interrupted.attempt(Outcome.INTERRUPTED, 0.0)
+                    self._counter.add(connection, interrupted, now=now)
             return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
         row = connection.execute(self._state, {"p_id": delivery_id}).one()
         if row.status in FINAL_STATUSES:
@@ -408,7 +419,42 @@ class DeliveryStore(LogBase):
             for apply in health:
                 apply(connection)
             moved: int = connection.execute(self._move_on, moves).rowcount
+            tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
+            # Last in the transaction, so the counts' row locks are held the shortest time.
+            self._counter.add(connection, tally, now=utcnow())
         return moved
+
+    def _tally(
+        self,
+        connection: Connection,
+        attempts: Sequence[dict[str, Any]],
+        moves: Sequence[dict[str, Any]],
+        *,
+        all_moved: bool,
+    ) -> Tally:
+        """What a batch adds to the counts: every attempt recorded, and every delivery this
+        batch moved into a final status (one another worker took over is its to count)."""
+        tally = Tally()
+        for attempt in attempts:
+            tally.attempt(attempt["p_outcome"], attempt["p_duration_ms"])
+        final = [m for m in moves if m["p_status"] in FINAL_STATUSES]
+        if not final:
+            return tally
+        rows = {
+            row.id: row
+            for row in connection.execute(self._ended, {"p_ids": [m["p_id"] for m in final]})
+        }
+        for move in final:
+            row = rows.get(move["p_id"])
+            if row is None:
+                continue
+            # Only this batch's write leaves the delivery in this status at this attempt
+            # number: a worker that took it over has counted one more attempt.
+            if all_moved or (
+                row.status == move["p_status"] and row.attempt_count == move["p_number"]
+            ):
+                tally.ended(row.channel, move["p_status"])
+        return tally
 
 
 def storable(text: str | None, limit: int | None = None) -> str | None:

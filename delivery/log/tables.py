@@ -241,7 +241,11 @@ class RecipientSendRow(Base):
     or a copy of the message counts once."""
 
     __tablename__ = "recipient_sends"
-    __table_args__ = (Index("ix_recipient_sends_key_sent", "throttle", "address", "sent_at"),)
+    __table_args__ = (
+        Index("ix_recipient_sends_key_sent", "throttle", "address", "sent_at"),
+        # The purge deletes a delivery's rows by its id (migration 0014).
+        Index("ix_recipient_sends_delivery_id", "delivery_id"),
+    )
 
     #: What the limit belongs to: ``channel:NAME`` or ``subscription:ID``.
     throttle: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -161,7 +161,7 @@ def test_sent_over_http_delivered_and_read_back(redis_stack: Stack) -> None:
         )
         assert huge.status_code == 413
         metrics = requests.get(f"{api.url}/metrics", timeout=10).text
-        assert 'delivery_deliveries{channel="hooks",status="delivered"} 11.0' in metrics
+        assert 'delivery_deliveries_ended_total{channel="hooks",status="delivered"} 11.0' in metrics
         assert 'delivery_queue_messages{queue="delivery",state="ready"}' in metrics
         assert requests.get(f"{api.url}/readyz", timeout=10).status_code == 200
         assert api.process.poll() is None
