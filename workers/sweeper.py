@@ -26,6 +26,7 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.clock import utcnow
+from delivery.engine.receipt_lookups import RECEIPTS_JOB, ReceiptLookups, Turn
 from delivery.errors import PublishError
 from delivery.log import DeliveryLog
 from delivery.notifications.closing import close_digests
@@ -44,6 +45,9 @@ LEASE_SLACK = 1.0
 #: How often, per interval, each worker asks whether it is its turn: the sweep then runs
 #: every interval to one and a half intervals, however many workers there are.
 LOOKS_PER_INTERVAL = 2
+#: The receipts job (``delivery.engine.receipt_lookups``) runs every this many sweep
+#: intervals: 30 s by default, so an early receipt a race left unmatched waits no longer.
+RECEIPT_TURN_EVERY = 6
 #: Seconds between two warnings that the log or the broker is away.
 QUIET_FOR = 60.0
 
@@ -98,6 +102,7 @@ class Sweeper:
         self._thread: threading.Thread | None = None
         self._warned_at = -QUIET_FOR
         self._notifier: Notifier | None = None
+        self._receipts: ReceiptLookups | None = None
         self.purge = DailyPurge(log, settings, worker=worker)
 
     def start(self) -> None:
@@ -118,6 +123,7 @@ class Sweeper:
         while not self._stop.wait(self._pause()):
             self.look()
             self.look_at_digests()
+            self.look_at_receipts()
             self.look_at_purge()
 
     def look_at_digests(self) -> int | None:
@@ -142,6 +148,24 @@ class Sweeper:
         except Exception:  # a bug must not end the thread the sweep runs in
             logger.exception("taking a turn at the purge failed; trying again")
         return False
+
+    def look_at_receipts(self) -> Turn | None:
+        """Take a turn at the receipts job, if it is this worker's: match or drop early
+        receipts, look up deliveries whose receipt is overdue. Never raises, like ``look``."""
+        try:
+            every = self.settings.sweep_interval * RECEIPT_TURN_EVERY
+            if not self.log.take_turn(RECEIPTS_JOB, now=utcnow(), every=every, worker=self.worker):
+                return None
+            if self._receipts is None:
+                from workers.tasks import get_assembly
+
+                self._receipts = ReceiptLookups(self.log.engine, get_assembly().dispatchers.get)
+            return self._receipts.run()
+        except SQLAlchemyError as exc:
+            self._warn(f"could not look after receipts ({type(exc).__name__}); trying again")
+        except Exception:  # a bug must not end the thread the sweep runs in
+            logger.exception("looking after receipts failed; trying again")
+        return None
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

@@ -7,8 +7,10 @@ import typer
 from rich.table import Table
 
 from delivery.cli import app, fail, out, print_json, user_errors
-from delivery.cli.context import channel_store
-from delivery.engine.channels import parse_retry_schedule
+from delivery.cli.context import channel_store, engine
+from delivery.engine.channels import parse_receipt_timeout, parse_retry_schedule
+from delivery.errors import ConfigurationError
+from delivery.notifications.operational import pause_by_hand
 
 channels = typer.Typer(help="Named, configured dispatchers.", no_args_is_help=True)
 app.add_typer(channels, name="channels")
@@ -31,6 +33,16 @@ def parse_settings(pairs: list[str], config_json: str | None) -> dict[str, Any]:
             fail(f"--set takes KEY=VALUE, got {pair.split('=')[0]!r}")
         raw[key.strip()] = value
     return raw
+
+
+def _receipt_timeout(value: str | None) -> float | None:
+    """``--receipt-timeout`` in seconds; a bad value is a usage error (exit code 2)."""
+    if value is None:
+        return None
+    try:
+        return parse_receipt_timeout(value)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @channels.command("add")
@@ -60,6 +72,16 @@ def add(
             "--per-recipient", help="At most N deliveries per address and period, e.g. 3/h"
         ),
     ] = None,
+    receipt_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--receipt-timeout",
+            parser=_receipt_timeout,
+            metavar="DURATION",
+            help="Look a delivery up at the provider when no receipt came by then, "
+            "e.g. 72h (the default), 30m, 2d",
+        ),
+    ] = None,
 ) -> None:
     """Store a channel; its config is validated by the dispatcher's config model now."""
     raw = parse_settings(set_ or [], config)
@@ -78,6 +100,7 @@ def add(
             replace=replace,
             fallback=fallback,
             per_recipient=per_recipient,
+            receipt_timeout=receipt_timeout,
         )
     out.print(f"channel [bold]{channel.name}[/] ({channel.dispatcher}) saved")
 
@@ -117,7 +140,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @channels.command("pause")
 def pause(name: str) -> None:
     """Hold a channel's deliveries: they wait, without spending attempts, until resumed."""
-    if not channel_store().set_paused(name, True):
+    if not pause_by_hand(engine(), name, paused=True):
         fail(f"no channel named {name!r}")
     out.print(f"channel [bold]{name}[/] paused")
 
@@ -125,7 +148,7 @@ def pause(name: str) -> None:
 @channels.command("resume")
 def resume(name: str) -> None:
     """Let a paused channel send again (also closes its circuit breaker)."""
-    if not channel_store().set_paused(name, False):
+    if not pause_by_hand(engine(), name, paused=False):
         fail(f"no channel named {name!r}")
     out.print(f"channel [bold]{name}[/] resumed")
 

@@ -18,6 +18,7 @@ from delivery.dispatchers.base import (
     SendResult,
 )
 from delivery.dispatchers.protocol import AddressType, Protocol
+from delivery.dispatchers.receipts import ProviderReceipt
 from delivery.dispatchers.registry import GROUP, DispatcherRegistry
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DispatcherRegistry",
     "EmptyConfig",
     "Protocol",
+    "ProviderReceipt",
     "SendContext",
     "SendResult",
 ]

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from delivery.dispatchers.protocol import AddressType, Protocol
+from delivery.dispatchers.receipts import ProviderReceipt
 from delivery.errors import DeliveryError
 from schemas import Payload
 
@@ -213,6 +214,25 @@ class Dispatcher(ABC):
             except DeliveryError as exc:
                 results[address] = exc
         return results
+
+    def lookup_receipt(self, reference: str) -> ProviderReceipt | None:
+        """Optional: ask the provider what became of the message ``reference`` names (a
+        ``SendResult.provider_ref``), for a delivery whose receipt never came. None: the
+        provider has nothing final or useful to say. Dispatchers that can ask override
+        this (the SMS dispatcher reads Twilio's message resource); the default cannot, and
+        deliveries through it are left as they are when their receipt timeout passes.
+
+        Raises:
+            NotImplementedError: this dispatcher cannot look receipts up (the default).
+            RetryableError: ask again later.
+            PermanentError: the provider will never say (the message is unknown to it).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def looks_up_receipts(cls) -> bool:
+        """Whether ``lookup_receipt`` is implemented."""
+        return cls.lookup_receipt is not Dispatcher.lookup_receipt
 
     @abstractmethod
     def _send(self, address: str, payload: Payload, *, context: SendContext) -> SendResult:

@@ -32,6 +32,8 @@ from delivery.dispatchers.base import (
 )
 from delivery.dispatchers.http import is_http_url, raise_for_delivery, retry_after, transport_error
 from delivery.dispatchers.protocol import SMS, AddressType, sms_segments
+from delivery.dispatchers.receipts import ProviderReceipt
+from delivery.dispatchers.twilio_status import twilio_receipt_of
 from delivery.errors import (
     InvalidAddress,
     PermanentError,
@@ -241,6 +243,35 @@ class SmsDispatcher(Dispatcher):
                 "encoding": counted.encoding,
                 "twilio_status": message.status,
             },
+        )
+
+    def lookup_receipt(self, reference: str) -> ProviderReceipt | None:
+        """The message's status from Twilio's message resource
+        (``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``), as a receipt.
+
+        Raises:
+            RetryableError: Twilio is unreachable, limiting or failing (5xx).
+            PermanentError: Twilio does not know the message (404), or refuses (4xx).
+        """
+        twilio = self.get_local("twilio", self._connect)
+        try:
+            message = twilio.client.messages(reference).fetch()
+        except TwilioRestException as exc:
+            self._raise(exc, twilio.transport.last_response)
+        except requests.RequestException as exc:
+            raise transport_error(exc, dispatcher=self.slug, host=self._host) from exc
+        if not message.status:
+            return None
+        code = message.error_code
+        detail = {"looked_up": "twilio"}
+        if message.error_message:
+            detail["ErrorMessage"] = str(message.error_message)
+        return twilio_receipt_of(
+            message.sid or reference,
+            str(message.status),
+            str(code) if code else None,
+            to=message.to,
+            detail=detail,
         )
 
     def _receipts_url(self, context: SendContext) -> str | None:

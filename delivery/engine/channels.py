@@ -22,6 +22,9 @@ from schemas.settings import parse_delays
 
 RATE_LIMIT_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
 
+#: How long a delivery waits for its provider's receipt before it is looked up (72 h).
+DEFAULT_RECEIPT_TIMEOUT = 72 * 3600.0
+
 #: A plugin config model.
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,6 +43,8 @@ class Channel:
     fallback: str | None = None
     #: At most this many deliveries per address and period (``3/h``); more are skipped.
     per_recipient: str | None = None
+    #: Seconds a delivery waits for a receipt before it is looked up at the provider.
+    receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT
 
     @property
     def may_be_held(self) -> bool:
@@ -72,6 +77,22 @@ def parse_per_recipient(value: str) -> tuple[int, float]:
         return messages.parse_per_recipient(value)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def parse_receipt_timeout(value: str) -> float:
+    """Seconds in a receipt timeout such as ``72h``, ``30m`` or ``2d``: 1 second to 7 days
+    (providers keep a message's status far longer; a week is ample to wait for one).
+
+    Raises:
+        ConfigurationError: not a whole number with a unit of s, m, h or d, or out of range.
+    """
+    # Imported here: the notifications package stands on the engine (the digests' parser).
+    from delivery.notifications.periods import check_period
+
+    try:
+        return float(check_period(value.strip(), shortest=1))
+    except ValueError as exc:
+        raise ConfigurationError(f"receipt timeout: {exc}") from None
 
 
 def parse_retry_schedule(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
@@ -122,6 +143,7 @@ class ChannelStore:
         replace: bool = False,
         fallback: str | None = None,
         per_recipient: str | None = None,
+        receipt_timeout: float | None = None,
     ) -> Channel:
         """Validate and store a channel.
 
@@ -159,6 +181,7 @@ class ChannelStore:
             row.rate_limit = rate_limit
             row.fallback = fallback
             row.per_recipient = per_recipient
+            row.receipt_timeout = receipt_timeout
             row.updated_at = now
         return Channel(
             name,
@@ -170,6 +193,7 @@ class ChannelStore:
             now,
             fallback=fallback,
             per_recipient=per_recipient,
+            receipt_timeout=receipt_timeout or DEFAULT_RECEIPT_TIMEOUT,
         )
 
     def get(self, name: str) -> Channel:
@@ -194,6 +218,7 @@ class ChannelStore:
             breaker_open_until=row.breaker_open_until,
             fallback=row.fallback,
             per_recipient=row.per_recipient,
+            receipt_timeout=row.receipt_timeout or DEFAULT_RECEIPT_TIMEOUT,
         )
 
     def set_paused(self, name: str, paused: bool) -> bool:
@@ -220,6 +245,7 @@ class ChannelStore:
                     "retry_schedule": row.retry_schedule,
                     "rate_limit": row.rate_limit,
                     "per_recipient": row.per_recipient,
+                    "receipt_timeout": row.receipt_timeout or DEFAULT_RECEIPT_TIMEOUT,
                     "fallback": row.fallback,
                     "paused": row.paused,
                     "state": _state(row),

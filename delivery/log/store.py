@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
 from delivery.clock import utcnow
+from delivery.log import early_receipts
 from delivery.log.base import LogBase
 from delivery.log.counts import Counter, Tally
 from delivery.log.tables import FINAL_STATUSES, AttemptRow, DeliveryRow, Outcome, Status
@@ -422,6 +423,8 @@ class DeliveryStore(LogBase):
             tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
             # Last in the transaction, so the counts' row locks are held the shortest time.
             self._counter.add(connection, tally, now=utcnow())
+        # Receipts the provider sent before its references were recorded land now.
+        early_receipts.land(self.engine, self._write, [m["p_provider_ref"] for m in moves])
         return moved
 
     def _tally(

@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import false
+from sqlalchemy.sql import false, text
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,8 +124,16 @@ class ChannelRow(Base):
     #: At most this many deliveries per address and period (``3/h``); more are skipped
     #: (migration 0009).
     per_recipient: Mapped[str | None] = mapped_column(String(32))
+    #: Seconds a delivery waits for a receipt before it is looked up (None: 72 h; 0016).
+    receipt_timeout: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: Only delivered deliveries (a partial index): they leave it when a receipt moves them on.
+AWAITING: dict[str, Any] = {
+    f"{dialect}_where": text("status = 'delivered'") for dialect in ("sqlite", "postgresql")
+}
 
 
 class DeliveryRow(Base):
@@ -142,6 +150,8 @@ class DeliveryRow(Base):
         Index("ix_deliveries_status_created", "status", "created_at"),
         # A key's own deliveries, newest first (migration 0010): its listing reads the index.
         Index("ix_deliveries_owner_created", "owner", "created_at"),
+        # Delivered, no receipt yet, by channel and age: the receipt look-ups (0016).
+        Index("ix_deliveries_awaiting_receipt", "channel", "delivered_at", "id", **AWAITING),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

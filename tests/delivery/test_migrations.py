@@ -12,6 +12,7 @@ from sqlalchemy import create_engine
 # Every module that declares tables on the log's Base: a table missing here would show
 # below as one the migrations made and the models do not know.
 import delivery.log.inbound
+import delivery.log.receipt_tables
 import delivery.notifications.tables
 import delivery.recipients.tables  # noqa: F401
 from delivery.log.migrate import alembic_config, upgrade

@@ -14,6 +14,7 @@ from delivery.api import create_app
 from delivery.engine.assembly import Assembly, assemble
 from delivery.inbound.wiring import Inbound, current_inbound
 from delivery.log.inbound import ReceiptRow
+from delivery.log.receipt_tables import EarlyReceiptRow
 from schemas import Envelope, Payload, Settings, get_settings
 from tests.support.servers import free_port
 from tests.support.uvicorn_server import serving
@@ -158,13 +159,16 @@ def test_permanent_bounce_suppresses_and_later_sends_fail_without_twilio(world: 
     assert len(world.inbound.suppressions.list()) == 1
 
 
-def test_unknown_reference_is_recorded_and_answered_200(world: World) -> None:
+def test_unknown_reference_is_kept_and_answered_200(world: World) -> None:
     response = world.receipt(status_form("SM" + "f" * 32, "delivered"))
     assert response.status_code == 200 and response.json()["known"] is False
     with world.engine.log.engine.connect() as connection:
         rows = connection.execute(ReceiptRow.__table__.select()).all()
-    assert [(r.delivery_id, r.status, r.provider_ref) for r in rows] == [
-        (None, "confirmed", "SM" + "f" * 32)
+        kept = connection.execute(EarlyReceiptRow.__table__.select()).all()
+    # Not against any delivery: kept until the worker records the reference
+    assert rows == []
+    assert [(r.channel, r.status, r.provider_ref) for r in kept] == [
+        ("sms-out", "confirmed", "SM" + "f" * 32)
     ]
 
 
