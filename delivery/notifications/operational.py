@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
@@ -46,9 +46,13 @@ from delivery.engine.channels import Channel
 from delivery.log.database import read_only
 from delivery.notifications.tables import SubscriptionRow
 from delivery.producer.events import build_event
+from delivery.producer.publisher import get_publisher
 from delivery.redaction import mask_address, redactor
 from schemas import Envelope
 from schemas.events import Event
+
+if TYPE_CHECKING:  # the engine's assembly imports far more than the workers need here
+    from delivery.engine.assembly import Assembly
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +215,7 @@ class OperationalEvents:
             except Exception:  # never let announcing fail the delivery
                 logger.exception("could not announce the breaker of %s", change.channel)
 
-    def channel_paused_by_hand(self, channel: Channel, *, paused: bool) -> None:
+    def channel_paused_by_hand(self, channel: str, fallback: str | None, *, paused: bool) -> None:
         """A person paused or resumed ``channel`` (``delivery channels pause/resume``)."""
         name = CHANNEL_PAUSED if paused else CHANNEL_RESUMED
         try:
@@ -219,10 +223,10 @@ class OperationalEvents:
                 return
             now = utcnow()
             reason = "paused by a person" if paused else "resumed by a person"
-            context = channel_context(channel.name, reason, channel.fallback, now)
-            self._emit(name, context, key=f"{channel.name}|by-hand|{now.isoformat()}")
+            context = channel_context(channel, reason, fallback, now)
+            self._emit(name, context, key=f"{channel}|by-hand|{now.isoformat()}")
         except Exception:  # the command has done its work already
-            logger.exception("could not announce that %s was paused or resumed", channel.name)
+            logger.exception("could not announce that %s was paused or resumed", channel)
 
     def _breaker_changed(self, change: BreakerChange, channel: Channel | None) -> None:
         fallback = channel.fallback if channel is not None else None
@@ -305,3 +309,28 @@ def operational_events(
     """The operational events of a process whose log is on ``engine``, published with
     ``publish`` (``Publisher.publish_event``)."""
     return OperationalEvents(Subscribers(engine, recheck=recheck), Emitter(publish))
+
+
+def pause_by_hand(assembly: "Assembly", name: str, *, paused: bool) -> bool:
+    """Pause or resume a channel for a person (``delivery channels pause/resume``), and
+    announce it if that changed anything: resuming a channel that was not held, or pausing
+    one already paused, says nothing. False if there is no such channel.
+
+    The announcement waits for the broker at most ``DELIVERY_PUBLISH_TIMEOUT``: the
+    command's own work is done by then, whatever the broker says."""
+    store = assembly.channels
+    before = next((c for c in store.summaries() if c["name"] == name), None)
+    if not store.set_paused(name, paused):
+        return False
+    if before is None:
+        return True
+    if paused:
+        changed = not before["paused"]
+    else:  # resuming also closes the breaker: held either way
+        changed = bool(before["paused"]) or before["breaker_open_until"] is not None
+    if not changed:
+        return True
+    events = operational_events(assembly.log.engine, get_publisher().publish_event)
+    events.channel_paused_by_hand(name, before["fallback"], paused=paused)
+    events.emitter.flush(timeout=assembly.settings.publish_timeout + 1)
+    return True
