@@ -293,7 +293,9 @@ class Coalescer:
     def _finish(self, pending: Pending, decision: Decision, runtime: float) -> None:
         outcome = task_outcome(pending.envelope, decision)
         if outcome.state == "REQUEUE":
-            self._again(pending, decision.countdown, reason=decision.error)
+            # Only an attempt counts as a retry: a hand-back or a wait was not one.
+            attempted = decision.outcome is not None
+            self._again(pending, decision.countdown, reason=decision.error, attempted=attempted)
             return
         if outcome.state == "FAILURE":
             failure = DeliveryFailed(outcome.detail)
@@ -310,11 +312,17 @@ class Coalescer:
         self._acknowledge(pending)
 
     def _again(
-        self, pending: Pending, countdown: float, *, reason: str | None = None, alone: bool = False
+        self,
+        pending: Pending,
+        countdown: float,
+        *,
+        reason: str | None = None,
+        alone: bool = False,
+        attempted: bool = True,
     ) -> None:
-        """Publish the message again as the same task, one retry on, and acknowledge this
-        one (as Celery's ``task.retry`` does). If the broker refuses, the claim the log
-        holds brings the delivery back with the sweep."""
+        """Publish the message again as the same task, one retry on if ``attempted``, and
+        acknowledge this one (as Celery's ``task.retry`` does). If the broker refuses, the
+        claim the log holds brings the delivery back with the sweep."""
         headers = pending.headers
         info = pending.message.delivery_info or {}
         try:
@@ -322,7 +330,7 @@ class Coalescer:
                 args=[pending.raw],
                 task_id=pending.task_id,
                 countdown=countdown or None,
-                retries=pending.retries + 1,
+                retries=pending.retries + int(attempted),
                 root_id=headers.get("root_id"),
                 parent_id=headers.get("parent_id"),
                 argsrepr=headers.get("argsrepr"),

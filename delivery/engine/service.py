@@ -228,7 +228,7 @@ class DeliveryService:
                 elif claim.state is not ClaimState.CLAIMED:
                     decisions.append(self._unclaimed(envelope, claim))
                 elif envelope.channel in troubled or (tried and time.monotonic() > deadline):
-                    decisions.append(self._release(claim, utcnow()))
+                    decisions.append(self._hand_back(claim, troubled=envelope.channel in troubled))
                 else:
                     # However slow the provider, each batch sends at least one: progress.
                     tried = True
@@ -261,6 +261,13 @@ class DeliveryService:
         recorded = self._recorded.many([attempt for _, attempt in attempts])
         for (place, _), decision in zip(attempts, recorded, strict=True):
             decisions[place] = decision
+
+    def _hand_back(self, claim: Claim, *, troubled: bool) -> Decision:
+        """Give ``claim`` back unsent, to go as a task of its own. Celery (and so Flower)
+        can only show that as a retry, so the reason says that nothing was attempted."""
+        why = "a delivery on its channel has just failed" if troubled else "its batch ran long"
+        decision = self._release(claim, utcnow())
+        return dataclasses.replace(decision, error=f"not attempted yet, handed back: {why}")
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
         try:

@@ -345,3 +345,55 @@ def test_no_prefetch_restore_runs_from_a_pool_thread(settings: Settings) -> None
 
     assert celery_config(settings)["worker_enable_prefetch_count_reduction"] is False
     assert app.conf.worker_enable_prefetch_count_reduction is False
+
+
+def test_a_hand_back_shows_as_not_attempted_and_is_not_counted_as_a_retry(
+    settings: Settings, httpserver: Any
+) -> None:
+    # Flower showed a send_many delivery as "retried: waiting; next attempt in 0.0s" when
+    # its batch handed it back unsent; its only attempt, later, succeeded.
+    from celery.signals import before_task_publish
+
+    from tests.conftest import webhook_secret
+    from workers import tasks
+
+    # Given a batch whose first delivery fails on a channel the second one shares
+    tasks.close_service()
+    tasks.get_assembly().channels.add("hooks", "webhook", {"secret": webhook_secret()})
+    httpserver.expect_request("/down").respond_with_data("", status=503)
+    httpserver.expect_request("/up").respond_with_data("", status=202)
+    events: list[tuple[str, str, str]] = []
+    coalescer = _delivering_coalescer()
+    coalescer.consumer.event_dispatcher = SimpleNamespace(
+        enabled=True,
+        send=lambda kind, uuid, **fields: events.append((kind, uuid, fields.get("exception", ""))),
+    )
+    pending = [
+        coalescer.take_over(
+            message(
+                args=[{**ENVELOPE, "id": f"h-{path}", "address": httpserver.url_for(path)}],
+                id=f"task-{path}",
+            ),
+            ack=lambda *_: None,
+        )
+        for path in ("/down", "/up")
+    ]
+    published: dict[str, int] = {}
+
+    def publishing(headers: dict[str, Any], **_: Any) -> None:
+        published[headers["id"]] = headers["retries"]
+
+    # When the coalescer delivers them
+    before_task_publish.connect(publishing, weak=False)
+    try:
+        coalescer._deliver([p for p in pending if p is not None])
+    finally:
+        before_task_publish.disconnect(publishing)
+        tasks.close_service()
+    # Then the second was handed back unsent, and says so; only the first is a retry
+    retried = {uuid: shown for kind, uuid, shown in events if kind == "task-retried"}
+    assert "not attempted yet, handed back" in retried["task-/up"]
+    assert "not attempted" not in retried["task-/down"]
+    sent = [request.path for request, _ in httpserver.log]
+    assert sent == ["/down"]
+    assert published == {"task-/down": 1, "task-/up": 0}
