@@ -145,11 +145,20 @@ class Settings(BaseSettings):
     #: Days a delivery in a final status is kept (with its attempts and receipts) before
     #: the workers' daily purge removes it; its counts stay. 0: keep every delivery.
     retention_days: float = Field(default=30.0, ge=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
+    #: Application databases whose transactional outbox every worker relays
+    #: (``delivery.outbox``): SQLAlchemy URLs separated by commas. Empty: none.
+    outbox_urls: Annotated[tuple[str, ...], NoDecode] = ()
 
     @field_validator("critical_categories", mode="before")
     @classmethod
     def _categories(cls, value: Any) -> frozenset[str]:
         return parse_categories(value)
+
+    @field_validator("outbox_urls", mode="before")
+    @classmethod
+    def _outbox_urls(cls, value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
 
     @field_validator("retry_schedule")
     @classmethod

@@ -20,7 +20,14 @@ from workers.event_flush import BatchedTaskEvents
 logger = logging.getLogger(__name__)
 
 app = Celery(
-    "delivery", include=["workers.tasks", "workers.inbound", "workers.events", "workers.sweeper"]
+    "delivery",
+    include=[
+        "workers.tasks",
+        "workers.inbound",
+        "workers.events",
+        "workers.sweeper",
+        "workers.outbox",
+    ],
 )
 app.conf.update(celery_config(get_settings()))
 app.steps["consumer"].add(BatchedTaskEvents)

@@ -236,6 +236,7 @@ def main() -> None:
                 events,
                 inbound,
                 keys,
+                outbox,
                 preferences,
                 serve,
             )

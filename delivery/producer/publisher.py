@@ -119,25 +119,13 @@ class Publisher:
         Raises:
             PublishError: the broker stayed unreachable, or refused the message.
         """
-        limit = self.settings.delay_limit
-        fixed = ids if ids is not None else [None] * len(messages)
-        envelopes = [
-            _envelope(m, defer=bool(m.countdown and m.countdown > limit), fixed_id=i)
-            for m, i in zip(messages, fixed, strict=True)
-        ]
+        outgoing = prepare(messages, ids, delay_limit=self.settings.delay_limit)
         if owner is not None or test:
-            envelopes = [e.model_copy(update={"owner": owner, "test": test}) for e in envelopes]
-        self.publish_envelopes(
-            [
-                (e, m.countdown if not e.not_before else None)
-                for m, e in zip(messages, envelopes, strict=True)
-            ],
-            batch=True,
-        )
-        return [
-            Receipt(id=e.id, channel=e.channel, idempotency_key=e.idempotency_key)
-            for e in envelopes
-        ]
+            outgoing = [
+                (e.model_copy(update={"owner": owner, "test": test}), c) for e, c in outgoing
+            ]
+        self.publish_envelopes(outgoing, batch=True)
+        return [receipt(e) for e, _ in outgoing]
 
     def publish_envelopes(self, outgoing: Sequence[Outgoing], *, batch: bool = False) -> None:
         """Publish task messages, retrying the whole lot until ``publish_timeout``.
@@ -304,6 +292,32 @@ def _shown_arguments(task: _Task) -> dict[str, str]:
     return {"argsrepr": repr(shown if task.name == DELIVER_TASK else [shown]), "kwargsrepr": "{}"}
 
 
+def prepare(
+    messages: Sequence[Message], ids: Sequence[str | None] | None = None, *, delay_limit: float
+) -> list[Outgoing]:
+    """The envelopes of validated messages, each with the seconds it waits in the broker.
+
+    Every id is fixed here: ``ids`` fixes a message's (None: derived from its channel and
+    idempotency key, or random without one). A countdown longer than ``delay_limit`` waits
+    in the log instead (``not_before``), never in the broker. Shared by ``Publisher`` and
+    the transactional outbox, which stores the envelopes to publish after its commit.
+    """
+    fixed = ids if ids is not None else [None] * len(messages)
+    outgoing: list[Outgoing] = []
+    for message, fixed_id in zip(messages, fixed, strict=True):
+        defer = bool(message.countdown and message.countdown > delay_limit)
+        envelope = _envelope(message, defer=defer, fixed_id=fixed_id)
+        outgoing.append((envelope, message.countdown if not envelope.not_before else None))
+    return outgoing
+
+
+def receipt(envelope: Envelope) -> Receipt:
+    """What a producer returns for an envelope it published (or stored to publish)."""
+    return Receipt(
+        id=envelope.id, channel=envelope.channel, idempotency_key=envelope.idempotency_key
+    )
+
+
 def _envelope(message: Message, *, defer: bool = False, fixed_id: str | None = None) -> Envelope:
     """The task message. A deferred one goes now and waits in the log, not the broker."""
     now = datetime.now(UTC)
@@ -445,11 +459,44 @@ def send(
         "category": category,
         "ttl": ttl,
     }
-    if is_several(address):
-        messages, ids = expand(fields)
-        return get_publisher().publish(messages, ids=ids)
-    message = Message.model_validate(fields)
-    return get_publisher().publish([message])[0]
+    messages, ids = validate_send(fields)
+    receipts = get_publisher().publish(messages, ids=ids)
+    return receipts if is_several(address) else receipts[0]
+
+
+def validate_send(fields: Mapping[str, Any]) -> tuple[list[Message], list[str | None]]:
+    """The messages one ``send`` makes of its arguments, validated, and the id each must
+    have (None: derived from its channel and idempotency key). Several addresses make one
+    message each.
+
+    Raises:
+        pydantic.ValidationError: a message is invalid.
+    """
+    if is_several(fields.get("address")):
+        return expand(fields)
+    return [Message.model_validate(fields)], [None]
+
+
+def validate_many(
+    messages: Iterable[Message | Mapping[str, Any]],
+) -> tuple[list[Message], list[str | None]]:
+    """``send_many``'s messages, every one validated, and the id each must have (None:
+    derived). A mapping whose ``address`` is a list makes one message per distinct address.
+
+    Raises:
+        pydantic.ValidationError: a message is invalid.
+    """
+    validated: list[Message] = []
+    ids: list[str | None] = []
+    for m in messages:
+        if isinstance(m, Message):
+            validated.append(m)
+            ids.append(None)
+        else:
+            several, their_ids = validate_send(m)
+            validated.extend(several)
+            ids.extend(their_ids)
+    return validated, ids
 
 
 def send_many(messages: Iterable[Message | Mapping[str, Any]]) -> list[Receipt]:
@@ -464,19 +511,7 @@ def send_many(messages: Iterable[Message | Mapping[str, Any]]) -> list[Receipt]:
         PublishError: the broker could not be reached within ``DELIVERY_PUBLISH_TIMEOUT``,
             or publishing failed (the message says why).
     """
-    validated: list[Message] = []
-    ids: list[str | None] = []
-    for m in messages:
-        if isinstance(m, Message):
-            validated.append(m)
-            ids.append(None)
-        elif is_several(m.get("address")):
-            several, their_ids = expand(m)
-            validated.extend(several)
-            ids.extend(their_ids)
-        else:
-            validated.append(Message.model_validate(m))
-            ids.append(None)
+    validated, ids = validate_many(messages)
     if not validated:
         return []
     return get_publisher().publish(validated, ids=ids)
