@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from kombu.connection import Connection
 from pytest_httpserver import HTTPServer
 from sqlalchemy import event as sa_event
 
@@ -25,6 +26,7 @@ from delivery.notifications.operational import (
     Emitter,
     OperationalEvents,
     operational_events,
+    pause_by_hand,
 )
 from delivery.producer.events import event_id
 from delivery.producer.publisher import get_publisher
@@ -260,9 +262,7 @@ def test_errors_while_announcing_do_not_touch_the_delivery(
             conn.exec_driver_sql("ALTER TABLE gone RENAME TO subscriptions")
 
 
-def test_the_probe_closes_the_breaker_and_says_so(
-    ops: Assembly, httpserver: HTTPServer
-) -> None:
+def test_the_probe_closes_the_breaker_and_says_so(ops: Assembly, httpserver: HTTPServer) -> None:
     """The breaker's rule that makes every closing seen: only a success where the breaker
     may be open (the probe) closes it."""
     changes: list[BreakerChange] = []
@@ -307,3 +307,38 @@ def test_a_success_that_races_an_opening_leaves_the_breaker_to_its_probe(
     stale.close()
     # Then the breaker stays open for its probe, which will announce the closing
     assert ops.channels.get("hooks").breaker_open_until is not None
+
+
+def _published_events() -> list[Event]:
+    """The events waiting in the in-memory broker for the fan-out task."""
+    found: list[Event] = []
+    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
+        while True:
+            try:
+                message = queue.get(timeout=0.2)
+            except queue.Empty:
+                return found
+            if message.headers["task"] == "delivery.fanout":
+                args, _, _ = message.decode()
+                found.append(Event.model_validate(args[0]))
+            message.ack()
+
+
+def test_a_person_pausing_and_resuming_a_channel_is_announced_when_it_changes(
+    ops: Assembly,
+) -> None:
+    subscriptions = Notifier(ops.log).subscriptions
+    for name in (CHANNEL_PAUSED, CHANNEL_RESUMED):
+        subscriptions.add(name, "dev", "#oncall")
+    _published_events()
+    assert pause_by_hand(ops, "hooks", paused=True)
+    assert pause_by_hand(ops, "hooks", paused=True)  # already paused: nothing to say
+    assert pause_by_hand(ops, "hooks", paused=False)
+    assert pause_by_hand(ops, "hooks", paused=False)  # not held: nothing to say
+    assert not pause_by_hand(ops, "nope", paused=True)
+    events = _published_events()
+    assert [(e.name, e.context["reason"]) for e in events] == [
+        (CHANNEL_PAUSED, "paused by a person"),
+        (CHANNEL_RESUMED, "resumed by a person"),
+    ]
+    assert ops.channels.summaries()[1]["paused"] is False
