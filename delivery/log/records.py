@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Self
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
 
 from delivery.log.base import LogBase
 from delivery.log.inbound import ReceiptRow
@@ -16,8 +17,6 @@ from schemas import Envelope
 MIN_ID_PREFIX = 6
 #: How many characters of an id a table shows at least (more where that is not unique).
 SHORT_ID = 8
-#: Ids per query when checking short forms (well under every database's parameter limit).
-_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,28 +251,24 @@ class DeliveryReads(LogBase):
 
     def short_ids(self, ids: Sequence[str], *, length: int = SHORT_ID) -> dict[str, str]:
         """Each id's shortest start, of at least ``length`` characters, that no other
-        delivery in the log shares: what a table shows, and ``match_ids`` finds again."""
+        delivery in the log shares: what a table shows, and ``match_ids`` finds again.
+
+        Each start is looked up as a range of the primary key (two rows at most), so a
+        page of ids costs the same on a log of any size."""
         shown: dict[str, str] = {}
         pending = list(dict.fromkeys(ids))
-        while pending:
-            counts: dict[str, int] = {}
-            starts = sorted({i[:length] for i in pending})
-            with self._sessions() as session:
-                for at in range(0, len(starts), _CHUNK):
-                    start = func.substr(DeliveryRow.id, 1, length)
-                    rows = session.execute(
-                        select(start, func.count())
-                        .where(start.in_(starts[at : at + _CHUNK]))
-                        .group_by(start)
-                    ).all()
-                    counts.update((prefix, count) for prefix, count in rows)
-            longer = []
-            for i in pending:
-                if len(i) <= length or counts.get(i[:length], 0) <= 1:
-                    shown[i] = i[:length]
-                else:
-                    longer.append(i)
-            pending, length = longer, length + 4
+        with self._sessions() as session:
+            while pending:
+                shared = {
+                    start for start in {i[:length] for i in pending} if _shared(session, start)
+                }
+                longer = []
+                for i in pending:
+                    if len(i) <= length or i[:length] not in shared:
+                        shown[i] = i[:length]
+                    else:
+                        longer.append(i)
+                pending, length = longer, length + 4
         return shown
 
     def count_by_status(self, ids: Sequence[str] | None = None) -> dict[str, int]:
@@ -282,3 +277,26 @@ class DeliveryReads(LogBase):
             query = query.where(DeliveryRow.id.in_(ids))
         with self._sessions() as session:
             return {row[0]: row[1] for row in session.execute(query).all()}
+
+
+def _shared(session: Session, start: str) -> bool:
+    """Whether two deliveries or more have ids that begin with ``start``."""
+    found = session.scalars(
+        select(DeliveryRow.id)
+        .where(DeliveryRow.id >= start, DeliveryRow.id < _past(start))
+        .order_by(DeliveryRow.id)
+        .limit(2)
+    ).all()
+    return sum(1 for i in found if i.startswith(start)) > 1
+
+
+def _past(start: str) -> str:
+    """A string after every one that begins with ``start`` and before the rest: its last
+    character moved on by one. Letters and digits stay letters and digits, which every
+    collation orders as the code points do (PostgreSQL's may pass over punctuation)."""
+    last = start[-1]
+    if last == "9":
+        return start[:-1] + "a"
+    if last.isascii() and last.isalnum() and last not in "zZ":
+        return start[:-1] + chr(ord(last) + 1)
+    return start + "\U0010ffff"

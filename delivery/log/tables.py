@@ -144,9 +144,11 @@ class DeliveryRow(Base):
         Index("ix_deliveries_created", "created_at"),
         # Receipts name a delivery by the provider's reference (migration 0005).
         Index("ix_deliveries_provider_ref", "provider_ref"),
-        # Metrics scrapes (migration 0003): counts by channel and status from the index
-        # alone, and the oldest waiting delivery per status in one index step.
-        Index("ix_deliveries_channel_status", "channel", "status"),
+        # The listing by channel and status, newest first, reads the index (migration
+        # 0014; it replaced 0003's (channel, status), which scrapes no longer group by).
+        Index("ix_deliveries_channel_status_created", "channel", "status", "created_at"),
+        # The oldest waiting delivery per status in one index step (migration 0003); the
+        # deliveries not yet ended, and the purge's oldest final ones, by status.
         Index("ix_deliveries_status_created", "status", "created_at"),
         # A key's own deliveries, newest first (migration 0010): its listing reads the index.
         Index("ix_deliveries_owner_created", "owner", "created_at"),

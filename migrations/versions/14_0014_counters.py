@@ -9,7 +9,8 @@ Chain position 14 of 14: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → �
 ``counts`` holds what ``/metrics`` and ``delivery stats`` read instead of scanning the log
 (``delivery.log.counts``). Existing deliveries and attempts are counted into it once, here,
 so the counters go on from where the log's figures stood. ``recipient_sends`` gets an index
-by delivery, which the purge deletes by.
+by delivery, which the purge deletes by; the listing by channel and status gets
+``(channel, status, created_at)`` in place of 0003's ``(channel, status)``.
 """
 
 from collections.abc import Sequence
@@ -48,6 +49,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("recipient_sends") as batch:
         batch.create_index("ix_recipient_sends_delivery_id", ["delivery_id"])
+    # The listing by channel and status reads this instead of filtering one of them; the
+    # scrapes that grouped by (channel, status) read the counts now.
+    op.create_index(
+        "ix_deliveries_channel_status_created", "deliveries", ["channel", "status", "created_at"]
+    )
+    op.drop_index("ix_deliveries_channel_status", table_name="deliveries")
     _count_what_the_log_holds(counts)
 
 
@@ -83,6 +90,8 @@ def _count_what_the_log_holds(counts: sa.Table) -> None:
 
 
 def downgrade() -> None:
+    op.create_index("ix_deliveries_channel_status", "deliveries", ["channel", "status"])
+    op.drop_index("ix_deliveries_channel_status_created", table_name="deliveries")
     with op.batch_alter_table("recipient_sends") as batch:
         batch.drop_index("ix_recipient_sends_delivery_id")
     op.drop_table("counts")
