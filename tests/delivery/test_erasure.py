@@ -186,7 +186,8 @@ def test_every_table_loses_the_address_and_what_was_sent_to_it(assembly: Assembl
     for record in (sent, retrying):
         assert record.address == ERASED_ADDRESS
         assert (record.payload, record.idempotency_key, record.last_error) == (None, None, None)
-        assert [(a.outcome, a.error, a.detail) for a in record.attempts][0][1:] == (None, {})
+        [attempt] = record.attempts
+        assert (attempt.error, attempt.detail) == (None, {})
     assert sent.attempts[0].status_code == 250 and sent.receipts[0]["status"] == "confirmed"
     # Nothing anywhere still says Ann's address or the text sent to her
     dump = _everything(assembly)
@@ -331,9 +332,7 @@ def test_erased_is_a_status_the_log_command_takes(assembly: Assembly) -> None:
         ("a" * 600, "at most 512"),
     ],
 )
-def test_bad_addresses_are_refused_at_entry(
-    assembly: Assembly, address: str, says: str
-) -> None:
+def test_bad_addresses_are_refused_at_entry(assembly: Assembly, address: str, says: str) -> None:
     deliver(assembly, "retrying", ANN, Outcome.RETRY)
     code, stdout, stderr = run(address, "--json")
     if address == "ann@example.com\n":
