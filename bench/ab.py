@@ -3,13 +3,15 @@ versions of the code in alternating rounds of the same run.
 
 Each side is a checkout of its own: ``--old`` (and ``--new`` when given a commit) is checked
 out into a temporary ``git worktree``, removed afterwards; ``--new`` defaults to the working
-tree as it is, uncommitted changes included. Each round runs ``python -m bench`` once per
-side, from that side's checkout (its working directory and the front of ``PYTHONPATH``), so
-its workers, its producer, its migrations and its bench all import that tree's ``delivery``,
-``workers`` and ``schemas``; the sides take turns (old first in even rounds, new first in odd
-ones), so drift in the machine's load does not always favour one. The options ab does not
-know (``--only e2e --deliveries 1500 --runs 1 --concurrency 8 …``) go to every bench run
-unchanged, so an old commit must understand them too.
+tree as it is, uncommitted changes included. The harness is the same for both: this tree's
+``bench/``, copied aside, so an old commit is measured the way the new one is (and by
+sections it never had). Each round runs ``python -m bench`` once per side with that side's
+checkout right behind the harness on ``PYTHONPATH``, so its workers, its producer and its
+migrations import that tree's ``delivery``, ``workers`` and ``schemas``; the sides take turns
+(old first in even rounds, new first in odd ones), so drift in the machine's load does not
+always favour one. The options ab does not know (``--only e2e --deliveries 1500 --runs 1
+--concurrency 8 …``) go to every bench run unchanged. An old commit must still have what the
+harness calls (``delivery.send_many``, ``ChannelStore.add``, …).
 
 The table gives, for each section's rows and numeric columns, the median of each side and
 the median (min-max) of new/old taken within each round.
@@ -126,12 +128,27 @@ class Side:
     describe: str
 
 
+def copy_harness(scratch: Path, source: Path = ROOT) -> Path:
+    """This tree's ``bench/`` copied into a folder of its own (without its results), which
+    both sides run: the folder holds nothing else, so ``delivery``, ``workers`` and
+    ``schemas`` are found in the side's checkout behind it."""
+    harness = scratch / "harness"
+    shutil.copytree(
+        source / "bench",
+        harness / "bench",
+        ignore=shutil.ignore_patterns("results", "__pycache__"),
+    )
+    return harness
+
+
 def bench_command(
-    side: Side, bench_args: Sequence[str], output: Path
+    side: Side, harness: Path, bench_args: Sequence[str], output: Path
 ) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of one side's bench run."""
+    """The command line and environment of one side's bench run (run from ``harness``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(side.root), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(harness), str(side.root), env.get("PYTHONPATH")])
+    )
     return [sys.executable, "-m", "bench", *bench_args, "--output", str(output)], env
 
 
@@ -218,12 +235,14 @@ def run_rounds(
     console: Console, args: AbArgs, sides: tuple[Side, Side], scratch: Path
 ) -> tuple[list[dict[tuple[str, str, str], float]], list[dict[tuple[str, str, str], float]]]:
     results: dict[str, list[dict[tuple[str, str, str], float]]] = {s.label: [] for s in sides}
+    harness = copy_harness(scratch)
     for r in range(args.rounds):
         for side in order(r, sides):
             output = scratch / f"round{r}-{side.label}.json"
-            argv, env = bench_command(side, args.bench_args, output)
+            argv, env = bench_command(side, harness, args.bench_args, output)
             console.rule(f"round {r + 1}/{args.rounds}: {side.label} ({side.describe})")
-            proc = subprocess.run(argv, cwd=side.root, env=env)
+            # From the harness's folder: ``python -m`` puts the working directory first.
+            proc = subprocess.run(argv, cwd=harness, env=env)
             if proc.returncode not in (0, 1) or not output.exists():
                 raise RuntimeError(f"{side.label}'s bench failed (exit {proc.returncode})")
             results[side.label].append(figures(json.loads(output.read_text())))

@@ -12,6 +12,7 @@ from bench.ab import (
     bench_command,
     checkout,
     compare,
+    copy_harness,
     figures,
     order,
     parse_args,
@@ -76,10 +77,23 @@ def test_each_side_imports_its_own_tree_without_the_callers_settings(
     monkeypatch.setenv("DELIVERY_DATABASE_URL", "sqlite:///elsewhere.sqlite3")
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
     side = Side("old", tmp_path / "old", "abc")
-    argv, env = bench_command(side, ["--only", "e2e"], tmp_path / "out.json")
+    harness = tmp_path / "harness"
+    argv, env = bench_command(side, harness, ["--only", "e2e"], tmp_path / "out.json")
     assert argv[1:] == ["-m", "bench", "--only", "e2e", "--output", str(tmp_path / "out.json")]
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "old"), "/somewhere"]
+    # The shared harness first, then the side's own tree
+    assert env["PYTHONPATH"].split(os.pathsep) == [
+        str(harness),
+        str(tmp_path / "old"),
+        "/somewhere",
+    ]
     assert not any(key.startswith("DELIVERY_") for key in env)
+
+
+def test_the_harness_is_this_trees_bench_alone(tmp_path: Path) -> None:
+    harness = copy_harness(tmp_path)
+    assert sorted(p.name for p in harness.iterdir()) == ["bench"]
+    assert (harness / "bench" / "ab.py").is_file()
+    assert not (harness / "bench" / "results").exists()
 
 
 def test_checkout_is_the_commit_and_is_removed_afterwards(repo: Path, tmp_path: Path) -> None:
