@@ -6,7 +6,7 @@ from typing import Self
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
 SECTIONS = (
     "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "http",
-    "fanout",
+    "fanout", "coldstart",
 )  # fmt: skip
 
 
@@ -41,6 +41,10 @@ class BenchConfig:
     fanout_events: int = 200
     fanout_few: int = 5
     fanout_runs: int = 3
+    #: Section 10: fresh workers of each contender (one per run), and the seconds measured
+    #: after each is ready (the issue's "first 2 s"); the rate is ``latency_rate``.
+    coldstart_runs: int = 5
+    coldstart_seconds: float = 2.0
     quick: bool = False
 
     @classmethod
@@ -65,6 +69,7 @@ class BenchConfig:
             fanout_subscriptions=100,
             fanout_events=20,
             fanout_runs=1,
+            coldstart_runs=1,
             quick=True,
         )
 

@@ -16,6 +16,7 @@ except ModuleNotFoundError as exc:  # `pip install delivery` alone: the producer
 from delivery.producer.celery_config import celery_config
 from schemas import get_settings
 from workers.event_flush import BatchedTaskEvents
+from workers.warmup import WarmUp, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ app = Celery(
 )
 app.conf.update(celery_config(get_settings()))
 app.steps["consumer"].add(BatchedTaskEvents)
+# Before the consumer takes its first message (workers/warmup.py).
+app.steps["consumer"].add(WarmUp)
 # Beat keeps its schedule file here, whatever the broker.
 get_settings().home.mkdir(parents=True, exist_ok=True)
 
@@ -59,6 +62,13 @@ def _adopt_old_embedded_queue(**_: Any) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database connections.
     dispose_engines()
+    # Then its own connections and compiled statements, warmed before they are frozen.
+    from workers.tasks import get_assembly
+
+    try:
+        warm_up(get_assembly())
+    except Exception as exc:  # noqa: BLE001  # a warm-up must never stop the worker
+        logger.info("warm-up skipped: the engine could not be assembled (%s)", exc)
     _freeze_startup_objects()
 
 

@@ -19,6 +19,7 @@ MODULES = {
     "postgres": "postgres",
     "http": "http_ingest",
     "fanout": "fanout",
+    "coldstart": "coldstart",
 }
 
 
