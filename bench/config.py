@@ -6,7 +6,7 @@ from typing import Self
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
 SECTIONS = (
     "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "http",
-    "fanout", "coldstart",
+    "fanout", "coldstart", "outbox",
 )  # fmt: skip
 
 

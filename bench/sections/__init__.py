@@ -20,6 +20,7 @@ MODULES = {
     "http": "http_ingest",
     "fanout": "fanout",
     "coldstart": "coldstart",
+    "outbox": "outbox",
 }
 
 
