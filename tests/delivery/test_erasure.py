@@ -356,3 +356,31 @@ def test_other_spellings_of_other_addresses_are_not_erased(assembly: Assembly) -
     assert code == 0 and json.loads(stdout)["deliveries"] == 0
     code, stdout, _ = run(f"  {hook} ", "--json")
     assert code == 0 and json.loads(stdout)["deliveries"] == 1
+
+
+def test_status_shows_an_erased_delivery(assembly: Assembly) -> None:
+    deliver(assembly, "retrying", ANN, Outcome.RETRY)
+    assert run(ANN)[0] == 0
+    result = runner.invoke(app, ["status", "retrying"])
+    assert result.exit_code == 0, result.stderr
+    assert "erased" in result.stdout and ANN not in result.stdout
+    result = runner.invoke(app, ["status", "retrying", "--json"])
+    doc = json.loads(result.stdout)
+    assert (doc["status"], doc["address"], doc["payload"]) == ("erased", "[erased]", None)
+
+
+def test_without_a_key_the_command_says_what_to_set(
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from schemas import get_settings
+
+    deliver(assembly, "retrying", ANN, Outcome.RETRY)
+    assembly.service.suppressions.add("mail", ANN.lower(), "bounced")
+    monkeypatch.delenv("DELIVERY_SECRET_KEY")
+    get_settings.cache_clear()
+    code, stdout, stderr = run(ANN, "--json")
+    assert code == 1 and stdout == ""
+    assert "set DELIVERY_SECRET_KEY" in stderr and "nothing was erased" in stderr
+    assert ANN not in stderr and "Traceback" not in stderr
+    record = assembly.log.get("retrying")
+    assert record is not None and record.status == "retrying"
