@@ -1,6 +1,6 @@
 """Receipts always land, end to end: real uvicorn serving ``/receipts``, real redis-server,
-a real ``delivery worker``, and a local Twilio stand-in that calls back before it answers
-(as real Twilio may), or never calls back at all."""
+a real ``delivery worker``, the log on SQLite and on a real PostgreSQL, and a local Twilio
+stand-in that calls back before it answers (as real Twilio may), or never calls back."""
 
 import json
 import re
@@ -75,10 +75,12 @@ class World:
         return record.status if record is not None else "unknown"
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis_stack", "postgres_stack"])
 def world(
-    redis_stack: Stack, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[World]:
+    # The log on SQLite and on PostgreSQL: the match and the look-ups are SQL of their own.
+    stack: Stack = request.getfixturevalue(request.param)
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("DELIVERY_PUBLIC_URL", public)
@@ -90,13 +92,13 @@ def world(
         "from_number": "+14155550100",
         "api_base_url": httpserver.url_for("/"),
     }
-    redis_stack.channels.add("sms-out", "sms", config)
+    stack.channels.add("sms-out", "sms", config)
     # No callback URL of its own and no public URL reaches Twilio: no receipt ever comes,
     # and after a second the workers look its deliveries up.
     quiet = {**config, "status_callback": None}
-    redis_stack.channels.add("sms-quiet", "sms", quiet, receipt_timeout=1.0)
+    stack.channels.add("sms-quiet", "sms", quiet, receipt_timeout=1.0)
     with serving(app_with(routes.router, receipts.router), port=port):
-        yield World(redis_stack, twilio)
+        yield World(stack, twilio)
 
 
 def test_receipts_posted_before_the_sid_is_recorded_still_land(world: World) -> None:
