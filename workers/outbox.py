@@ -9,12 +9,14 @@ a row published twice is one delivery (``delivery.outbox.relay``).
 import logging
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import create_engine
 
 from delivery.outbox import Relay
 from delivery.producer.publisher import get_publisher
+from delivery.redaction import redactor
 from schemas import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ class OutboxRelays:
     def start(self) -> None:
         publisher = get_publisher(self.settings)
         for number, url in enumerate(self.settings.outbox_urls):
+            # Out of every log line, whatever library writes it.
+            redactor.register(_passwords(url))
             try:
                 # pool_pre_ping: an application database restarted under a relay is found
                 # again at the next batch, not after a failed one.
@@ -62,6 +66,14 @@ class OutboxRelays:
             thread.join(timeout=10)
         for relay in self._relays:
             relay.engine.dispose()
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
 
 
 _relays: OutboxRelays | None = None

@@ -210,14 +210,21 @@ def _environment_secrets() -> Iterator[str]:
         if name == "DELIVERY_SECRET_KEY":
             yield value
         elif name in ("DELIVERY_DATABASE_URL", "DELIVERY_BROKER_URL"):
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                password = None
-            if password:
-                yield from (password, unquote(password))
-            elif "@" in value:  # a URL too broken to find its password in: hide it whole
-                yield value
+            yield from _url_secrets(value)
+        elif name == "DELIVERY_OUTBOX_URLS":  # several, separated by commas
+            for url in value.split(","):
+                yield from _url_secrets(url.strip())
+
+
+def _url_secrets(value: str) -> Iterator[str]:
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        password = None
+    if password:
+        yield from (password, unquote(password))
+    elif "@" in value:  # a URL too broken to find its password in: hide it whole
+        yield value
 
 
 def _debug() -> bool:

@@ -307,3 +307,41 @@ def test_sqlite_ids_rise(engine: Engine) -> None:
             text("select sql from sqlite_master where name = 'delivery_outbox'")
         ).scalar_one()
     assert "INTEGER NOT NULL" in sql and "PRIMARY KEY (id)" in sql
+
+
+def test_a_worker_relays_each_listed_database_and_names_none_by_its_password(
+    engine: Engine, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from workers.outbox import OutboxRelays
+
+    listed = settings.model_copy(
+        update={"outbox_urls": (str(engine.url), "nosuch://app:hunter22@h/db")}
+    )
+    relays = OutboxRelays(listed)
+    with caplog.at_level(logging.INFO):
+        relays.start()
+    try:
+        with Session(engine) as session, session.begin():
+            _order(session, 1)
+        for _ in range(200):
+            if not _rows(engine):
+                break
+            time.sleep(0.05)
+    finally:
+        relays.stop()
+    assert _rows(engine) == []
+    assert "DELIVERY_OUTBOX_URLS entry 2 cannot be used" in caplog.text
+    assert "hunter22" not in caplog.text
+
+
+def test_the_command_lines_errors_mask_outbox_url_passwords(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from delivery.cli import _scrubbed
+
+    monkeypatch.setenv(
+        "DELIVERY_OUTBOX_URLS", "sqlite:///a.db, postgresql+psycopg://app:hunter22@db/shop"
+    )
+    assert "hunter22" not in _scrubbed("failed: postgresql+psycopg://app:hunter22@db/shop")
