@@ -2,15 +2,18 @@
 
 An application's PostgreSQL database holds N committed outbox rows; the relay (the same
 ``Relay`` the worker and ``delivery outbox relay`` run, batches of 500) publishes and
-deletes them while the application keeps committing more (transactions of 10, as fast as
-it can). The relay's rate is N over the time until those N were gone; the application's
-rows come after them (id order) and are relayed afterwards, not counted. Beside it, in the
-same run: ``send_many`` of the same N deliveries, straight to the broker. Both publish to
-one redis-server, to a queue nobody reads (emptied after each measurement).
+deletes them while the application, a process of its own, keeps committing more
+(transactions of 10, as fast as it can). The relay's rate is N over the time until those N
+were gone; the application's rows come after them (id order) and are relayed afterwards,
+not counted. Beside it, in the same run: ``send_many`` of the same N deliveries, straight
+to the broker. Both publish to one redis-server, to a queue nobody reads (emptied after
+each measurement).
 """
 
 import functools
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -74,27 +77,62 @@ def _fill(engine: Any, count: int) -> int:
         return int(connection.execute(select(func.max(TABLE.c.id))).scalar_one())
 
 
+#: The application, in a process of its own (as it would be): commits transactions of
+#: ``size`` outbox rows until SIGTERM, then prints how many rows it wrote.
+_APPLICATION = """
+import signal, sys
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from delivery.outbox import send_many
+
+url, channel, address = sys.argv[1:4]
+start, size = int(sys.argv[4]), int(sys.argv[5])
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+engine = create_engine(url)
+written = 0
+print("ready", flush=True)
+while not stopped:
+    first = start + written
+    messages = [
+        {"channel": channel, "address": address,
+         "payload": {"message": f"Order {i} has shipped", "data": {"order": i}}}
+        for i in range(first, first + size)
+    ]
+    with Session(engine) as session, session.begin():
+        send_many(session, messages)
+    written += size
+print(written, flush=True)
+"""
+
+
 def _relay_run(engine: Any, count: int) -> OutboxRun:
     from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
 
-    from delivery.outbox import Relay, send_many
+    from delivery.outbox import Relay
     from delivery.outbox.table import TABLE
     from delivery.producer import get_publisher
 
     last = _fill(engine, count)
     publisher = _Counting(get_publisher())
     relay = Relay(engine, publisher)
-    stop, written = threading.Event(), [0]
-
-    def app_writes() -> None:
-        while not stop.is_set():
-            with Session(engine) as session, session.begin():
-                send_many(session, _messages(count + written[0], APP_TRANSACTION))
-            written[0] += APP_TRANSACTION
-
-    writer = threading.Thread(target=app_writes, daemon=True)
-    writer.start()
+    url = engine.url.render_as_string(hide_password=False)
+    application = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _APPLICATION,
+            url,
+            CHANNEL,
+            ADDRESS,
+            str(count),
+            str(APP_TRANSACTION),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert application.stdout is not None
+    application.stdout.readline()  # ready: it writes from now on
     pending = select(func.count()).select_from(TABLE).where(TABLE.c.id <= last)
     started = time.perf_counter()
     try:
@@ -106,11 +144,12 @@ def _relay_run(engine: Any, count: int) -> OutboxRun:
                 connection.rollback()  # a fresh snapshot for the next look
         seconds = time.perf_counter() - started
     finally:
-        stop.set()
-        writer.join(timeout=30)
+        application.send_signal(signal.SIGTERM)
+        output, _ = application.communicate(timeout=60)
     relayed = publisher.count
     relay.drain()  # what the application wrote meanwhile: not measured
-    return OutboxRun(RELAY, relayed, round(seconds, 3), relayed / seconds, written[0])
+    written = int(output.split()[-1]) if output.split() else 0
+    return OutboxRun(RELAY, relayed, round(seconds, 3), relayed / seconds, written)
 
 
 def _send_many_run(count: int) -> OutboxRun:
@@ -170,8 +209,8 @@ def run(ctx: BenchContext) -> SectionResult:
     result.notes += [
         f"N = {count} committed outbox rows per run, {runs} runs, order alternated; the relay "
         f"publishes batches of 500 and deletes them once the broker has them, while the "
-        f"application commits transactions of {APP_TRANSACTION} outbox rows (written "
-        "meanwhile: relayed after the N, not counted).",
+        f"application (a process of its own) commits transactions of {APP_TRANSACTION} "
+        "outbox rows (written meanwhile: relayed after the N, not counted).",
         f"Both publish to one redis-server, queue {SINK} (nobody consumes); 'vs send_many' is "
         "within each run.",
     ]
