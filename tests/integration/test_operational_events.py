@@ -5,10 +5,12 @@ operator's webhook (standing in for Slack) hears of each exactly once."""
 import time
 
 import pytest
+from sqlalchemy import select
 
 import delivery
 from delivery.notifications import Notifier
 from delivery.notifications.operational import CHANNEL_PAUSED, DELIVERY_FAILED
+from delivery.notifications.tables import EventRow
 from delivery.producer.events import event_id
 from schemas import Payload
 from tests.conftest import webhook_secret
@@ -29,10 +31,13 @@ def _settled(notifier: Notifier, ids: list[str], timeout: float = 60.0) -> None:
     raise TimeoutError(f"events {ids} were not fanned out")
 
 
+@pytest.mark.parametrize("where", ["embedded_stack", "postgres_stack"])
 def test_the_operator_hears_once_of_a_failed_delivery_and_of_the_paused_channel(
-    embedded_stack: Stack,
+    where: str, request: pytest.FixtureRequest
 ) -> None:
-    stack = embedded_stack
+    # The embedded broker and SQLite; Redis and PostgreSQL (the breaker's conditional
+    # writes, whose row counts decide who announces, on both databases).
+    stack: Stack = request.getfixturevalue(where)
     secret = webhook_secret()
     with Receiver(secret) as receiver:
         # Given a channel whose provider always fails, two attempts each, and the
@@ -80,8 +85,10 @@ def test_the_operator_hears_once_of_a_failed_delivery_and_of_the_paused_channel(
 def _ops_event_ids(stack: Stack) -> dict[str, str]:
     """The operational events the log has received, by name (each name at most once)."""
     with stack.log.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT name, id FROM events WHERE name IN (?, ?)", (DELIVERY_FAILED, CHANNEL_PAUSED)
+        rows = conn.execute(
+            select(EventRow.name, EventRow.id).where(
+                EventRow.name.in_([DELIVERY_FAILED, CHANNEL_PAUSED])
+            )
         ).all()
     names = [name for name, _ in rows]
     assert len(names) == len(set(names)), rows
