@@ -24,8 +24,14 @@ REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 
 
+#: What the log keeps in place of an erased address (``delivery erase``): shown as it is.
+ERASED_ADDRESS = "[erased]"
+
+
 def mask_address(address: str) -> str:
     """Enough of an address to tell deliveries apart, too little to reach anyone."""
+    if address == ERASED_ADDRESS:
+        return address
     if "://" in address:
         # Webhook paths often carry a token (Slack's do): show scheme and host only.
         parts = urlsplit(address)

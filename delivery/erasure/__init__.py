@@ -8,9 +8,10 @@ service call. The keyed hash that keeps an erased address suppressed is
 
 from delivery.engine.assembly import Assembly
 from delivery.erasure.eraser import Eraser, Erasure
-from delivery.erasure.forms import ERASED_ADDRESS, AddressForms
+from delivery.erasure.forms import AddressForms
 from delivery.errors import DeliveryError
 from delivery.recipients.address_hash import erasure_keys
+from delivery.redaction import ERASED_ADDRESS
 
 __all__ = ["ERASED_ADDRESS", "AddressForms", "Eraser", "Erasure", "canonical_forms", "erase"]
 

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, delete, select, update
 
 from delivery.clock import utcnow
-from delivery.erasure.forms import ERASED_ADDRESS, AddressForms
+from delivery.erasure.forms import AddressForms
 from delivery.errors import SecretKeyMissing
 from delivery.log.base import LogBase
 from delivery.log.database import write_lock
@@ -53,7 +53,7 @@ from delivery.notifications.tables import (
 )
 from delivery.recipients.address_hash import MARKER, keyed_hash
 from delivery.recipients.tables import RecipientPreferencesRow
-from delivery.redaction import mask_address
+from delivery.redaction import ERASED_ADDRESS, mask_address
 
 logger = logging.getLogger(__name__)
 

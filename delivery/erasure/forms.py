@@ -18,9 +18,6 @@ from delivery.recipients.preferences import check_key, preference_key
 #: A mapped attribute or a table's column.
 Column = ColumnElement[Any] | InstrumentedAttribute[Any]
 
-#: What an erased delivery's (or event outcome's) address becomes: it says why it is gone.
-ERASED_ADDRESS = "[erased]"
-
 
 @dataclass(frozen=True, slots=True)
 class AddressForms:

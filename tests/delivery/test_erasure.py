@@ -384,3 +384,11 @@ def test_without_a_key_the_command_says_what_to_set(
     assert ANN not in stderr and "Traceback" not in stderr
     record = assembly.log.get("retrying")
     assert record is not None and record.status == "retrying"
+
+
+def test_the_log_command_shows_the_marker_not_a_masked_one(assembly: Assembly) -> None:
+    deliver(assembly, "retrying", ANN, Outcome.RETRY)
+    assert run(ANN)[0] == 0
+    result = runner.invoke(app, ["log"])
+    assert result.exit_code == 0, result.stderr
+    assert "[erased]" in result.stdout
