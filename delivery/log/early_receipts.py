@@ -3,28 +3,26 @@ before the delivery's provider reference was recorded, and matching it once it i
 
 Twilio calls the status callback as soon as it has queued the message, and may do so
 before the worker has Twilio's answer (the message SID) recorded. Such a receipt is kept
-in ``early_receipts``; the worker matches it right after recording the SID
+in ``early_receipts``; the worker matches it in the transaction that records the SID
 (``DeliveryStore.finish_many`` calls ``land``), and the periodic clean-up (``tidy``)
-matches any that a failure let through and drops those that never matched after
+matches any that a race let through and drops those that never matched after
 ``EARLY_RECEIPT_LIFETIME``.
 
 A matched receipt is applied exactly as a timely one: recorded against the delivery, the
 delivery moved on from ``delivered``, and a permanent bounce suppressed.
 
-Functions here take the caller's connection, so they run inside its transaction; ``land``
-and ``suppress`` (after a commit) write on their own.
+Functions here take the caller's connection, so they run inside its transaction; only
+``suppress`` (after the commit) writes on its own.
 """
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 
 from delivery.dispatchers.receipts import BOUNCED, CONFIRMED, ProviderReceipt
 from delivery.log.inbound import ReceiptRow
@@ -129,6 +127,10 @@ def keep(connection: Connection, channel: str, receipt: ProviderReceipt, now: da
     return kept is not None
 
 
+#: Prebuilt: it runs in every recording transaction that records a provider reference.
+_WAITING = (
+    select(_EARLY.c.id).where(_EARLY.c.provider_ref.in_(bindparam("refs", expanding=True))).limit(1)
+)
 _MATCHES = (
     select(
         _EARLY,
@@ -146,36 +148,20 @@ _MATCHES = (
 )
 
 
-def land(
-    engine: Engine,
-    write: Callable[[], AbstractContextManager[Connection]],
-    references: Iterable[str | None],
-) -> list[Applied]:
-    """Apply the early receipts naming ``references``, which the worker has just recorded.
+def land(connection: Connection, references: Iterable[str | None]) -> list[Applied]:
+    """Apply the early receipts naming any of ``references``, which the worker records in
+    ``connection``'s transaction. One indexed read when none waits (the usual case): some
+    50 µs for one reference on SQLite, inside the transaction, against some 1.3 ms for a
+    read of its own after the commit.
 
-    Right after the recording transaction's commit, not inside it: a receipt kept while
-    that transaction ran is then either seen here, or its own second look (after its
-    commit) sees the reference. One indexed read when none waits, the usual case; a
-    failure is logged and left to the periodic clean-up, as the attempt is recorded.
+    A receipt kept while this transaction runs may not be seen here (PostgreSQL's read
+    committed); its own second look after its commit (``match_kept``) or, failing that,
+    the periodic clean-up (``tidy``) matches it.
     """
     wanted = sorted({ref for ref in references if ref})
-    if not wanted:
+    if not wanted or connection.execute(_WAITING, {"refs": wanted}).first() is None:
         return []
-    query = _MATCHES.where(_EARLY.c.provider_ref.in_(wanted))
-    try:
-        with engine.connect() as connection:
-            if connection.execute(query.limit(1)).first() is None:
-                return []
-        with write() as connection:
-            applied = _apply_matches(connection, query)
-        suppress(engine, applied)
-    except SQLAlchemyError as exc:
-        logger.warning(
-            "could not match receipts that came early (%s); the clean-up will",
-            type(exc).__name__,
-        )
-        return []
-    return applied
+    return _apply_matches(connection, _MATCHES.where(_EARLY.c.provider_ref.in_(wanted)))
 
 
 def _apply_matches(connection: Connection, query: Any) -> list[Applied]:

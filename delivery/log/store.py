@@ -423,8 +423,9 @@ class DeliveryStore(LogBase):
             tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
             # Last in the transaction, so the counts' row locks are held the shortest time.
             self._counter.add(connection, tally, now=utcnow())
-        # Receipts the provider sent before its references were recorded land now.
-        early_receipts.land(self.engine, self._write, [m["p_provider_ref"] for m in moves])
+            # Receipts the provider sent before these references were recorded land now.
+            landed = early_receipts.land(connection, [m["p_provider_ref"] for m in moves])
+        early_receipts.suppress(self.engine, landed)
         return moved
 
     def _tally(
