@@ -123,8 +123,11 @@ class SuppressionList:
             return connection.execute(statement).first() is not None
 
     def remove(self, channel: str, address: str, *, reason: str | None = None) -> bool:
-        """Send to ``address`` again; with ``reason``, only if it was suppressed for that."""
-        statement = delete(_TABLE).where(_TABLE.c.channel == channel, _TABLE.c.address == address)
+        """Send to ``address`` again (kept in clear, or erased); with ``reason``, only if it
+        was suppressed for that."""
+        statement = delete(_TABLE).where(
+            _TABLE.c.channel == channel, _TABLE.c.address.in_(self._forms(address))
+        )
         if reason is not None:
             statement = statement.where(_TABLE.c.reason == reason)
         with self.engine.begin() as connection:

@@ -31,7 +31,8 @@ class Inbound:
     ) -> "Inbound":
         settings = assembly.settings
         engine = assembly.log.engine
-        suppressions = SuppressionList(engine)
+        # The engine's: it finds erased addresses too (by keyed hash), to take them off.
+        suppressions = assembly.service.suppressions
         return cls(
             assembly=assembly,
             backends=BackendStore(

@@ -392,3 +392,16 @@ def test_the_log_command_shows_the_marker_not_a_masked_one(assembly: Assembly) -
     result = runner.invoke(app, ["log"])
     assert result.exit_code == 0, result.stderr
     assert "[erased]" in result.stdout
+
+
+def test_an_erased_address_can_be_taken_off_the_list_again(assembly: Assembly) -> None:
+    # A recipient who texts START after being erased asks to receive again
+    from delivery.inbound.wiring import Inbound
+
+    canonical = assembly.dispatchers.get("mail")[1].validate_address(ANN)
+    assembly.service.suppressions.add("mail", canonical, "opt-out")
+    assert run(ANN)[0] == 0
+    suppressions = Inbound.from_assembly(assembly).suppressions
+    assert suppressions.remove("mail", canonical, reason="opt-out")
+    assert rows(assembly, SuppressionRow) == []
+    suppressions.check("mail", canonical)
