@@ -45,6 +45,9 @@ class BenchConfig:
     #: after each is ready (the issue's "first 2 s"); the rate is ``latency_rate``.
     coldstart_runs: int = 5
     coldstart_seconds: float = 2.0
+    #: Section 1: an external receiver (``--sink``, such as nginx answering 200) instead of
+    #: the bench's own; None: the bench's own, which counts requests.
+    sink: str | None = None
     quick: bool = False
 
     @classmethod

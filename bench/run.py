@@ -49,6 +49,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="end-to-end runs (median over them)")
     parser.add_argument("--concurrency", type=int, help="worker threads, ours and baseline")
     parser.add_argument(
+        "--sink",
+        metavar="URL",
+        help="section 1 posts here (e.g. an nginx answering 200) instead of to the bench's "
+        "own receiver",
+    )
+    parser.add_argument(
         "--output", type=Path, help="JSON results file (default bench/results/bench-<time>.json)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
@@ -56,10 +62,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _meta(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
+    import delivery
+
+    # The tree under test: this one, or the checkout ``bench ab`` put behind its harness.
+    tree = Path(delivery.__file__).resolve().parent.parent
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(
-                ["git", *args], capture_output=True, text=True, check=True, cwd=RESULTS.parent
+                ["git", *args], capture_output=True, text=True, check=True, cwd=tree
             ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return "?"
@@ -72,6 +83,7 @@ def _meta(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
+        "tree": str(tree),
         "commit": git("rev-parse", "--short", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--", "delivery", "workers", "schemas")),
         "versions": {
@@ -101,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     config = (BenchConfig.quick_run() if args.quick else BenchConfig.full()).with_overrides(
-        deliveries=args.deliveries, runs=args.runs, concurrency=args.concurrency
+        deliveries=args.deliveries, runs=args.runs, concurrency=args.concurrency, sink=args.sink
     )
     chosen = [n for n in (args.only or SECTIONS) if n not in args.skip]
     console = Console(width=max(120, Console().width))

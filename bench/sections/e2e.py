@@ -56,7 +56,10 @@ class _Runner:
         self.base = base
         self.client = Celery("bench-baseline-client", broker=stack.broker_url, set_as_current=False)
         self.client.conf.update(baseline_app.MATCHED)
-        self.url = ctx.receiver.url("/e2e")
+        #: An external sink (``--sink``) cannot be counted: the baseline's worker is asked
+        #: when its last task ended instead (``bench_progress``, bench/baseline_app.py).
+        self.sink = ctx.config.sink
+        self.url = self.sink or ctx.receiver.url("/e2e")
         from delivery.producer.publisher import Publisher
         from schemas import get_settings
 
@@ -109,6 +112,30 @@ class _Runner:
         enqueue = time.perf_counter() - started
         return self._drain(label, run, count, enqueue, self.base, finished=None)
 
+    def _baseline_progress(self) -> dict[str, float]:
+        replies = self.stack.control.app.control.broadcast(
+            "bench_progress", destination=[self.base.hostname], reply=True, timeout=2, limit=1
+        )
+        if not replies:
+            raise RuntimeError(f"{self.base.hostname} did not answer bench_progress")
+        progress: dict[str, float] = next(iter(replies[0].values()))
+        return progress
+
+    def _baseline_done(self) -> int:
+        return int(self._baseline_progress()["count"])
+
+    def _baseline_finished(self, before: int, count: int, timeout: float) -> tuple[float, int]:
+        """When the baseline's worker had ``count`` more tasks succeeded, and how many."""
+        deadline = time.monotonic() + timeout
+        total = before + count
+        while True:
+            progress = self._baseline_progress()
+            if progress["count"] >= total:
+                return progress["last_at"], int(progress["count"]) - before
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"baseline: {progress} after {timeout:g}s (want {total})")
+            time.sleep(0.05)
+
     def _drain(
         self,
         label: str,
@@ -120,13 +147,18 @@ class _Runner:
     ) -> Measurement:
         receiver = self.ctx.receiver
         before = receiver.snapshot().count
+        done_before = self._baseline_done() if self.sink and finished is None else 0
         cpu_before = self.ctx.cpu_seconds(worker.pid)
         start = time.time()
         self.stack.control.resume(worker)
-        snap = receiver.wait_for(before + count, timeout=30 + count * TIMEOUT_PER_DELIVERY)
-        if finished is None:
-            end, delivered = snap.last_at, count
+        timeout = 30 + count * TIMEOUT_PER_DELIVERY
+        if self.sink and finished is None:
+            end, delivered = self._baseline_finished(done_before, count, timeout)
+        elif finished is None:
+            end, delivered = receiver.wait_for(before + count, timeout=timeout).last_at, count
         else:
+            if not self.sink:
+                receiver.wait_for(before + count, timeout=timeout)
             end, delivered = finished()
         cpu = self.ctx.cpu_seconds(worker.pid) - cpu_before
         # Let stragglers (duplicates, retries) show up in the request count.
@@ -140,7 +172,8 @@ class _Runner:
             rate=count / seconds,
             enqueue_rate=count / enqueue,
             cpu_ms=cpu * 1000 / count,
-            requests=receiver.snapshot().count - before,
+            # Unknown at an external sink.
+            requests=-1 if self.sink else receiver.snapshot().count - before,
             delivered=delivered,
         )
 
@@ -307,7 +340,7 @@ def _summarise(
             ratio,
             Spread.of([m.cpu_ms for m in ms]).format(2),
             Spread.of([m.enqueue_rate for m in ms]).format(0),
-            f"{sum(m.requests for m in ms)} / {sum(m.delivered for m in ms)}",
+            f"{'-' if cfg.sink else sum(m.requests for m in ms)} / {sum(m.delivered for m in ms)}",
             rabbit_rate,
             rabbit_ratio,
         )
@@ -335,8 +368,17 @@ def _summarise(
         f"receiver ceiling {ceiling:,.0f} req/s = {ceiling / fastest:.0f}x the fastest "
         "contender, so it is not the bottleneck.",
     ]
+    if cfg.sink:
+        result.notes[-2:] = [
+            f"every contender posted to the external sink {cfg.sink} (--sink; its ceiling is "
+            "not measured, nor its requests counted); timed from 'resume consuming' to the "
+            "last delivered_at in the log (ours) or the end of the baseline worker's last "
+            "successful task (its bench_progress control command).",
+        ]
     if rabbit is not None:
-        requests = sum(m.requests for ms in rabbit.measurements.values() for m in ms)
+        requests: int | str = (
+            "-" if cfg.sink else sum(m.requests for ms in rabbit.measurements.values() for m in ms)
+        )
         delivered = sum(m.delivered for ms in rabbit.measurements.values() for m in ms)
         result.notes += [
             f"RabbitMQ columns: the same contenders, runs and settings on a RabbitMQ node the "
