@@ -11,7 +11,9 @@ interval, and nothing shows unless the sweep finds something.
 
 The same thread takes turns at closing digest windows (``DIGEST_JOB``, every
 ``DELIVERY_DIGEST_INTERVAL`` seconds): one indexed query when no window is waiting; and
-once a day at the purge (``delivery.retention``), which runs in a thread of its own.
+once a day at the purge (``delivery.retention``), which runs in a thread of its own; and
+at the receipts job (``delivery.engine.receipt_lookups``: early receipts matched or
+dropped, deliveries whose receipt is overdue looked up at the provider, bounded per turn).
 """
 
 import logging

@@ -119,6 +119,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         "retry schedule",
         "rate limit",
         "per recipient",
+        "receipt timeout",
         "fallback",
         "state",
     )
@@ -130,6 +131,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             ",".join(f"{d:g}" for d in c["retry_schedule"]) if c["retry_schedule"] else "default",
             c["rate_limit"] or "-",
             c["per_recipient"] or "-",
+            f"{c['receipt_timeout'] / 3600:g}h",
             c["fallback"] or "-",
             c["state"]
             + (f" until {c['breaker_open_until'][:19]}" if c["breaker_open_until"] else ""),
