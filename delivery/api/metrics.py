@@ -17,6 +17,7 @@ histogram). ``delivery serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR`` so 
 processes behind one port add up (prometheus-client's multi-process mode).
 """
 
+import collections
 import logging
 import os
 import time
@@ -45,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delivery.api.broker import BrokerProbe
 from delivery.clock import utcnow
-from delivery.log.counts import DURATION_BUCKETS, Totals, totals
+from delivery.log.counts import DURATION_BUCKETS, UNKNOWN_CHANNEL, Totals, totals
 from delivery.log.tables import FINAL_STATUSES, ChannelRow, DeliveryRow, Status
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ class DeliveryCollector(Collector):
         up = GaugeMetricFamily("delivery_log_up", "Whether the delivery log answered.")
         try:
             with self.engine.connect() as connection:
-                by_status = connection.execute(_NOT_ENDED).all()
-                counted = totals(connection)
-                oldest = connection.execute(_OLDEST_WAITING).one()
                 channels = connection.execute(_CHANNELS).all()
+                known = {str(row[0]) for row in channels}
+                by_status = connection.execute(_NOT_ENDED).all()
+                counted = totals(connection, channels=known)
+                oldest = connection.execute(_OLDEST_WAITING).one()
         except SQLAlchemyError as exc:
             logger.warning("metrics: delivery log unavailable (%s)", type(exc).__name__)
             up.add_metric([], 0)
@@ -112,7 +114,11 @@ class DeliveryCollector(Collector):
             "and status.",
             labels=["channel", "status"],
         )
+        waiting: collections.Counter[tuple[str, str]] = collections.Counter()
         for channel, status, count in by_status:
+            # Only configured channels' names: a made-up one is not a series of its own.
+            waiting[(channel if channel in known else UNKNOWN_CHANNEL, status)] += count
+        for (channel, status), count in sorted(waiting.items()):
             deliveries.add_metric([channel, status], count)
         yield deliveries
         ended = CounterMetricFamily(

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from delivery.cli import app, fail, out, print_json
 from delivery.cli.admin import db
 from delivery.cli.context import delivery_log
-from delivery.log.counts import totals
-from delivery.log.tables import FINAL_STATUSES, DeliveryRow, Status
+from delivery.log.counts import UNKNOWN_CHANNEL, totals
+from delivery.log.tables import FINAL_STATUSES, ChannelRow, DeliveryRow, Status
 from delivery.retention import PurgeReport, Retention
 from schemas import get_settings
 
@@ -77,7 +77,8 @@ def stats(
     purged deliveries included), and what is waiting now: what /metrics shows."""
     log = delivery_log()
     with log.engine.connect() as connection:
-        counted = totals(connection)
+        known = set(connection.scalars(select(ChannelRow.name)))
+        counted = totals(connection, channels=known)
         waiting = connection.execute(
             select(DeliveryRow.channel, DeliveryRow.status, func.count())
             .where(DeliveryRow.status.in_(_NOT_ENDED))
@@ -88,7 +89,8 @@ def stats(
         ended.setdefault(channel, {})[status] = count
     now: dict[str, dict[str, int]] = {}
     for channel, status, count in sorted(waiting):
-        now.setdefault(channel, {})[status] = count
+        by_status = now.setdefault(channel if channel in known else UNKNOWN_CHANNEL, {})
+        by_status[status] = by_status.get(status, 0) + count
     attempts = {outcome: counted.attempt_count(outcome) for outcome in sorted(counted.attempts)}
     if as_json:
         print_json({"ended": ended, "waiting": now, "attempts": attempts})

@@ -10,7 +10,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from delivery.clock import utcnow
-from delivery.log.counts import Counter, tally_of
+from delivery.log.counts import UNKNOWN_CHANNEL, Counter, tally_of
 from delivery.log.records import DeliveryReads, DeliveryRecord
 from delivery.log.tables import FINAL_STATUSES, DeliveryRow, Status
 
@@ -156,7 +156,7 @@ class DeliveryAdmin(DeliveryReads):
                 .returning(d.id)
             ).first()
             if inserted is not None:
-                _count_cancelled(self._insert, session, "-", now)
+                _count_cancelled(self._insert, session, UNKNOWN_CHANNEL, now)
                 return Cancellation(CancelOutcome.CANCELLED, Status.CANCELLED)
             moved = session.execute(
                 update(d)

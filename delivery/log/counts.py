@@ -16,7 +16,7 @@ day's shards into one row, and days older than ``DAILY_FOR`` into one row per ke
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from delivery.log.tables import Base
+from delivery.log.tables import Base, ChannelRow
 
 #: Attempt duration buckets, seconds: a webhook answers in milliseconds, SMTP may take ten.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -47,6 +47,11 @@ DAILY_FOR = 7
 BEFORE = date(1970, 1, 1)
 #: What a row counts.
 DELIVERY, ATTEMPT = "delivery", "attempt"
+#: The channel label of deliveries on no configured channel: a name a malformed message
+#: made up, a channel since removed, a delivery cancelled before the log knew it. No
+#: channel can be named so (names begin with a letter or digit), and folding them into one
+#: keeps the labels, and the table, from growing with whatever names clients send.
+UNKNOWN_CHANNEL = "-"
 
 
 class CountRow(Base):
@@ -174,13 +179,16 @@ _TOTALS = select(
 ).group_by(CountRow.kind, CountRow.channel, CountRow.label, CountRow.bucket)
 
 
-def totals(connection: Connection) -> Totals:
-    """The sums over every day and shard: one grouped read of a small table."""
+def totals(connection: Connection, *, channels: Collection[str] | None = None) -> Totals:
+    """The sums over every day and shard: one grouped read of a small table. Given the
+    configured ``channels``, deliveries on any other are counted as ``UNKNOWN_CHANNEL``."""
     ended: dict[tuple[str, str], int] = {}
     attempts: dict[str, list[int]] = {}
     attempt_ms: dict[str, float] = defaultdict(float)
     for kind, channel, label, bucket, count, total_ms in connection.execute(_TOTALS):
         if kind == DELIVERY:
+            if channels is not None and channel not in channels:
+                channel = UNKNOWN_CHANNEL
             ended[(channel, label)] = ended.get((channel, label), 0) + int(count)
         elif kind == ATTEMPT and 0 <= bucket <= len(DURATION_BUCKETS):
             buckets = attempts.setdefault(label, [0] * (len(DURATION_BUCKETS) + 1))
@@ -199,7 +207,8 @@ class Compaction:
 
 def compact(counter: Counter, connection: Connection, *, today: date) -> Compaction:
     """Fold the shards of each day before yesterday into one row per key, and the days
-    older than ``DAILY_FOR`` into the ``BEFORE`` row; the sums stay as they were.
+    older than ``DAILY_FOR`` into the ``BEFORE`` row, and deliveries on channels not
+    configured into ``UNKNOWN_CHANNEL``; the sums stay as they were.
 
     Rows are deleted with RETURNING and what was returned is written back, so a count a
     worker adds meanwhile (a batch recorded across midnight) is either folded or left for
@@ -208,16 +217,20 @@ def compact(counter: Counter, connection: Connection, *, today: date) -> Compact
     settled = today - timedelta(days=1)
     daily_from = today - timedelta(days=DAILY_FOR)
     c = CountRow
+    known = {*connection.scalars(select(ChannelRow.name)), UNKNOWN_CHANNEL}
     already = (c.shard == 0) & ((c.day >= daily_from) | (c.day == BEFORE))
+    stray = (c.kind == DELIVERY) & c.channel.not_in(known)
     removed = connection.execute(
         delete(c)
-        .where(c.day < settled, ~already)
+        .where(c.day < settled, ~already | stray)
         .returning(c.day, c.kind, c.channel, c.label, c.bucket, c.count, c.total_ms)
     ).all()
     folded: dict[date, tuple[dict[Key, int], dict[Key, float]]] = {}
     for day, kind, channel, label, bucket, count, total_ms in removed:
         into = day if day >= daily_from else BEFORE
         counts, sums = folded.setdefault(into, (defaultdict(int), defaultdict(float)))
+        if kind == DELIVERY and channel not in known:
+            channel = UNKNOWN_CHANNEL
         key = (kind, channel, label, bucket)
         counts[key] += count
         sums[key] += total_ms

@@ -1,11 +1,12 @@
 """Read models of the log: a delivery with its attempts, as the CLI and the API show it."""
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Self
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from delivery.log.base import LogBase
@@ -17,6 +18,8 @@ from schemas import Envelope
 MIN_ID_PREFIX = 6
 #: How many characters of an id a table shows at least (more where that is not unique).
 SHORT_ID = 8
+#: Starts looked up per statement when checking short forms (two parameters each).
+_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,15 +256,13 @@ class DeliveryReads(LogBase):
         """Each id's shortest start, of at least ``length`` characters, that no other
         delivery in the log shares: what a table shows, and ``match_ids`` finds again.
 
-        Each start is looked up as a range of the primary key (two rows at most), so a
-        page of ids costs the same on a log of any size."""
+        Each start is looked up as a range of the primary key (two rows at most), all of a
+        page's in one statement, so a page costs the same on a log of any size."""
         shown: dict[str, str] = {}
         pending = list(dict.fromkeys(ids))
         with self._sessions() as session:
             while pending:
-                shared = {
-                    start for start in {i[:length] for i in pending} if _shared(session, start)
-                }
+                shared = _shared(session, sorted({i[:length] for i in pending}), length)
                 longer = []
                 for i in pending:
                     if len(i) <= length or i[:length] not in shared:
@@ -279,15 +280,22 @@ class DeliveryReads(LogBase):
             return {row[0]: row[1] for row in session.execute(query).all()}
 
 
-def _shared(session: Session, start: str) -> bool:
-    """Whether two deliveries or more have ids that begin with ``start``."""
-    found = session.scalars(
-        select(DeliveryRow.id)
-        .where(DeliveryRow.id >= start, DeliveryRow.id < _past(start))
-        .order_by(DeliveryRow.id)
-        .limit(2)
-    ).all()
-    return sum(1 for i in found if i.startswith(start)) > 1
+def _shared(session: Session, starts: Sequence[str], length: int) -> set[str]:
+    """Those of ``starts`` (each ``length`` long) that two deliveries' ids or more begin
+    with: up to two ids from each start's range of the primary key."""
+    found: list[str] = []
+    for at in range(0, len(starts), _CHUNK):
+        ranges = [
+            select(DeliveryRow.id)
+            .where(DeliveryRow.id >= start, DeliveryRow.id < _past(start))
+            .order_by(DeliveryRow.id)
+            .limit(2)
+            .subquery()
+            for start in starts[at : at + _CHUNK]
+        ]
+        found += session.scalars(union_all(*(select(r.c.id) for r in ranges))).all()
+    counts = Counter(i[:length] for i in found)
+    return {start for start in starts if counts[start] > 1}
 
 
 def _past(start: str) -> str:

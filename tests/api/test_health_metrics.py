@@ -98,3 +98,17 @@ def test_request_labels_are_bounded_whatever_clients_send(api: Api) -> None:
     assert "/v1/deliveries/{delivery_id}" in labels and "some-id" not in str(labels)
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
     assert "other" in methods
+
+
+def test_channels_nobody_configured_are_one_label(api: Api) -> None:
+    # Given malformed messages naming made-up channels, recorded as failed
+    log = api.app.state.api.log
+    for i in range(5):
+        log.reject(f"bad-{i}", channel=f"made-up-{i}", address="a", reason="no such channel")
+    # Then a scrape shows them under one channel label, "-", not five new series
+    samples = _samples(api.get("/metrics", key=None).text)
+    channels = {dict(key).get("channel") for (name, key) in samples if name.startswith("delivery_")}
+    assert not any(str(c).startswith("made-up") for c in channels)
+    assert (
+        samples[("delivery_deliveries_ended_total", (("channel", "-"), ("status", "failed")))] == 5
+    )

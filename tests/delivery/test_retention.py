@@ -15,7 +15,7 @@ from delivery.clock import utcnow
 from delivery.log import DeliveryLog
 from delivery.log.counts import BEFORE, DAILY_FOR, Counter, CountRow, Tally, compact, totals
 from delivery.log.inbound import ReceiptRow
-from delivery.log.tables import AttemptRow, Outcome, RecipientSendRow, Status
+from delivery.log.tables import AttemptRow, ChannelRow, Outcome, RecipientSendRow, Status
 from delivery.retention import DailyPurge, Retention
 from schemas import Settings
 from tests.support.seeding import seed
@@ -26,7 +26,15 @@ runner = CliRunner()
 
 @pytest.fixture
 def log(settings: Settings) -> DeliveryLog:
-    return DeliveryLog.from_settings(settings)
+    log = DeliveryLog.from_settings(settings)
+    now = utcnow()
+    with log.engine.begin() as connection:
+        connection.execute(
+            insert(ChannelRow).values(
+                name="hooks", dispatcher="webhook", config={}, created_at=now, updated_at=now
+            )
+        )
+    return log
 
 
 def rows(log: DeliveryLog, table: Any) -> int:
@@ -223,6 +231,27 @@ def test_compaction_folds_shards_and_old_days_and_keeps_the_sums(log: DeliveryLo
     with log.engine.begin() as connection:
         assert compact(counter, connection, today=today).removed == 0
         assert totals(connection) == before
+
+
+def test_made_up_channels_are_one_label_and_fold_into_one_row(log: DeliveryLog) -> None:
+    # Given malformed messages naming channels nobody configured, three days ago
+    three_days_ago = utcnow() - timedelta(days=3)
+    for n in range(5):
+        log.reject(f"bad-{n}", channel=f"made-up-{n}", address="a", reason="no such channel")
+    log.cancel("never-seen")
+    with log.engine.begin() as connection:
+        connection.execute(CountRow.__table__.update().values(day=three_days_ago.date()))
+    # Then they count as one channel, "-", beside the configured ones
+    with log.engine.connect() as connection:
+        assert totals(connection, channels={"hooks"}).ended == {
+            ("-", "failed"): 5,
+            ("-", "cancelled"): 1,
+        }
+    # And compaction folds their rows into it too
+    Retention(log.engine).compact_counts()
+    with log.engine.connect() as connection:
+        assert set(connection.scalars(select(CountRow.channel))) == {"-"}
+        assert totals(connection).ended == {("-", "failed"): 5, ("-", "cancelled"): 1}
 
 
 def test_a_lost_lease_is_not_counted_twice(log: DeliveryLog) -> None:

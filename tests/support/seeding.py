@@ -1,6 +1,7 @@
 """Filling a log fast, through the store (not the broker): what the retention tests and a
 bench of a log that runs for years start from."""
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -20,18 +21,20 @@ def seed(
     at: datetime | None = None,
     channel: str = "hooks",
     outcomes: Sequence[Outcome | None] = (Outcome.DELIVERED,),
-    prefix: str = "seed",
+    prefix: str | None = None,
     duration_ms: float = 20.0,
 ) -> list[str]:
-    """Record ``count`` deliveries made at ``at`` (default now), each claimed and, in turn
-    through ``outcomes``, finished with that outcome (None: left ``sending``). Returns their
-    ids."""
-    at = at or utcnow()
+    """Record ``count`` deliveries made at ``at`` (default now) and a millisecond apart per
+    transaction, each claimed and, in turn through ``outcomes``, finished with that outcome
+    (None: left ``sending``). Ids are random UUIDs, as the producer's look, or
+    ``PREFIX-n`` when a prefix is given. Returns the ids."""
+    first = at or utcnow()
     ids: list[str] = []
     for start in range(0, count, CHUNK):
+        at = first + timedelta(milliseconds=start)
         envelopes = [
             Envelope(
-                id=f"{prefix}-{n:09d}",
+                id=f"{prefix}-{n:09d}" if prefix else str(uuid.uuid4()),
                 channel=channel,
                 address=f"https://example.com/{n}",
                 payload=Payload(message=f"message {n}"),
