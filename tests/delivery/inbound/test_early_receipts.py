@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from pytest_httpserver import HTTPServer
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text
 from typer.testing import CliRunner
 
 from delivery.clock import utcnow
@@ -21,7 +21,6 @@ from delivery.inbound.receipt_log import ReceiptBook
 from delivery.log.early_receipts import EARLY_RECEIPT_LIFETIME
 from delivery.log.inbound import ReceiptRow
 from delivery.log.receipt_tables import EarlyReceiptRow
-from delivery.log.tables import DeliveryRow
 from schemas import Envelope, Payload, Settings
 
 SID = "AC" + "0123456789abcdef" * 2
@@ -219,27 +218,17 @@ def test_a_provider_away_is_asked_again_next_turn(world: World) -> None:
 
 def test_finding_overdue_deliveries_reads_the_partial_index(world: World) -> None:
     world.send("d1", sid_of(30))
-    with world.engine.log.engine.begin() as connection:
-        connection.execute(
-            update(DeliveryRow).where(DeliveryRow.id == "d1").values(status="delivered")
-        )
-    lookups = world.lookups()
-    found = lookups.overdue("sms-out", utcnow() + timedelta(hours=1), 10)
+    found = world.lookups().overdue("sms-out", utcnow() + timedelta(hours=1), 10)
     assert [d.id for d in found] == ["d1"]
-    from sqlalchemy import text
-
+    # The look-up's own shape: a range of the partial index, whatever the log's age
+    query = (
+        "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE channel = 'sms-out' "
+        "AND deliveries.status = 'delivered' AND delivered_at >= '1970-01-01' "
+        "AND delivered_at <= '2100-01-01' ORDER BY delivered_at, id LIMIT 10"
+    )
     with world.engine.log.engine.connect() as connection:
-        plan = " ".join(
-            str(row)
-            for row in connection.execute(
-                text(
-                    "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE channel = 'sms-out' "
-                    "AND deliveries.status = 'delivered' AND delivered_at >= '1970-01-01' "
-                    "ORDER BY delivered_at, id LIMIT 10"
-                )
-            )
-        )
-    assert "ix_deliveries_awaiting_receipt" in plan
+        plan = " ".join(str(row) for row in connection.execute(text(query)))
+    assert "ix_deliveries_awaiting_receipt" in plan and "TEMP B-TREE" not in plan
 
 
 @pytest.mark.parametrize("value", ["0h", "-1h", "72", "abc", "8d", "", "1.5h"])
@@ -273,3 +262,26 @@ def test_unmatched_receipts_do_not_reach_the_receipts_table(world: World) -> Non
     world.book.record("sms-out", callback(sid_of(40), "delivered"))
     with world.engine.log.engine.connect() as connection:
         assert connection.execute(select(ReceiptRow.id)).all() == []
+
+
+def test_the_sweeper_thread_survives_the_receipts_job_failing(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from workers.sweeper import Sweeper
+
+    sweeper = Sweeper(world.engine.log, world.engine.settings, worker="w1")
+
+    def log_away(*_: object, **__: object) -> bool:
+        raise OperationalError("select", {}, Exception("the log is away"))
+
+    monkeypatch.setattr(world.engine.log, "take_turn", log_away)
+    assert sweeper.look_at_receipts() is None
+
+    def bug(*_: object, **__: object) -> bool:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(world.engine.log, "take_turn", bug)
+    assert sweeper.look_at_receipts() is None
+    assert "looking after receipts failed" in caplog.text
