@@ -66,7 +66,8 @@ def _fresh_connections(**_: Any) -> None:
     from workers.tasks import get_assembly
 
     try:
-        warm_up(get_assembly())
+        # Well inside billiard's 4 s for a child to report that it started.
+        warm_up(get_assembly(), budget=2.0)
     except Exception as exc:  # noqa: BLE001  # a warm-up must never stop the worker
         logger.info("warm-up skipped: the engine could not be assembled (%s)", exc)
     _freeze_startup_objects()
