@@ -170,6 +170,7 @@ class DeliveryStore(LogBase):
             delivered_at=bindparam("p_delivered_at"),
             provider_ref=func.coalesce(bindparam("p_provider_ref"), d.provider_ref),
         )  # fmt: skip
+        self._move_on_one = self._move_on.returning(d.channel)
         self._renew = update(d).where(held).values(lease_until=bindparam("p_until"))
         # What the counts need of deliveries that ended: their channel, and whether this
         # batch's write is what moved them (when some leases were lost).
@@ -419,8 +420,15 @@ class DeliveryStore(LogBase):
             connection.execute(self._record_attempt, attempts)
             for apply in health:
                 apply(connection)
-            moved: int = connection.execute(self._move_on, moves).rowcount
-            tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
+            if len(moves) == 1:
+                # One delivery (the common case, coalesced or not): its channel comes back
+                # with the write, and the counts need no query of their own.
+                channel = connection.execute(self._move_on_one, moves[0]).scalar()
+                moved = 0 if channel is None else 1
+                tally = self._tally(connection, attempts, moves[:moved], channel=channel)
+            else:
+                moved = connection.execute(self._move_on, moves).rowcount
+                tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
             # Last in the transaction, so the counts' row locks are held the shortest time.
             self._counter.add(connection, tally, now=utcnow())
             # Receipts the provider sent before these references were recorded land now.
@@ -434,15 +442,20 @@ class DeliveryStore(LogBase):
         attempts: Sequence[dict[str, Any]],
         moves: Sequence[dict[str, Any]],
         *,
-        all_moved: bool,
+        all_moved: bool = True,
+        channel: str | None = None,
     ) -> Tally:
         """What a batch adds to the counts: every attempt recorded, and every delivery this
-        batch moved into a final status (one another worker took over is its to count)."""
+        batch moved into a final status (one another worker took over is its to count).
+        ``channel``: that of the one delivery in ``moves``, known already."""
         tally = Tally()
         for attempt in attempts:
             tally.attempt(attempt["p_outcome"], attempt["p_duration_ms"])
         final = [m for m in moves if m["p_status"] in FINAL_STATUSES]
         if not final:
+            return tally
+        if channel is not None and len(final) == 1:
+            tally.ended(channel, final[0]["p_status"])
             return tally
         rows = {
             row.id: row

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 
 # Every module that declares tables on the log's Base: a table missing here would show
 # below as one the migrations made and the models do not know.
+import delivery.log.counts
 import delivery.log.inbound
 import delivery.log.receipt_tables
 import delivery.notifications.tables
