@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import redis
@@ -148,6 +149,26 @@ def test_a_worker_relays_committed_rows_and_a_rollback_sends_nothing(
     assert len(app.committed) == 9 and len(app.rolled_back) == 9
     _assert_each_delivered_once(postgres_stack, receiver, app)
     assert _outbox_rows(app_engine) == 0
+
+
+def test_a_sqlite_application_on_the_embedded_broker_too(
+    embedded_stack: Stack, tmp_path: Path
+) -> None:
+    # The defaults end to end: an application on SQLite, the embedded broker, one worker
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    engine = create_engine(url)
+    metadata.create_all(engine)
+    secret = webhook_secret()
+    embedded_stack.channels.add("hooks", "webhook", {"secret": secret})
+    try:
+        with Receiver(secret) as receiver:
+            embedded_stack.worker("--concurrency", "2", DELIVERY_OUTBOX_URLS=url)
+            app = Application(engine, receiver.url(), size=3, rollback_every=2)
+            app.write(4)
+            _assert_each_delivered_once(embedded_stack, receiver, app)
+        assert _outbox_rows(engine) == 0
+    finally:
+        engine.dispose()
 
 
 class CountingPublisher:
