@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, and_, delete, func, or_, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Index,
+    PrimaryKeyConstraint,
+    Table,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+)
 
 # Every module that declares tables keyed to a delivery, so that the metadata holds them.
 import delivery.log.inbound
@@ -58,17 +70,31 @@ class PurgeReport:
 
 
 def keyed_to_deliveries() -> list[Column[Any]]:
-    """The ``delivery_id`` column of every table that names a delivery (attempts,
-    receipts, throttle counts, events' and digests' deliveries…), in a stable order."""
+    """The ``delivery_id`` column of every table whose rows belong to a delivery
+    (attempts, receipts, throttle counts, events' and digests' deliveries…), in a stable
+    order. Such a table is indexed by delivery, which is also what lets a batch delete
+    from it without a scan; a ``delivery_id`` no index begins with is something else (the
+    receipt look-ups' cursor, which names the last delivery it passed), and is left alone.
+    """
     deliveries = DeliveryRow.__table__
     found = []
     for table in Base.metadata.sorted_tables:
         if table is deliveries or not isinstance(table, Table):
             continue
         column = table.c.get("delivery_id")
-        if column is not None:
+        if column is not None and _indexed_by(table, column):
             found.append(column)
     return sorted(found, key=lambda c: c.table.name)
+
+
+def _indexed_by(table: Table, column: Column[Any]) -> bool:
+    """Whether an index, the primary key or a unique constraint begins with ``column``."""
+    keys: list[Index | PrimaryKeyConstraint | UniqueConstraint] = [
+        *table.indexes,
+        table.primary_key,
+        *(c for c in table.constraints if isinstance(c, UniqueConstraint)),
+    ]
+    return any(next(iter(key.columns), None) is column for key in keys)
 
 
 class Retention(LogBase):

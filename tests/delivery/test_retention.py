@@ -302,3 +302,12 @@ def test_the_daily_purge_takes_its_turn_once_and_never_stops_the_sweeper(
     failing = DailyPurge(log, settings, worker="w4")
     failing.settings = settings.model_copy(update={"retention_days": float("nan")})
     failing.run()  # raises nothing
+
+
+def test_the_purge_deletes_from_every_table_indexed_by_delivery() -> None:
+    from delivery.retention.purge import keyed_to_deliveries
+
+    tables = {column.table.name for column in keyed_to_deliveries()}
+    assert {"attempts", "receipts", "recipient_sends", "event_deliveries", "digest_items"} <= tables
+    # the receipt look-ups' cursor names a delivery, but belongs to its channel: it stays
+    assert "receipt_lookups" not in tables
