@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from typer.testing import CliRunner
 
 from delivery.cli import admin, app  # noqa: F401 - registers the commands
@@ -240,7 +240,7 @@ def test_made_up_channels_are_one_label_and_fold_into_one_row(log: DeliveryLog) 
         log.reject(f"bad-{n}", channel=f"made-up-{n}", address="a", reason="no such channel")
     log.cancel("never-seen")
     with log.engine.begin() as connection:
-        connection.execute(CountRow.__table__.update().values(day=three_days_ago.date()))
+        connection.execute(update(CountRow).values(day=three_days_ago.date()))
     # Then they count as one channel, "-", beside the configured ones
     with log.engine.connect() as connection:
         assert totals(connection, channels={"hooks"}).ended == {
