@@ -148,7 +148,14 @@ class ReceiptBook:
                     receipt.provider_ref,
                     receipt.provider_status,
                 )
-                return RecordedReceipt(None, None, not kept, False)
+                # A permanent bounce names its number: no need to wait for the match.
+                suppressed = bool(receipt.permanent and receipt.address) and self.suppressions.add(
+                    channel,
+                    receipt.address or "",
+                    f"bounce {receipt.error_code}",
+                    detail=f"receipt for {receipt.provider_ref}",
+                )
+                return RecordedReceipt(None, None, not kept, suppressed)
         suppressed = (
             early_receipts.suppress(self.engine, applied, suppressions=self.suppressions) > 0
         )

@@ -2,7 +2,8 @@
 SID is kept and matched as soon as it is; deliveries whose receipt never comes are looked
 up at Twilio (a local stand-in) once their channel's receipt timeout has passed."""
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy import insert, select, text
 from typer.testing import CliRunner
+from werkzeug import Request, Response
 
 from delivery.clock import utcnow
 from delivery.dispatchers.receipts import ProviderReceipt
@@ -42,10 +44,24 @@ class World:
     book: ReceiptBook
     twilio: HTTPServer
 
-    def send(self, delivery_id: str, sid: str, channel: str = "sms-out") -> str:
-        self.twilio.expect_oneshot_request(MESSAGES, method="POST").respond_with_json(
-            {"sid": sid, "status": "queued", "num_segments": "1"}, status=201
-        )
+    def send(
+        self,
+        delivery_id: str,
+        sid: str,
+        channel: str = "sms-out",
+        *,
+        calling_back: Sequence[ProviderReceipt] = (),
+    ) -> str:
+        """Deliver through the Twilio stand-in; ``calling_back``: the callbacks it makes
+        while the send is under way, before it answers (as real Twilio may)."""
+
+        def create(request: Request) -> Response:
+            for receipt in calling_back:
+                self.book.record(channel, receipt)
+            body = {"sid": sid, "status": "queued", "num_segments": "1"}
+            return Response(json.dumps(body), status=201, content_type="application/json")
+
+        self.twilio.expect_oneshot_request(MESSAGES, method="POST").respond_with_handler(create)
         envelope = Envelope(
             id=delivery_id, channel=channel, address=TO, payload=Payload(message="hi")
         )
@@ -106,9 +122,8 @@ def test_an_early_delivered_receipt_is_kept_then_confirms_the_delivery(world: Wo
 
 def test_an_early_permanent_bounce_bounces_and_suppresses(world: World) -> None:
     sid = sid_of(2)
-    world.book.record("sms-out", callback(sid, "sent"))
-    world.book.record("sms-out", callback(sid, "undelivered", "30005"))
-    assert world.send("d1", sid) == "bounced"
+    early = [callback(sid, "sent"), callback(sid, "undelivered", "30005")]
+    assert world.send("d1", sid, calling_back=early) == "bounced"
     assert world.receipts("d1") == [("pending", "sent"), ("bounced", "undelivered")]
     [suppressed] = world.book.suppressions.list(channel="sms-out")
     assert (suppressed.address, suppressed.reason) == (TO, "bounce 30005")
