@@ -204,7 +204,10 @@ class DeliveryStore(LogBase):
             inserted = connection.execute(self._insert_claimed, params).first()
             if inserted is not None and params["p_status"] == Status.SENDING:
                 return Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
-            return self._claim_existing(connection, envelope.id, now, lease_until)
+            interrupted = Tally()
+            claim = self._claim_existing(connection, envelope.id, now, lease_until, interrupted)
+            self._counter.add(connection, interrupted, now=now)
+            return claim
 
     def claim_many(
         self,
@@ -227,6 +230,7 @@ class DeliveryStore(LogBase):
         rows = [self._new_row(envelopes[i], now, lease_until) for i in order]
         claims: list[Claim | None] = [None] * len(envelopes)
         seen: set[str] = set()
+        interrupted = Tally()
         with self._write() as connection:
             # One multi-row INSERT; a conflicting id (a copy seen before) returns nothing.
             inserted = set(connection.execute(self._insert_claimed_ids, rows).scalars())
@@ -240,8 +244,13 @@ class DeliveryStore(LogBase):
                         ClaimState.CLAIMED, delivery_id, 1, 0, status=Status.SENDING
                     )
                 else:
-                    claims[index] = self._claim_existing(connection, delivery_id, now, lease_until)
+                    claims[index] = self._claim_existing(
+                        connection, delivery_id, now, lease_until, interrupted
+                    )
                 seen.add(delivery_id)
+            # Last, like every write to the counts: deliveries' rows are always locked
+            # before the counts' rows, so no two transactions wait for each other in a ring.
+            self._counter.add(connection, interrupted, now=now)
         return [c for c in claims if c is not None]
 
     @staticmethod
@@ -269,10 +278,16 @@ class DeliveryStore(LogBase):
         }
 
     def _claim_existing(
-        self, connection: Connection, delivery_id: str, now: datetime, lease_until: datetime
+        self,
+        connection: Connection,
+        delivery_id: str,
+        now: datetime,
+        lease_until: datetime,
+        interrupted: Tally,
     ) -> Claim:
         """Take a delivery already in the log, or say why not, inside ``connection``'s
-        transaction."""
+        transaction. An attempt it marks interrupted is added to ``interrupted``, for the
+        caller to count at the end of the transaction."""
         taken = connection.execute(
             self._take,
             {"p_id": delivery_id, "p_now": now, "p_due_by": now + DUE_SLACK,
@@ -287,9 +302,7 @@ class DeliveryStore(LogBase):
                     {"p_id": delivery_id, "p_number": number - 1, "p_now": now},
                 ).rowcount
                 if marked:
-                    interrupted = Tally()
                     interrupted.attempt(Outcome.INTERRUPTED, 0.0)
-                    self._counter.add(connection, interrupted, now=now)
             return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
         row = connection.execute(self._state, {"p_id": delivery_id}).one()
         if row.status in FINAL_STATUSES:

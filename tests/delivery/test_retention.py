@@ -267,6 +267,9 @@ def test_a_lost_lease_is_not_counted_twice(log: DeliveryLog) -> None:
     now = counted(log)
     assert now.ended == {("hooks", "delivered"): 1}
     assert now.attempt_count("failed") == 1 and now.attempt_count("delivered") == 1
+    # the takeover marked the first attempt interrupted, and counted that as it happened
+    # (the late worker's own outcome then replaced the mark in the log, and is counted too)
+    assert now.attempt_count("interrupted") == 1
 
 
 def test_cancelled_and_rejected_deliveries_are_counted(log: DeliveryLog) -> None:
