@@ -243,13 +243,16 @@ class DeliveryReads(LogBase):
         with self._sessions() as session:
             if session.get(DeliveryRow, text) is not None:
                 return [text]
+            if not text:
+                return []
+            # A range of the primary key, not LIKE: PostgreSQL reads LIKE 'abc%' from an
+            # index only under the C collation, and would read every id otherwise.
             found = session.scalars(
                 select(DeliveryRow.id)
-                .where(DeliveryRow.id.startswith(text, autoescape=True))
+                .where(DeliveryRow.id >= text, DeliveryRow.id < _past(text))
                 .order_by(DeliveryRow.id)
                 .limit(limit)
             ).all()
-        # SQLite's LIKE ignores case; an id's prefix is its exact start.
         return [i for i in found if i.startswith(text)]
 
     def short_ids(self, ids: Sequence[str], *, length: int = SHORT_ID) -> dict[str, str]:
