@@ -6,7 +6,7 @@ from typing import Self
 #: Sections in the order they run; ``--only`` and ``--skip`` take these names.
 SECTIONS = (
     "e2e", "producer", "overhead", "memory", "apprise", "latency", "postgres", "http",
-    "fanout", "coldstart", "outbox",
+    "fanout", "coldstart", "outbox", "history",
 )  # fmt: skip
 
 
@@ -45,6 +45,8 @@ class BenchConfig:
     #: after each is ready (the issue's "first 2 s"); the rate is ``latency_rate``.
     coldstart_runs: int = 5
     coldstart_seconds: float = 2.0
+    #: Section 12: deliveries in the full log (``--history-size``); the young log has 1,000.
+    history_size: int = 1_000_000
     #: Section 1: an external receiver (``--sink``, such as nginx answering 200) instead of
     #: the bench's own; None: the bench's own, which counts requests.
     sink: str | None = None
@@ -73,6 +75,7 @@ class BenchConfig:
             fanout_events=20,
             fanout_runs=1,
             coldstart_runs=1,
+            history_size=2000,
             quick=True,
         )
 

@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "own receiver",
     )
     parser.add_argument(
+        "--history-size",
+        type=int,
+        metavar="N",
+        help="section 12: deliveries in the full log (default 1,000,000)",
+    )
+    parser.add_argument(
         "--output", type=Path, help="JSON results file (default bench/results/bench-<time>.json)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
@@ -113,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     config = (BenchConfig.quick_run() if args.quick else BenchConfig.full()).with_overrides(
-        deliveries=args.deliveries, runs=args.runs, concurrency=args.concurrency, sink=args.sink
+        deliveries=args.deliveries,
+        runs=args.runs,
+        concurrency=args.concurrency,
+        sink=args.sink,
+        history_size=args.history_size,
     )
     chosen = [n for n in (args.only or SECTIONS) if n not in args.skip]
     console = Console(width=max(120, Console().width))

@@ -21,6 +21,7 @@ MODULES = {
     "fanout": "fanout",
     "coldstart": "coldstart",
     "outbox": "outbox",
+    "history": "history",
 }
 
 
