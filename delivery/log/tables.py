@@ -130,6 +130,10 @@ class ChannelRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: Only deliveries an API key sent (a partial index): those from Python pay nothing for it.
+OWNED: dict[str, Any] = {
+    f"{dialect}_where": text("owner IS NOT NULL") for dialect in ("sqlite", "postgresql")
+}
 #: Only delivered deliveries (a partial index): they leave it when a receipt moves them on.
 AWAITING: dict[str, Any] = {
     f"{dialect}_where": text("status = 'delivered'") for dialect in ("sqlite", "postgresql")
@@ -152,6 +156,8 @@ class DeliveryRow(Base):
         Index("ix_deliveries_status_created", "status", "created_at"),
         # A key's own deliveries, newest first (migration 0010): its listing reads the index.
         Index("ix_deliveries_owner_created", "owner", "created_at"),
+        # And those in one status (migration 0014): only deliveries an API key sent.
+        Index("ix_deliveries_owner_status_created", "owner", "status", "created_at", **OWNED),
         # Delivered, no receipt yet, by channel and age: the receipt look-ups (0016).
         Index("ix_deliveries_awaiting_receipt", "channel", "delivered_at", "id", **AWAITING),
     )

@@ -10,7 +10,8 @@ Chain position 14 of 14: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → �
 (``delivery.log.counts``). Existing deliveries and attempts are counted into it once, here,
 so the counters go on from where the log's figures stood. ``recipient_sends`` gets an index
 by delivery, which the purge deletes by; the listing by channel and status gets
-``(channel, status, created_at)`` in place of 0003's ``(channel, status)``.
+``(channel, status, created_at)`` in place of 0003's ``(channel, status)``, and an API
+key's listing by status ``(owner, status, created_at)`` over the deliveries keys sent.
 """
 
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ depends_on: str | Sequence[str] | None = None
 BEFORE = date(1970, 1, 1)
 #: Final statuses at the time of this migration (``tables.FINAL_STATUSES``).
 FINAL = ("delivered", "failed", "confirmed", "bounced", "cancelled", "skipped", "expired")
+#: Rows of the partial index by owner: deliveries an API key sent.
+_OWNED = sa.text("owner IS NOT NULL")
 #: Duration bucket bounds, milliseconds (``counts.DURATION_BUCKETS``).
 BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
@@ -55,6 +58,14 @@ def upgrade() -> None:
         "ix_deliveries_channel_status_created", "deliveries", ["channel", "status", "created_at"]
     )
     op.drop_index("ix_deliveries_channel_status", table_name="deliveries")
+    # An API key's listing in one status; only deliveries a key sent are in it.
+    op.create_index(
+        "ix_deliveries_owner_status_created",
+        "deliveries",
+        ["owner", "status", "created_at"],
+        sqlite_where=_OWNED,
+        postgresql_where=_OWNED,
+    )
     _count_what_the_log_holds(counts)
 
 
@@ -90,6 +101,7 @@ def _count_what_the_log_holds(counts: sa.Table) -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_owner_status_created", table_name="deliveries")
     op.create_index("ix_deliveries_channel_status", "deliveries", ["channel", "status"])
     op.drop_index("ix_deliveries_channel_status_created", table_name="deliveries")
     with op.batch_alter_table("recipient_sends") as batch:
