@@ -9,6 +9,7 @@ already committed stay done.
 
 import logging
 import threading
+from datetime import datetime
 
 from delivery.clock import utcnow
 from delivery.log.periodic import PeriodicJobs
@@ -31,6 +32,9 @@ class DailyPurge:
         self.settings = settings
         self.worker = worker
         self._thread: threading.Thread | None = None
+        #: When the job is next due, as the log said last time: until then this worker does
+        #: not ask (the sweeper looks every few seconds; the purge is due once a day).
+        self._due: datetime | None = None
 
     @property
     def running(self) -> bool:
@@ -39,9 +43,12 @@ class DailyPurge:
     def look(self) -> bool:
         """Start the purge if it is this worker's turn; whether it started. Raises what
         asking the log raises (the caller logs it, as for the sweep)."""
-        if self.running:
+        now = utcnow()
+        if self.running or (self._due is not None and now < self._due):
             return False
-        if not self.jobs.take_turn(PURGE_JOB, now=utcnow(), every=EVERY, worker=self.worker):
+        taken = self.jobs.take_turn(PURGE_JOB, now=now, every=EVERY, worker=self.worker)
+        self._due = self.jobs.next_run(PURGE_JOB)
+        if not taken:
             return False
         self._thread = threading.Thread(target=self.run, name="delivery-purge", daemon=True)
         self._thread.start()
