@@ -34,6 +34,7 @@ from delivery.clock import utcnow
 from delivery.erasure.forms import AddressForms
 from delivery.errors import SecretKeyMissing
 from delivery.log.base import LogBase
+from delivery.log.counts import count_ended
 from delivery.log.database import write_lock
 from delivery.log.inbound import InboundMessageRow, ReceiptRow, SuppressionRow
 from delivery.log.tables import (
@@ -132,10 +133,15 @@ class Eraser(LogBase):
 
     def _deliveries(self, tx: Connection, forms: AddressForms, counts: Erasure) -> list[str]:
         d = DeliveryRow
-        rows = tx.execute(select(d.id, d.status).where(forms.matches(d.address))).all()
+        rows = tx.execute(select(d.id, d.status, d.channel).where(forms.matches(d.address))).all()
         ids = [row.id for row in rows]
         unsent = [row.id for row in rows if row.status not in FINAL_STATUSES]
         now = utcnow()
+        count_ended(
+            tx,
+            [(row.channel, Status.ERASED) for row in rows if row.status not in FINAL_STATUSES],
+            now=now,
+        )
         for chunk in _chunks(unsent):
             # Final, so a worker that still has the message (in the broker, or sending it
             # now) claims nothing and records nothing: its ``held`` check needs ``sending``.

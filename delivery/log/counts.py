@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from delivery.log.tables import Base, ChannelRow
@@ -240,6 +241,13 @@ def compact(counter: Counter, connection: Connection, *, today: date) -> Compact
         counter.add_rows(connection, day, counts, sums, shard=0)
         written += len(counts)
     return Compaction(removed=len(removed), written=written)
+
+
+def count_ended(connection: Connection, ended: Iterable[tuple[str, str]], *, now: datetime) -> None:
+    """Count deliveries that ended, as ``(channel, status)`` pairs, in ``connection``'s
+    transaction: for writers outside the store (receipts, erasure)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    Counter(dialect.insert).add(connection, tally_of(ended), now=now)
 
 
 def tally_of(ended: Iterable[tuple[str, str]]) -> Tally:

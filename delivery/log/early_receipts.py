@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.dispatchers.receipts import BOUNCED, CONFIRMED, ProviderReceipt
+from delivery.log.counts import count_ended
 from delivery.log.inbound import ReceiptRow
 from delivery.log.receipt_tables import EarlyReceiptRow
 from delivery.log.tables import DeliveryRow, Status
@@ -101,6 +102,9 @@ def apply_receipt(
             .values(status=receipt.status, updated_at=received_at)
         ).rowcount
         moved_to = receipt.status if moved else None
+        if moved_to is not None:
+            # Counted as it ended delivered, and again as a receipt moved it on.
+            count_ended(connection, [(channel, moved_to)], now=received_at)
     return Applied(
         channel, delivery_id, receipt, moved_to, inserted is None, receipt.address or address
     )

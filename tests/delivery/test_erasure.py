@@ -15,6 +15,7 @@ from delivery.engine.throttle import RecipientThrottle
 from delivery.erasure import ERASED_ADDRESS, AddressForms, Eraser
 from delivery.errors import SecretKeyMissing, Suppressed
 from delivery.log import AttemptResult, ClaimState
+from delivery.log.counts import totals
 from delivery.log.inbound import InboundMessageRow, ReceiptRow, SuppressionRow
 from delivery.log.tables import (
     FINAL_STATUSES,
@@ -310,6 +311,9 @@ def test_a_delivery_not_yet_sent_ends_erased_and_is_never_sent(assembly: Assembl
         assert (decision.action, decision.outcome) == ("done", None)
     # and the worker's message did not write the address back
     assert ANN not in _everything(assembly)
+    # and the counts behind /metrics have the three as erased
+    with log.engine.connect() as connection:
+        assert totals(connection).ended[("mail", "erased")] == 3
 
 
 def test_erased_is_a_status_the_log_command_takes(assembly: Assembly) -> None:

@@ -20,6 +20,7 @@ from delivery.engine.assembly import Assembly, assemble
 from delivery.engine.receipt_lookups import ReceiptLookups
 from delivery.engine.suppression import SuppressionList
 from delivery.inbound.receipt_log import ReceiptBook
+from delivery.log.counts import totals
 from delivery.log.early_receipts import EARLY_RECEIPT_LIFETIME
 from delivery.log.inbound import ReceiptRow
 from delivery.log.receipt_tables import EarlyReceiptRow
@@ -118,6 +119,10 @@ def test_an_early_delivered_receipt_is_kept_then_confirms_the_delivery(world: Wo
     assert world.send("d1", sid) == "confirmed"
     assert world.receipts("d1") == [("confirmed", "delivered")]
     assert world.kept() == []
+    # and the counts behind /metrics have it as delivered, then confirmed
+    with world.engine.log.engine.connect() as connection:
+        ended = totals(connection).ended
+    assert (ended[("sms-out", "delivered")], ended[("sms-out", "confirmed")]) == (1, 1)
 
 
 def test_an_early_permanent_bounce_bounces_and_suppresses(world: World) -> None:
