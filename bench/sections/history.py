@@ -8,18 +8,19 @@ One PostgreSQL log (a throwaway cluster), one redis-server, one ``delivery worke
    (``bench.seeding.seed``: claimed and finished in batches, as a worker records them; one
    in 50 failed). Each read path is timed ``requests`` times; then the end-to-end rate
    (``send_many`` of N webhook deliveries to the bench's receiver, timed from resuming the
-   paused worker to the last ``delivered_at``, as sections 1 and 7 do); then ``delivery db
-   purge --older-than 30`` removes the 1,000.
+   paused worker to the last ``delivered_at``, as sections 1 and 7 do); then the purge
+   ``delivery db purge --older-than 30`` runs (``Retention.purge``, in a process of its
+   own) removes the 1,000.
 2. The full log: ``--history-size`` deliveries (default a million) made 40 days ago and
    earlier, a template seeded through the store and copied by PostgreSQL
    (``bench.seeding.copy_deliveries``), then ``VACUUM ANALYZE`` as autovacuum would have
    done on a log that grew over months. The same reads, the same end-to-end runs.
-3. ``delivery db purge --older-than 30`` removes the million while end-to-end runs follow
-   one another beside it; the runs that ended before the purge did give the rate while
-   purging, beside the full log's rate without a purge.
+3. The same purge removes the million while end-to-end runs follow one another beside
+   it; the runs that ended before the purge did give the rate while purging, beside the
+   full log's rate without a purge.
 
 The workers' own daily purge is off (``DELIVERY_RETENTION_DAYS=0``: they only compact the
-counts), so that nothing but the command purges, when the bench says.
+counts), so that nothing but the bench's purge removes deliveries, and when it says.
 """
 
 import base64
