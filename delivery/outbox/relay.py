@@ -58,6 +58,8 @@ class Relay:
         #: Whether the database can lock rows and skip those locked (not SQLite).
         self.locks_rows = engine.dialect.name != "sqlite"
         self._warned_at = -QUIET_FOR
+        #: Rows this version cannot read, left in place (see ``_publish``).
+        self._unreadable: set[int] = set()
 
     @property
     def where(self) -> str:
@@ -71,22 +73,26 @@ class Relay:
             PublishError: the broker could not take them; they stay, to be tried again.
             sqlalchemy.exc.SQLAlchemyError: the database failed; what was not deleted stays.
         """
+        return self._relay_batch()[1]
+
+    def _relay_batch(self) -> tuple[int, int]:
+        """One batch: how many rows were read, and how many published and deleted."""
         if self.locks_rows:
             # Locked until this transaction ends: other relays skip them meanwhile, and a
             # relay that dies releases them with its connection.
             with self.engine.begin() as connection:
                 rows = self._oldest(connection)
-                if rows:
-                    self._publish(rows)
-                    self._delete(connection, [row.id for row in rows])
-                return len(rows)
+                published = self._publish(rows) if rows else []
+                if published:
+                    self._delete(connection, published)
+                return len(rows), len(published)
         with self.engine.begin() as connection:
             rows = self._oldest(connection)
-        if rows:
-            self._publish(rows)
+        published = self._publish(rows) if rows else []
+        if published:
             with self.engine.begin() as connection:
-                self._delete(connection, [row.id for row in rows])
-        return len(rows)
+                self._delete(connection, published)
+        return len(rows), len(published)
 
     def drain(self) -> int:
         """Relay batches until the outbox is empty; how many rows in all.
@@ -97,9 +103,9 @@ class Relay:
         """
         total = 0
         while True:
-            moved = self.relay_once()
+            read, moved = self._relay_batch()
             total += moved
-            if moved < self.batch:
+            if read < self.batch:
                 return total
 
     def run(self, stop: threading.Event, *, interval: float = DEFAULT_INTERVAL) -> None:
@@ -124,23 +130,30 @@ class Relay:
         t = TABLE
         query = select(t.c.id, t.c.delivery_id, t.c.envelope, t.c.countdown, t.c.created_at)
         # Id order: the nearest to commit order there is (see outbox_table).
+        if self._unreadable:
+            query = query.where(t.c.id.not_in(self._unreadable))
         query = query.order_by(t.c.id).limit(self.batch)
         if self.locks_rows:
             query = query.with_for_update(skip_locked=True)
         return connection.execute(query).all()
 
-    def _publish(self, rows: Sequence[Any]) -> None:
+    def _publish(self, rows: Sequence[Any]) -> list[int]:
+        """Publish what this version can read of ``rows``; the ids published."""
         now = datetime.now(UTC)
         outgoing: list[Outgoing] = []
+        published: list[int] = []
         for row in rows:
             try:
                 envelope = Envelope.model_validate_json(row.envelope)
             except ValidationError as exc:
                 # Not a task message this version can read (a hand-edited row, or an
-                # application on a newer delivery than its workers): held back, it would
-                # block every row behind it. Said loudly, with what identifies it.
+                # application on a newer delivery than this relay): left where it is, for
+                # a relay that can read it, and passed over from now on so that it holds
+                # up no row behind it. Said loudly, once, with what identifies it.
+                self._unreadable.add(row.id)
                 logger.error(
-                    "outbox row %s (delivery %s) in %s is not a task message, dropped: %s",
+                    "outbox row %s (delivery %s) in %s is not a task message this version "
+                    "can read; left in place: %s",
                     row.id,
                     row.delivery_id,
                     self.where,
@@ -148,8 +161,10 @@ class Relay:
                 )
                 continue
             outgoing.append((envelope, _remaining(row.countdown, row.created_at, now)))
+            published.append(row.id)
         if outgoing:
             self.publisher.publish_envelopes(outgoing, batch=True)
+        return published
 
     @staticmethod
     def _delete(connection: Connection, ids: list[int]) -> None:
