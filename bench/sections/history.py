@@ -390,8 +390,12 @@ def _purge_while_sending(stack: DeliveryStack, sender: _Sender) -> tuple[float, 
     the purge did."""
     purge = _Purge(stack).go()
     runs: list[E2ERun] = []
-    while purge.running():
-        runs.append(sender.run())
+    try:
+        while purge.running():
+            runs.append(sender.run())
+    except BaseException:
+        purge.process.kill()  # not a child the run's clean-up knows of
+        raise
     seconds, purged = purge.result()
     assert purge.ended is not None
     return seconds, purged, [r for r in runs if r.ended <= purge.ended]
@@ -410,7 +414,7 @@ def run(ctx: BenchContext) -> SectionResult:
         database_url=ctx.postgres_url("history"),
         queue="bench-history",
     ) as stack:
-        # Nothing purges but the command, when the bench runs it.
+        # The workers only compact the counts: nothing purges but the bench, when it says.
         stack.env["DELIVERY_RETENTION_DAYS"] = "0"
         stack.add_channel(SEEDED)
         worker = stack.start_worker("history", cfg.concurrency)
@@ -476,7 +480,7 @@ def _summarise(
         Spread.of(_rates(full.runs)).format(0),
         f"{full_rate / young_rate:.2f}x",
     )
-    purge_rate = [p.purged / p.purge_seconds for p in (young, full)]
+    purge_rate = [p.purged / max(p.purge_seconds, 1e-6) for p in (young, full)]
     result.add_row(
         f"delivery db purge --older-than {RETENTION_DAYS}",
         f"{young.purged:,} in {young.purge_seconds:.1f} s",
