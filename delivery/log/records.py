@@ -229,10 +229,14 @@ class DeliveryReads(LogBase):
         if after:
             created, last_id = after
             query = query.where(
+                # Implied by the OR below, but only this gives the index a place to start:
+                # without it PostgreSQL walked down from the newest delivery to the page
+                # (177 ms half-way through a million; 0.7 ms with it).
+                DeliveryRow.created_at <= created,
                 or_(
                     DeliveryRow.created_at < created,
                     and_(DeliveryRow.created_at == created, DeliveryRow.id > last_id),
-                )
+                ),
             )
         with self._sessions() as session:
             return [DeliveryRecord.from_row(row) for row in session.scalars(query).all()]

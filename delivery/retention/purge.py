@@ -179,7 +179,10 @@ class Retention(LogBase):
             )
             if after is not None:
                 query = query.where(
-                    or_(d.created_at > after[0], and_(d.created_at == after[0], d.id > after[1]))
+                    # Implied by the OR, but the index can start only from this: without it
+                    # each batch walked again past every one before it.
+                    d.created_at >= after[0],
+                    or_(d.created_at > after[0], and_(d.created_at == after[0], d.id > after[1])),
                 )
             with self.engine.connect() as connection:
                 rows = connection.execute(query).all()
