@@ -38,8 +38,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from delivery.engine.retry import outage_backoff
 from delivery.engine.service import Decision
 from delivery.errors import DeliveryFailed, RetryableError
+from delivery.producer.celery_config import PUBLISHED_AT_HEADER
 from schemas import Envelope, get_settings
-from workers.tasks import get_service, one_argument, task_outcome
+from workers.tasks import get_service, one_argument, published_time, task_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ class Pending:
     @property
     def task_id(self) -> str:
         return str(self.headers["id"])
+
+    @property
+    def published_at(self) -> float | None:
+        """When the producer published it; None from a producer too old to say."""
+        return published_time(self.headers.get(PUBLISHED_AT_HEADER))
 
 
 class CoalescedRequest:
@@ -273,9 +279,10 @@ class Coalescer:
         service = get_service()
         try:
             if len(envelopes) == 1:
-                decisions = [service.deliver(envelopes[0])]
+                decisions = [service.deliver(envelopes[0], published_at=batch[0].published_at)]
             else:
-                decisions = service.deliver_many(envelopes)
+                published = [p.published_at for p in batch]
+                decisions = service.deliver_many(envelopes, published_at=published)
         except SQLAlchemyError as exc:
             # Not recorded, so not done: each goes back to the broker for later.
             logger.warning(
@@ -337,7 +344,7 @@ class Coalescer:
                 kwargsrepr=headers.get("kwargsrepr"),
                 exchange=info.get("exchange"),
                 routing_key=info.get("routing_key"),
-                headers={ALONE_HEADER: True} if alone else None,
+                headers=self._headers(pending, alone=alone),
             )
         except Exception:  # the broker's own errors: the sweep finds it in the log
             logger.exception("could not publish %s again; the sweep will", pending.task_id)
@@ -345,6 +352,15 @@ class Coalescer:
         self._event("task-retried", pending, exception=saferepr(shown), traceback="")
         self._ended(pending, "RETRY", shown)
         self._acknowledge(pending)
+
+    @staticmethod
+    def _headers(pending: Pending, *, alone: bool) -> dict[str, Any] | None:
+        """The headers a message published again keeps: its first publish time (it may
+        not be in the log yet, and an erasure since must still hold), and ``alone``."""
+        headers: dict[str, Any] = {ALONE_HEADER: True} if alone else {}
+        if pending.published_at is not None:
+            headers[PUBLISHED_AT_HEADER] = pending.published_at
+        return headers or None
 
     def _started(self, pending: Pending) -> None:
         """What Celery does as a task starts: the event, the worker state, the signal."""

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -20,7 +21,12 @@ from delivery.engine.service import Decision, DeliveryService
 from delivery.errors import DeliveryFailed, PublishError, RetryableError
 from delivery.log.tables import Outcome
 from delivery.notifications.operational import OperationalEvents, operational_events
-from delivery.producer.celery_config import DELIVER_BATCH_TASK, DELIVER_TASK, SWEEP_TASK
+from delivery.producer.celery_config import (
+    DELIVER_BATCH_TASK,
+    DELIVER_TASK,
+    PUBLISHED_AT_HEADER,
+    SWEEP_TASK,
+)
 from delivery.producer.publisher import get_publisher
 from delivery.redaction import mask_address
 from schemas import Envelope, get_settings
@@ -108,7 +114,7 @@ def deliver(self: Task, *args: Any, **kwargs: Any) -> str:
     if request is None:
         raise DeliveryFailed(reason)
     try:
-        decision = get_service().deliver(request)
+        decision = get_service().deliver(request, published_at=published_at(self.request))
     except SQLAlchemyError as exc:
         _retry_later(self, exc, request.id)
     outcome = task_outcome(request, decision)
@@ -167,7 +173,9 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
     decisions: list[Decision] = []
     if requests:
         try:
-            decisions = get_service().deliver_many(requests)
+            decisions = get_service().deliver_many(
+                requests, published_at=published_at(self.request)
+            )
         except SQLAlchemyError as exc:
             _retry_later(self, exc, requests[0].id)
         _requeue(requests, decisions)
@@ -181,6 +189,22 @@ def deliver_batch(self: Task, *args: Any, **kwargs: Any) -> str:
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise DeliveryFailed(f"{tally}. Failed: {shown}{more}")
     return tally
+
+
+def published_at(request: Any) -> float | None:
+    """When the task message was published (``PUBLISHED_AT_HEADER``), from the request
+    Celery made of it; None from a producer too old to say (or a value that is no time)."""
+    value = getattr(request, PUBLISHED_AT_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(PUBLISHED_AT_HEADER)
+    return published_time(value)
+
+
+def published_time(value: Any) -> float | None:
+    """``value`` as a publish time, epoch seconds; None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def report_failure(envelope: Envelope, decision: Decision) -> None:

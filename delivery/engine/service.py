@@ -157,6 +157,11 @@ class DeliveryService:
         self._claimed = GroupCommit(self._claim_group)
         #: Told of breakers opened and closed, after the commit (the worker sets it).
         self.breaker_watcher: BreakerWatcher | None = None
+        # Imported here: the erasure package stands on the engine, not the other way round.
+        from delivery.erasure.backlog import ErasedBacklog
+
+        #: Deliveries published before their address was erased: never claimed nor sent.
+        self.erased_backlog = ErasedBacklog(log.engine, keys=erasure_keys(settings))
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -169,8 +174,15 @@ class DeliveryService:
     def close(self) -> None:
         self.leases.close()
 
-    def deliver(self, envelope: Envelope) -> Decision:
-        """Send one delivery unless it is done or held elsewhere, and record the attempt."""
+    def deliver(self, envelope: Envelope, *, published_at: float | None = None) -> Decision:
+        """Send one delivery unless it is done or held elsewhere, and record the attempt.
+
+        ``published_at``: when its task message was published (epoch seconds; None: by
+        a producer too old to say, not checked). A delivery whose address was erased
+        since is recorded ``erased`` and never sent.
+        """
+        if published_at is not None and self._erase_unsent([envelope], [published_at]):
+            return Decision("done")
         claim = self._claimed(envelope)
         if isinstance(claim, Decision):
             return claim
@@ -187,16 +199,39 @@ class DeliveryService:
         finally:
             self.leases.let_go([claim])
 
-    def deliver_many(self, envelopes: Sequence[Envelope]) -> list[Decision]:
+    def deliver_many(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        published_at: float | Sequence[float | None] | None = None,
+    ) -> list[Decision]:
         """Deliver a batch: claimed in one transaction, sent one after another, the
         attempts recorded ``RECORD_EVERY`` at a time as they end (a crash re-sends only
         those and what was in flight).
+
+        ``published_at``: when their task message was published, or one time each (the
+        coalescer's messages); None: not checked. Those whose address was erased since
+        are recorded ``erased`` and never sent, as in ``deliver``.
 
         Batching is for the common case only. After a retryable failure on a channel, and
         once the batch has run for ``batch_budget`` seconds, the rest is handed back
         unspent (``requeue`` at once) to go one task each, where a slow or failing
         provider holds up no other delivery and the circuit breaker sees every attempt.
         """
+        if published_at is not None:
+            times = (
+                [published_at] * len(envelopes)
+                if isinstance(published_at, float | int)
+                else list(published_at)
+            )
+            erased = self._erase_unsent(envelopes, times)
+            if erased:
+                rest = [e for place, e in enumerate(envelopes) if place not in erased]
+                sent = iter(self.deliver_many(rest) if rest else [])
+                return [
+                    Decision("done") if place in erased else next(sent)
+                    for place in range(len(envelopes))
+                ]
         claims = self._claim_many(envelopes)
         held = [c for c in claims if isinstance(c, Claim) and c.state is ClaimState.CLAIMED]
         self.leases.hold(held)
@@ -204,6 +239,21 @@ class DeliveryService:
             return self._send_claimed(envelopes, claims)
         finally:
             self.leases.let_go(held)
+
+    def _erase_unsent(
+        self, envelopes: Sequence[Envelope], published_at: Sequence[float | None]
+    ) -> set[int]:
+        """Record ``erased`` those of ``envelopes`` whose address was erased after their
+        message was published; their places. One indexed query, which finds nothing
+        unless an erasure came after the oldest of them was published."""
+        places = self.erased_backlog.erased(envelopes, published_at)
+        if places:
+            self.erased_backlog.record_erased([envelopes[place] for place in places])
+            logger.info(
+                "%d deliveries to an address erased since they were published: erased, unsent",
+                len(places),
+            )
+        return set(places)
 
     def _send_claimed(
         self, envelopes: Sequence[Envelope], claims: Sequence[Claim | Decision]

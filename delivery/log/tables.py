@@ -290,6 +290,8 @@ class ErasureRow(Base):
     when, and how many rows of each kind went. Erasing it again adds to the counts."""
 
     __tablename__ = "erasures"
+    # A worker asks for the erasures since a task message was published, once per task.
+    __table_args__ = (Index("ix_erasures_erased_at", "erased_at"),)
 
     #: ``delivery.recipients.address_hash.keyed_hash`` of the address, hex.
     address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)

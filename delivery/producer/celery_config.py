@@ -14,6 +14,11 @@ SWEEP_TASK = "delivery.sweep"
 ROUTE_INBOUND_TASK = "delivery.route_inbound"
 #: Fans one event out to its subscriptions (``delivery.notify``; ``workers.events``).
 FANOUT_TASK = "delivery.fanout"
+#: A delivery task message's header: when the producer published it (UTC epoch seconds).
+#: A worker erases, unsent, a delivery to an address erased since (``delivery erase``). A
+#: header, not an envelope field: workers older than it ignore a header they do not know,
+#: but refuse an envelope with a field they do not know.
+PUBLISHED_AT_HEADER = "delivery_published_at"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

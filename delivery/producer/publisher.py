@@ -21,6 +21,7 @@ from delivery.producer.celery_config import (
     DELIVER_BATCH_TASK,
     DELIVER_TASK,
     FANOUT_TASK,
+    PUBLISHED_AT_HEADER,
     ROUTE_INBOUND_TASK,
     celery_config,
 )
@@ -227,6 +228,11 @@ class Publisher:
                 raise
 
     def _send(self, producer: Any, task: _Task) -> None:
+        headers = None
+        if task.name in (DELIVER_TASK, DELIVER_BATCH_TASK):
+            # Set now, on each try: a worker erases it unsent if its address was erased
+            # since (an erasure cannot find a delivery still waiting in the broker).
+            headers = {PUBLISHED_AT_HEADER: time.time()}
         self.app.send_task(
             task.name,
             args=task.args,
@@ -234,6 +240,7 @@ class Publisher:
             countdown=task.countdown,
             producer=producer,
             retry=False,
+            headers=headers,
             **self._amqp_options,
             **({} if self.settings.task_args_in_events else _shown_arguments(task)),
         )

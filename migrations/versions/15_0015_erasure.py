@@ -8,7 +8,8 @@ Chain position 15 of 15: 0001 → 0002 → 0005 → 0004 → 0003 → 0006 → �
 
 An erased address stays on a suppression list as ``erased:`` and its keyed hash, in the
 ``suppressions`` table as it is (no change of schema there). This revision adds the record
-of erasures, by the same hash: when, and what went.
+of erasures, by the same hash: when, and what went, indexed by when (a worker asks for the
+erasures since each task message was published).
 """
 
 from collections.abc import Sequence
@@ -32,7 +33,10 @@ def upgrade() -> None:
         sa.Column("counts", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("address_hash", name=op.f("pk_erasures")),
     )
+    # A worker asks for the erasures since a task message was published, once per task.
+    op.create_index("ix_erasures_erased_at", "erasures", ["erased_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_erasures_erased_at", table_name="erasures")
     op.drop_table("erasures")
