@@ -200,11 +200,18 @@ def published_at(request: Any) -> float | None:
     return published_time(value)
 
 
+#: The latest publish time taken as one (the year 3000): beyond it, or before 1970, a
+#: header's number is no time (``datetime.fromtimestamp`` would raise on 1e300).
+LATEST_PUBLISH_TIME = 32_503_680_000.0
+
+
 def published_time(value: Any) -> float | None:
     """``value`` as a publish time, epoch seconds; None if it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    if not math.isfinite(value) or not 0 <= value <= LATEST_PUBLISH_TIME:
+        return None
+    return float(value)
 
 
 def report_failure(envelope: Envelope, decision: Decision) -> None:

@@ -130,6 +130,24 @@ def test_a_message_from_an_older_producer_is_sent_as_before(
     assert status_of(receipt.id)["status"] == "delivered"
 
 
+@pytest.mark.parametrize(
+    "header", [1e300, -1e300, -1.0, 2**63, float("nan"), float("inf"), True, "1.5", [1.0], None]
+)
+def test_a_header_that_is_no_time_is_not_checked_and_breaks_nothing(
+    tasks: Any, assembly: Assembly, httpserver: Any, header: Any
+) -> None:
+    # A crafted message: the header's name right, its value anything
+    httpserver.expect_request("/ann/T0K3N").respond_with_data("ok")
+    ann = httpserver.url_for("/ann/T0K3N")
+    receipt = delivery.send("hooks", ann, {"message": "hello"})
+    [(_, args, _)] = published()
+    erase_address(ann)
+    tasks.deliver.apply(args=args, headers={PUBLISHED_AT_HEADER: header})
+    # As a message from an older producer: sent, not a failure of the task
+    assert len(httpserver.log) == 1
+    assert status_of(receipt.id)["status"] == "delivered"
+
+
 def test_a_batch_erases_only_the_erased_address(
     tasks: Any, assembly: Assembly, httpserver: Any
 ) -> None:
