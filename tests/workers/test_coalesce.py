@@ -14,9 +14,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from kombu.connection import Connection
 
-from delivery.producer.celery_config import DELIVER_TASK
+from delivery.producer.celery_config import DELIVER_TASK, PUBLISHED_AT_HEADER
 from schemas import Settings
 from workers.coalesce import ALONE_HEADER, Coalescer
+from workers.tasks import LATEST_PUBLISH_TIME
 
 ENVELOPE = {
     "id": "d-1",
@@ -130,7 +131,9 @@ _values = st.one_of(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    header=st.sampled_from(["id", "task", "retries", "eta", "expires", "timelimit", "argsrepr"]),
+    header=st.sampled_from(
+        ["id", "task", "retries", "eta", "expires", "timelimit", "argsrepr", PUBLISHED_AT_HEADER]
+    ),
     value=_values,
     field=st.sampled_from(["id", "channel", "address", "payload", "attempt_base", "extra"]),
     field_value=_values,
@@ -147,6 +150,9 @@ def test_mutated_messages_never_break_the_consumer(
         pending = coalescer.take_over(candidate, ack=print)
         if pending is not None:
             assert isinstance(pending.task_id, str) and pending.envelope.id
+            # a publish time is a time, or none (as from an older producer)
+            published = pending.published_at
+            assert published is None or 0 <= published <= LATEST_PUBLISH_TIME
 
 
 def _buffered(coalescer: Coalescer, count: int) -> None:
