@@ -15,11 +15,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, bindparam, delete, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.clock import utcnow
 from delivery.errors import Suppressed
-from delivery.log.database import read_only
+from delivery.log.database import read_only, upsert_insert
 from delivery.log.inbound import SuppressionRow
 from delivery.recipients.address_hash import hashed_forms
 
@@ -65,7 +64,7 @@ class SuppressionList:
         self.engine = engine
         self._erasure_keys = erasure_keys
         self._reader = read_only(engine)
-        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert: Any = upsert_insert(engine.dialect.name)
 
     def check(self, channel: str, address: str, *, known: Known | None = None) -> None:
         """Raises: Suppressed when ``address`` is on ``channel``'s list (as ``known`` has

@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.clock import utcnow
 from delivery.inbound.base import InboundMessage
 from delivery.inbound.handler import ReceivedMessage
+from delivery.log.database import upsert_insert
 from delivery.log.inbound import InboundHandlingRow, InboundMessageRow
 
 #: Namespace for message ids derived from ``(backend, provider id)``.
@@ -116,7 +116,7 @@ _HANDLING = cast(Table, InboundHandlingRow.__table__)
 class Inbox:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert: Any = upsert_insert(engine.dialect.name)
 
     def record(self, backend: str, kind: str, message: InboundMessage) -> Recorded:
         """Record a message once; a retry of it (same provider id) returns the first."""

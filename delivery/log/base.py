@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
-from delivery.log.database import get_engine, write_lock
+from delivery.log.database import get_engine, upsert_insert, write_lock
 from schemas import Settings
 
 
@@ -21,8 +20,7 @@ class LogBase:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
-        # Both backends have INSERT … ON CONFLICT, spelt by their own dialect.
-        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert: Any = upsert_insert(engine.dialect.name)
         # SQLite has one writer at a time: this process's threads take turns (and the WAL
         # checkpoint thread waits its turn when it must).
         self._write_lock: threading.RLock | contextlib.nullcontext[None] = (

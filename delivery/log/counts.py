@@ -33,9 +33,9 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
+from delivery.log.database import upsert_insert
 from delivery.log.tables import Base, ChannelRow
 
 #: Attempt duration buckets, seconds: a webhook answers in milliseconds, SMTP may take ten.
@@ -246,8 +246,7 @@ def compact(counter: Counter, connection: Connection, *, today: date) -> Compact
 def count_ended(connection: Connection, ended: Iterable[tuple[str, str]], *, now: datetime) -> None:
     """Count deliveries that ended, as ``(channel, status)`` pairs, in ``connection``'s
     transaction: for writers outside the store (receipts, erasure)."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    Counter(dialect.insert).add(connection, tally_of(ended), now=now)
+    Counter(upsert_insert(connection.dialect.name)).add(connection, tally_of(ended), now=now)
 
 
 def tally_of(ended: Iterable[tuple[str, str]]) -> Tally:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -190,3 +191,9 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def upsert_insert(dialect_name: str) -> Any:
+    """The ``insert`` of the log's dialect: both backends have INSERT … ON CONFLICT, each
+    spelt by its own dialect's construct."""
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert

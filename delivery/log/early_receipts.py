@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from delivery.dispatchers.receipts import BOUNCED, CONFIRMED, ProviderReceipt
 from delivery.log.counts import count_ended
+from delivery.log.database import upsert_insert
 from delivery.log.inbound import ReceiptRow
 from delivery.log.receipt_tables import EarlyReceiptRow
 from delivery.log.tables import DeliveryRow, Status
@@ -62,10 +62,6 @@ class Applied:
     address: str | None
 
 
-def _insert_for(connection: Connection) -> Any:
-    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
-
-
 def apply_receipt(
     connection: Connection,
     *,
@@ -78,7 +74,7 @@ def apply_receipt(
     """Record ``receipt`` against its delivery and move the delivery on, in ``connection``'s
     transaction."""
     inserted = connection.execute(
-        _insert_for(connection)(_RECEIPTS)
+        upsert_insert(connection.dialect.name)(_RECEIPTS)
         .values(
             channel=channel,
             delivery_id=delivery_id,
@@ -113,7 +109,7 @@ def apply_receipt(
 def keep(connection: Connection, channel: str, receipt: ProviderReceipt, now: datetime) -> bool:
     """Keep a receipt whose reference no delivery has yet; False if it was kept before."""
     kept = connection.execute(
-        _insert_for(connection)(_EARLY)
+        upsert_insert(connection.dialect.name)(_EARLY)
         .values(
             channel=channel,
             provider_ref=receipt.provider_ref,

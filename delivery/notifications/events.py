@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from delivery.clock import utcnow
+from delivery.log.database import upsert_insert
 from delivery.log.tables import DeliveryRow
 from delivery.notifications.tables import EventDeliveryRow, EventRow
 from schemas.events import Event
@@ -71,7 +71,7 @@ class EventRecord:
 class EventStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert: Any = upsert_insert(engine.dialect.name)
 
     def fanned_out(self, event_id: str) -> bool:
         """Whether the event was fanned out already (a replay has nothing to do)."""
