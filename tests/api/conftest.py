@@ -7,25 +7,16 @@ from typing import Any
 
 import pytest
 import requests
-from kombu.connection import Connection
 
 from delivery.api import create_app
 from schemas import Settings
+from tests.support.memory_broker import take_waiting
 from tests.support.uvicorn_server import serving
 
 
 def drain() -> list[dict[str, Any]]:
     """Every task message on the in-memory broker's delivery queue (emptied)."""
-    messages: list[dict[str, Any]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.05)
-            except queue.Empty:
-                return messages
-            args, _, _ = message.decode()
-            messages.append({"task": message.headers["task"], "args": args})
-            message.ack()
+    return [{"task": m.task, "args": m.args} for m in take_waiting(timeout=0.05)]
 
 
 def enqueued_ids(messages: list[dict[str, Any]]) -> list[str]:

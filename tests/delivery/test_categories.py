@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from kombu.connection import Connection
 from pydantic import ValidationError
 
 import delivery
@@ -16,20 +15,12 @@ from delivery.log import DeliveryLog
 from schemas import CATEGORY_PATTERN, Envelope, Settings
 from schemas.events import Event
 from schemas.settings import parse_categories
+from tests.support.memory_broker import take_waiting
 from workers.sweeper import DIGEST_JOB, Sweeper
 
 
 def _drain() -> list[tuple[str, list[Any]]]:
-    found: list[tuple[str, list[Any]]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            args, _, _ = message.decode()
-            found.append((message.headers["task"], args))
-            message.ack()
+    return [(message.task, message.args) for message in take_waiting()]
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
 from pytest_httpserver import HTTPServer
 from rich.console import Console
 from typer.testing import CliRunner
@@ -25,6 +24,7 @@ from delivery.wording import plural
 from schemas import Payload, Settings
 from tests.conftest import webhook_secret
 from tests.support.environment import LOCAL
+from tests.support.memory_broker import take_waiting
 
 runner = CliRunner()
 
@@ -42,15 +42,10 @@ def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
 def _drain() -> list[dict[str, Any]]:
     """The delivery envelopes waiting on the in-memory broker (each task's first)."""
     found: list[dict[str, Any]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            args = message.decode()[0]
-            found += args[0] if isinstance(args[0], list) else [args[0]]
-            message.ack()
+    for message in take_waiting():
+        first = message.args[0]
+        found += first if isinstance(first, list) else [first]
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
 from pydantic import ValidationError
 
 import delivery
@@ -11,20 +10,11 @@ from delivery.producer.publisher import delivery_id
 from delivery.producer.recipients import recipient_id
 from schemas import Message, Payload, Receipt, Settings
 from schemas.events import MAX_RECIPIENTS
+from tests.support.memory_broker import take_waiting
 
 
 def _envelopes() -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            args, _, _ = message.decode()
-            task = message.headers["task"]
-            found.extend(args[0] if task == "delivery.deliver_batch" else args)
-            message.ack()
+    return [envelope for message in take_waiting() for envelope in message.envelopes]
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
 from kombu.message import Message
 from typer.testing import CliRunner
 
@@ -20,6 +19,7 @@ from delivery.log.counts import totals
 from delivery.producer.celery_config import PUBLISHED_AT_HEADER
 from schemas import Envelope, Settings
 from tests.conftest import webhook_secret
+from tests.support.memory_broker import take_waiting
 from workers.coalesce import Pending
 
 runner = CliRunner()
@@ -46,16 +46,7 @@ def assembly(settings: Settings) -> Assembly:
 
 def published() -> list[tuple[str, list[Any], dict[str, Any]]]:
     """Every task message waiting in the in-memory broker: its task, arguments, headers."""
-    found: list[tuple[str, list[Any], dict[str, Any]]] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            args, _, _ = message.decode()
-            found.append((message.headers["task"], args, dict(message.headers)))
-            message.ack()
+    return [(message.task, message.args, message.headers) for message in take_waiting()]
 
 
 def erase_address(address: str) -> dict[str, int]:

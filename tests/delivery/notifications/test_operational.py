@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
 from pytest_httpserver import HTTPServer
 from sqlalchemy import event as sa_event
 
@@ -34,6 +33,7 @@ from schemas import Envelope, Payload, Settings
 from schemas.events import Event
 from tests.conftest import webhook_secret
 from tests.delivery.notifications.conftest import drain_envelopes
+from tests.support.memory_broker import take_waiting
 
 
 class Published(list[Event]):
@@ -311,17 +311,11 @@ def test_a_success_that_races_an_opening_leaves_the_breaker_to_its_probe(
 
 def _published_events() -> list[Event]:
     """The events waiting in the in-memory broker for the fan-out task."""
-    found: list[Event] = []
-    with Connection("memory://") as conn, conn.SimpleQueue("delivery") as queue:
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            if message.headers["task"] == "delivery.fanout":
-                args, _, _ = message.decode()
-                found.append(Event.model_validate(args[0]))
-            message.ack()
+    return [
+        Event.model_validate(message.args[0])
+        for message in take_waiting()
+        if message.task == "delivery.fanout"
+    ]
 
 
 def test_a_person_pausing_and_resuming_a_channel_is_announced_when_it_changes(
