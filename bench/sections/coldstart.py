@@ -21,7 +21,7 @@ from bench import baseline_app
 from bench.context import BenchContext
 from bench.latency import LatencyReceiver
 from bench.report import SectionResult, Spread, Target
-from bench.sections.latency import Percentiles, _Steady
+from bench.sections.latency import Percentiles, _Steady, numbered_senders
 from bench.stack import DeliveryStack, Worker, delivery_stack
 
 TITLE = "10. Cold start (the first seconds after a worker is ready; webhook, SQLite log)"
@@ -47,8 +47,6 @@ class Turn:
 def run(ctx: BenchContext) -> SectionResult:
     from celery import Celery
 
-    import delivery
-
     cfg = ctx.config
     result = SectionResult(
         "coldstart",
@@ -72,15 +70,7 @@ def run(ctx: BenchContext) -> SectionResult:
         url = receiver.url("/coldstart")
         steady = _Steady(cfg.latency_rate)
 
-        def send_ours(seq: int) -> None:
-            delivery.send(channel, url, {"message": f"order {seq}", "data": {"seq": seq}})
-
-        def send_base(seq: int) -> None:
-            client.send_task(
-                baseline_app.POST_TASK,
-                args=[url, {"message": f"order {seq}", "seq": seq}],
-                queue=BASELINE_QUEUE,
-            )
+        send_ours, send_base = numbered_senders(channel, url, client, BASELINE_QUEUE)
 
         def start_ours(name: str) -> Worker:
             return stack.start_worker(name, cfg.concurrency)

@@ -9,6 +9,7 @@ deliveries' send times are kept, so a periodic stall shows as a pattern.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +70,28 @@ class _Steady:
         return returned
 
 
+def numbered_senders(
+    channel: str, url: str, client: Any, baseline_queue: str
+) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """Send message number ``seq`` to ``url``: ours with ``delivery.send`` on ``channel``,
+    the baseline's as its task on ``baseline_queue`` (sections 6 and 10)."""
+    import delivery
+
+    def send_ours(seq: int) -> None:
+        delivery.send(channel, url, {"message": f"order {seq}", "data": {"seq": seq}})
+
+    def send_base(seq: int) -> None:
+        client.send_task(
+            baseline_app.POST_TASK,
+            args=[url, {"message": f"order {seq}", "seq": seq}],
+            queue=baseline_queue,
+        )
+
+    return send_ours, send_base
+
+
 def run(ctx: BenchContext) -> SectionResult:
     from celery import Celery
-
-    import delivery
 
     cfg = ctx.config
     result = SectionResult(
@@ -100,15 +119,7 @@ def run(ctx: BenchContext) -> SectionResult:
         url = receiver.url("/latency")
         steady = _Steady(cfg.latency_rate)
 
-        def send_ours(seq: int) -> None:
-            delivery.send(channel, url, {"message": f"order {seq}", "data": {"seq": seq}})
-
-        def send_base(seq: int) -> None:
-            client.send_task(
-                baseline_app.POST_TASK,
-                args=[url, {"message": f"order {seq}", "seq": seq}],
-                queue=BASELINE_QUEUE,
-            )
+        send_ours, send_base = numbered_senders(channel, url, client, BASELINE_QUEUE)
 
         try:
             # Warm up both (imports, connections, the channel cache); not measured.
