@@ -5,8 +5,9 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 from rich.table import Table
 
@@ -17,6 +18,9 @@ from delivery.log import migrate
 from delivery.log.database import get_engine
 from delivery.log.migrate import upgrade
 from schemas import Envelope, Message, Payload, get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 db = typer.Typer(help="The delivery log's database.", no_args_is_help=True)
 app.add_typer(db, name="db")
@@ -255,7 +259,31 @@ def worker(
         # Celery cannot tell an explicit "--pool prefork" from its default and would keep
         # the configured pool, so set the configuration itself.
         celery_app.conf.worker_pool = pool
-    celery_app.worker_main(["worker", *ctx.args])
+    code = _celery_worker(celery_app, ctx.args)
+    if code:
+        raise typer.Exit(code)
+
+
+def _celery_worker(celery_app: "Celery", args: list[str]) -> int:
+    """Celery's ``worker`` command alone, as ``celery worker`` runs it; its exit code.
+
+    Not through the ``celery`` command group (``Celery.worker_main``): the group imports
+    every installed ``celery.commands`` plugin first (Flower, and with it redis.asyncio),
+    a quarter of a worker's start-up CPU, for commands a worker never runs.
+    """
+    from celery.bin.base import CLIContext
+    from celery.bin.worker import worker as worker_command
+
+    context = CLIContext(
+        app=celery_app, no_color=bool(os.environ.get("NO_COLOR")), workdir=None, quiet=False
+    )
+    try:
+        code = worker_command.main(
+            args=args, prog_name="delivery worker", obj=context, standalone_mode=False
+        )
+    except click.UsageError as exc:
+        fail(f"{exc.format_message()} (see `delivery worker --help` and `celery worker --help`)", 2)
+    return code if isinstance(code, int) else 0
 
 
 def _pool_option(args: list[str]) -> str | None:
