@@ -153,7 +153,8 @@ class DeliveryService:
         self.leases = LeaseKeeper(log, lease=settings.lease_seconds)
         #: Records an ended attempt at once, in one transaction with the other threads'.
         self._recorded = GroupCommit(self._record)
-        #: Claims a single task's delivery in one transaction with the other threads'.
+        #: Claims a single task's delivery (with its message's publish time) in one
+        #: transaction with the other threads'.
         self._claimed = GroupCommit(self._claim_group)
         #: Told of breakers opened and closed, after the commit (the worker sets it).
         self.breaker_watcher: BreakerWatcher | None = None
@@ -161,7 +162,7 @@ class DeliveryService:
         from delivery.erasure.backlog import ErasedBacklog
 
         #: Deliveries published before their address was erased: never claimed nor sent.
-        self.erased_backlog = ErasedBacklog(log.engine, keys=erasure_keys(settings))
+        self.erased_backlog = ErasedBacklog(keys=erasure_keys(settings))
 
     def policy_for(self, channel: Channel | None) -> RetryPolicy:
         return RetryPolicy(
@@ -181,9 +182,7 @@ class DeliveryService:
         a producer too old to say, not checked). A delivery whose address was erased
         since is recorded ``erased`` and never sent.
         """
-        if published_at is not None and self._erase_unsent([envelope], [published_at]):
-            return Decision("done")
-        claim = self._claimed(envelope)
+        claim = self._claimed((envelope, published_at))
         if isinstance(claim, Decision):
             return claim
         if claim.state is not ClaimState.CLAIMED:
@@ -218,42 +217,20 @@ class DeliveryService:
         unspent (``requeue`` at once) to go one task each, where a slow or failing
         provider holds up no other delivery and the circuit breaker sees every attempt.
         """
-        if published_at is not None:
-            times = (
-                [published_at] * len(envelopes)
-                if isinstance(published_at, float | int)
-                else list(published_at)
-            )
-            erased = self._erase_unsent(envelopes, times)
-            if erased:
-                rest = [e for place, e in enumerate(envelopes) if place not in erased]
-                sent = iter(self.deliver_many(rest) if rest else [])
-                return [
-                    Decision("done") if place in erased else next(sent)
-                    for place in range(len(envelopes))
-                ]
-        claims = self._claim_many(envelopes)
+        times: Sequence[float | None] = (
+            [None] * len(envelopes)
+            if published_at is None
+            else [published_at] * len(envelopes)
+            if isinstance(published_at, float | int)
+            else published_at
+        )
+        claims = self._claim_many(envelopes, times)
         held = [c for c in claims if isinstance(c, Claim) and c.state is ClaimState.CLAIMED]
         self.leases.hold(held)
         try:
             return self._send_claimed(envelopes, claims)
         finally:
             self.leases.let_go(held)
-
-    def _erase_unsent(
-        self, envelopes: Sequence[Envelope], published_at: Sequence[float | None]
-    ) -> set[int]:
-        """Record ``erased`` those of ``envelopes`` whose address was erased after their
-        message was published; their places. One indexed query, which finds nothing
-        unless an erasure came after the oldest of them was published."""
-        places = self.erased_backlog.erased(envelopes, published_at)
-        if places:
-            self.erased_backlog.record_erased([envelopes[place] for place in places])
-            logger.info(
-                "%d deliveries to an address erased since they were published: erased, unsent",
-                len(places),
-            )
-        return set(places)
 
     def _send_claimed(
         self, envelopes: Sequence[Envelope], claims: Sequence[Claim | Decision]
@@ -319,23 +296,41 @@ class DeliveryService:
         decision = self._release(claim, utcnow())
         return dataclasses.replace(decision, error=f"not attempted yet, handed back: {why}")
 
-    def _claim_many(self, envelopes: Sequence[Envelope]) -> Sequence[Claim | Decision]:
+    def _claim_many(
+        self, envelopes: Sequence[Envelope], published_at: Sequence[float | None]
+    ) -> Sequence[Claim | Decision]:
+        """Claim ``envelopes`` in one transaction; those whose address was erased since
+        their message was published (``published_at``) are recorded ``erased`` in it, and
+        come back ``DONE``."""
         try:
-            return self.log.claim_many(envelopes, lease=self.settings.lease_seconds)
+            return self.log.claim_many(
+                envelopes,
+                lease=self.settings.lease_seconds,
+                screen=self.erased_backlog.screen(envelopes, published_at),
+            )
         except DataError:
             # A value the database refuses (from a producer that skipped the schemas) must
             # not hold up its batch-mates: claim them one by one, and fail it alone.
             logger.warning("the log refused a batch; claiming its deliveries one by one")
-            return [self._claim_alone(envelope) for envelope in envelopes]
+            return [
+                self._claim_alone(envelope, published)
+                for envelope, published in zip(envelopes, published_at, strict=True)
+            ]
 
-    def _claim_group(self, envelopes: Sequence[Envelope]) -> list[Claim | Decision]:
-        if len(envelopes) == 1:
-            return [self._claim_alone(envelopes[0])]
-        return list(self._claim_many(envelopes))
+    def _claim_group(
+        self, items: Sequence[tuple[Envelope, float | None]]
+    ) -> list[Claim | Decision]:
+        if len(items) == 1:
+            return [self._claim_alone(*items[0])]
+        return list(self._claim_many([e for e, _ in items], [t for _, t in items]))
 
-    def _claim_alone(self, envelope: Envelope) -> Claim | Decision:
+    def _claim_alone(self, envelope: Envelope, published_at: float | None) -> Claim | Decision:
         try:
-            return self.log.claim(envelope, lease=self.settings.lease_seconds)
+            return self.log.claim(
+                envelope,
+                lease=self.settings.lease_seconds,
+                screen=self.erased_backlog.screen([envelope], [published_at]),
+            )
         except DataError as exc:
             problem = describe_error(exc.orig or exc)
             reason = f"the delivery log cannot store this delivery: {problem}"

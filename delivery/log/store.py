@@ -6,7 +6,7 @@ delivery costs more than running them.
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +26,13 @@ DUE_SLACK = timedelta(seconds=1)
 PROVIDER_REF_LENGTH = 255
 #: Leases renewed per statement.
 RENEW_CHUNK = 500
+
+#: Runs first in a claim's transaction (``claim``, ``claim_many``): the places of the
+#: deliveries given that must not be claimed, each with the final status it recorded them
+#: in itself (adding them to the tally, which the claim writes to the counts). The erasure
+#: screens this way the deliveries of messages published before their address was erased
+#: (``delivery.erasure.backlog``): no transaction, and no connection, of its own.
+Screen = Callable[[Connection, Tally], Mapping[int, str]]
 
 
 class ClaimState(enum.Enum):
@@ -190,23 +197,29 @@ class DeliveryStore(LogBase):
         *,
         lease: float,
         now: datetime | None = None,
+        screen: Screen | None = None,
     ) -> Claim:
         """Record the delivery if new, and take it for one attempt if nobody else may.
 
         A conditional write, so two copies of one message never both send: only one of
         them moves the row into ``sending``. Attempts are recorded when they end; one cut
         short by a crash is recorded as interrupted by the worker that takes over.
+        ``screen``: see ``Screen``; a delivery it screens out comes back ``DONE``.
         """
         now = now or utcnow()
         lease_until = now + timedelta(seconds=lease)
         params = self._new_row(envelope, now, lease_until)
         with self._write() as connection:
+            tally = Tally()
+            screened = screen(connection, tally) if screen is not None else {}
+            if 0 in screened:
+                self._counter.add(connection, tally, now=now)
+                return Claim(ClaimState.DONE, envelope.id, status=screened[0])
             inserted = connection.execute(self._insert_claimed, params).first()
             if inserted is not None and params["p_status"] == Status.SENDING:
                 return Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
-            interrupted = Tally()
-            claim = self._claim_existing(connection, envelope.id, now, lease_until, interrupted)
-            self._counter.add(connection, interrupted, now=now)
+            claim = self._claim_existing(connection, envelope.id, now, lease_until, tally)
+            self._counter.add(connection, tally, now=now)
             return claim
 
     def claim_many(
@@ -215,11 +228,13 @@ class DeliveryStore(LogBase):
         *,
         lease: float,
         now: datetime | None = None,
+        screen: Screen | None = None,
     ) -> list[Claim]:
         """``claim`` for a batch in one transaction: new deliveries in one statement.
 
         A delivery id that appears twice in ``envelopes`` is claimed once; its later copies
-        come back ``DONE``, since the first copy is the one that sends.
+        come back ``DONE``, since the first copy is the one that sends. ``screen``: see
+        ``Screen``; those it screens out come back ``DONE``.
         """
         now = now or utcnow()
         lease_until = now + timedelta(seconds=lease)
@@ -230,10 +245,18 @@ class DeliveryStore(LogBase):
         rows = [self._new_row(envelopes[i], now, lease_until) for i in order]
         claims: list[Claim | None] = [None] * len(envelopes)
         seen: set[str] = set()
-        interrupted = Tally()
+        tally = Tally()
         with self._write() as connection:
+            screened = screen(connection, tally) if screen is not None else {}
+            if screened:
+                for index, status in screened.items():
+                    claims[index] = Claim(ClaimState.DONE, envelopes[index].id, status=status)
+                kept = [(i, row) for i, row in zip(order, rows, strict=True) if i not in screened]
+                order, rows = [i for i, _ in kept], [row for _, row in kept]
             # One multi-row INSERT; a conflicting id (a copy seen before) returns nothing.
-            inserted = set(connection.execute(self._insert_claimed_ids, rows).scalars())
+            inserted = (
+                set(connection.execute(self._insert_claimed_ids, rows).scalars()) if rows else set()
+            )
             for index, row in zip(order, rows, strict=True):
                 delivery_id = envelopes[index].id
                 if delivery_id in seen:
@@ -245,12 +268,12 @@ class DeliveryStore(LogBase):
                     )
                 else:
                     claims[index] = self._claim_existing(
-                        connection, delivery_id, now, lease_until, interrupted
+                        connection, delivery_id, now, lease_until, tally
                     )
                 seen.add(delivery_id)
             # Last, like every write to the counts: deliveries' rows are always locked
             # before the counts' rows, so no two transactions wait for each other in a ring.
-            self._counter.add(connection, interrupted, now=now)
+            self._counter.add(connection, tally, now=now)
         return [c for c in claims if c is not None]
 
     @staticmethod

@@ -188,3 +188,28 @@ def test_the_coalescer_reads_each_message_s_publish_time(
     assert [d.action for d in decisions] == ["done", "done"]
     assert len(httpserver.log) == 1
     assert [status_of(r.id)["status"] for r in (first, second)] == ["erased", "delivered"]
+
+
+def test_a_batch_all_erased_sends_nothing_and_counts_each_once(
+    assembly: Assembly, httpserver: Any
+) -> None:
+    httpserver.expect_request("/ann/T0K3N").respond_with_data("ok")
+    ann = httpserver.url_for("/ann/T0K3N")
+    # Given two deliveries to Ann published, and then Ann erased
+    receipts = delivery.send_many(
+        [{"channel": "hooks", "address": ann, "payload": {"message": f"hi {i}"}} for i in range(2)]
+    )
+    messages = published()
+    envelopes = [e for task, args, _ in messages for e in (args[0] if "batch" in task else args)]
+    envelopes = [Envelope.model_validate(e) for e in envelopes]
+    when = min(headers[PUBLISHED_AT_HEADER] for _, _, headers in messages)
+    erase_address(ann)
+    # When a batch of both and a copy of the first is delivered, and once more
+    for _ in range(2):
+        decisions = assembly.service.deliver_many([*envelopes, envelopes[0]], published_at=when)
+        assert [d.action for d in decisions] == ["done"] * 3
+    # Then nothing is sent, each ends erased, and each is counted once
+    assert httpserver.log == []
+    assert [status_of(r.id)["status"] for r in receipts] == ["erased", "erased"]
+    with assembly.log.engine.connect() as connection:
+        assert totals(connection).ended[("hooks", "erased")] == 2
