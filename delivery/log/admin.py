@@ -62,7 +62,7 @@ class DeliveryAdmin(DeliveryReads):
         """Record a message that can never be sent (malformed, unknown channel) as failed.
         ``owner`` and ``test``: the API key it was made for, which may read it."""
         now = now or utcnow()
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             before = session.scalar(select(DeliveryRow.status).where(DeliveryRow.id == delivery_id))
             session.execute(
                 self._insert(DeliveryRow)
@@ -97,7 +97,7 @@ class DeliveryAdmin(DeliveryReads):
     def reopen(self, delivery_id: str, *, now: datetime | None = None) -> DeliveryRecord | None:
         """Make a failed delivery sendable again, keeping its attempts. None if not failed."""
         now = now or utcnow()
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             moved = session.execute(
                 update(DeliveryRow)
                 .where(
@@ -136,7 +136,7 @@ class DeliveryAdmin(DeliveryReads):
             d.status.in_((Status.QUEUED, Status.RETRYING, Status.SCHEDULED)),
             and_(d.status == Status.SENDING, or_(d.lease_until.is_(None), d.lease_until < now)),
         )
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             inserted = session.execute(
                 self._insert(d)
                 .values(

@@ -1,14 +1,13 @@
-"""What every part of the delivery log shares: the engine, sessions and the write lock."""
+"""What every part of the delivery log shares: the engine, sessions and write transactions."""
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import sessionmaker
 
-from delivery.log.database import get_engine, upsert_insert, write_lock
+from delivery.log.database import get_engine, upsert_insert
 from schemas import Settings
 
 
@@ -21,11 +20,6 @@ class LogBase:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
         self._insert: Any = upsert_insert(engine.dialect.name)
-        # SQLite has one writer at a time: this process's threads take turns (and the WAL
-        # checkpoint thread waits its turn when it must).
-        self._write_lock: threading.RLock | contextlib.nullcontext[None] = (
-            write_lock(engine) if self._sqlite else contextlib.nullcontext()
-        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -33,5 +27,7 @@ class LogBase:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.begin() as connection:
+        """A write transaction. On SQLite it takes this process's write lock as it begins
+        (``database.write_lock``): one writer at a time, queued here, not in SQLite."""
+        with self.engine.begin() as connection:
             yield connection

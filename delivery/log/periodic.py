@@ -22,7 +22,7 @@ class PeriodicJobs(LogBase):
         """Whether ``worker`` runs ``job`` now: True for exactly one caller per ``every``
         seconds across all processes sharing the log."""
         following = now + timedelta(seconds=every)
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             moved = session.execute(
                 update(PeriodicJobRow)
                 .where(PeriodicJobRow.name == job, PeriodicJobRow.next_run_at <= now)
@@ -35,7 +35,7 @@ class PeriodicJobs(LogBase):
                 return False
         # The job's first turn ever: whoever inserts its row takes it.
         try:
-            with self._write_lock, self._sessions.begin() as session:
+            with self._sessions.begin() as session:
                 session.add(
                     PeriodicJobRow(
                         name=job, next_run_at=following, last_run_by=worker[:255], last_run_at=now

@@ -49,7 +49,7 @@ class DeliverySweep(LogBase):
                 and_(DeliveryRow.status == Status.QUEUED, DeliveryRow.updated_at <= overdue),
             ),
         )
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             rows = session.scalars(
                 select(DeliveryRow)
                 .where(candidates)

@@ -87,7 +87,7 @@ class DigestStore(LogBase):
         """Put ``event`` in the subscription's window for ``now``; the window's start. A
         replay keeps the window the event was first put in."""
         start = window_start(now, period)
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             session.execute(
                 self._insert(DigestItemRow)
                 .values(
@@ -131,7 +131,7 @@ class DigestStore(LogBase):
             DigestItemRow.window_start == window.start,
             DigestItemRow.delivery_id.is_(None),
         )
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             earlier = session.scalar(
                 select(func.count())
                 .select_from(DigestItemRow)
@@ -198,7 +198,7 @@ class DigestStore(LogBase):
     def mark_published(self, delivery_ids: Sequence[str], *, now: datetime) -> None:
         if not delivery_ids:
             return
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             session.execute(
                 update(DigestItemRow)
                 .where(
@@ -211,7 +211,7 @@ class DigestStore(LogBase):
 
     def forget(self, *, now: datetime) -> int:
         """Remove items published more than ``KEEP_PUBLISHED`` ago; how many."""
-        with self._write_lock, self._sessions.begin() as session:
+        with self._sessions.begin() as session:
             return int(
                 session.execute(
                     delete(DigestItemRow).where(DigestItemRow.published_at < now - KEEP_PUBLISHED)
