@@ -123,10 +123,14 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self._pause()):
-            self.look()
-            self.look_at_digests()
-            self.look_at_receipts()
-            self.look_at_purge()
+            self.look_at_all()
+
+    def look_at_all(self) -> None:
+        """One look at every job: take the turns that are this worker's. Never raises."""
+        self.look()
+        self.look_at_digests()
+        self.look_at_receipts()
+        self.look_at_purge()
 
     def look_at_digests(self) -> int | None:
         """One look at the digest windows: close those that ended, if it is this worker's
@@ -191,22 +195,39 @@ class Sweeper:
 
 
 _sweeper: Sweeper | None = None
+_sweeper_lock = threading.Lock()
+
+
+def _this_workers_sweeper(hostname: str | None) -> Sweeper:
+    """This worker process's sweeper, made on first use."""
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is None:
+            from workers.tasks import get_service
+
+            name = f"{hostname or socket.gethostname()}/{os.getpid()}"
+            _sweeper = Sweeper(get_service().log, get_settings(), worker=name)
+        return _sweeper
+
+
+def take_first_turns(hostname: str | None) -> None:
+    """The sweeper's first look, taken by the warm-up before the worker takes its first
+    message (``workers.warmup``): a worker that replaces a dead one sweeps at once, and the
+    first look's one-off costs (its statements compiled, the purge's first turn) are not
+    paid while the first deliveries wait for the GIL."""
+    _this_workers_sweeper(hostname).look_at_all()
 
 
 @worker_ready.connect
 def _start_sweeping(sender: Any = None, **_: Any) -> None:
     """Every worker takes turns at the sweep, in its main process (whatever the pool)."""
-    global _sweeper
-    from workers.tasks import get_service
-
-    hostname = getattr(sender, "hostname", None) or socket.gethostname()
-    _sweeper = Sweeper(get_service().log, get_settings(), worker=f"{hostname}/{os.getpid()}")
-    _sweeper.start()
+    _this_workers_sweeper(getattr(sender, "hostname", None)).start()
 
 
 @worker_shutdown.connect
 def _stop_sweeping(**_: Any) -> None:
     global _sweeper
-    if _sweeper is not None:
-        _sweeper.stop()
-        _sweeper = None
+    with _sweeper_lock:
+        sweeper, _sweeper = _sweeper, None
+    if sweeper is not None:
+        sweeper.stop()

@@ -1,6 +1,7 @@
 """The worker's warm-up: it leaves nothing behind and never stops a worker from starting."""
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from delivery.engine.assembly import assemble
-from delivery.log.tables import AttemptRow, DeliveryRow
+from delivery.log.tables import AttemptRow, DeliveryRow, PeriodicJobRow
 from schemas import Settings
 from tests.conftest import webhook_secret
 from workers.warmup import WarmUp, warm_up
@@ -63,10 +64,34 @@ def test_a_log_that_is_not_there_yet_does_not_stop_the_worker(
 
 def test_the_step_warms_up_once_across_reconnections(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[object] = []
-    monkeypatch.setattr("workers.warmup.warm_up", calls.append)
+    monkeypatch.setattr("workers.warmup.warm_up", lambda assembly, **_: calls.append(assembly))
     monkeypatch.setattr("workers.tasks.get_assembly", lambda: "assembly")
     consumer = type("Consumer", (), {"pool": None})()
     step = WarmUp(consumer)
     step.start(consumer)
     step.start(consumer)  # after a reconnection to the broker
     assert calls == ["assembly"]
+
+
+def test_the_worker_s_warm_up_takes_the_sweeper_s_first_turns(settings: Settings) -> None:
+    from workers import sweeper, tasks
+
+    tasks.close_service()
+    consumer = type("Consumer", (), {"pool": None, "hostname": "w@test"})()
+    try:
+        # When a worker's main process warms up (a threads pool: the sweeper runs there)
+        WarmUp(consumer).start(consumer)
+        # Then its sweeper has taken the turns that were due, before the first message
+        with tasks.get_assembly().log.engine.connect() as conn:
+            rows = conn.execute(select(PeriodicJobRow.name, PeriodicJobRow.last_run_by))
+            runs = {row.name: row.last_run_by for row in rows}
+        assert runs["sweep"] == f"w@test/{os.getpid()}"
+        assert {"sweep", "digests", "purge"} <= set(runs)
+        # and the thread started when the worker is ready is that same sweeper
+        made = sweeper._sweeper
+        sweeper._start_sweeping(sender=consumer)
+        assert sweeper._sweeper is made
+    finally:
+        sweeper._stop_sweeping()
+        tasks.close_service()
+    assert sweeper._sweeper is None
