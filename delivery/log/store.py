@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
@@ -53,6 +53,9 @@ class Claim:
     #: For BUSY and NOT_DUE: when to look again.
     wake_at: datetime | None = None
     status: str = ""
+    #: For CLAIMED: the delivery's channel in the log as it was claimed (failover may have
+    #: moved it from the message's), for the counts when its attempt is recorded.
+    channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,7 @@ class DeliveryStore(LogBase):
                 status=Status.SENDING, attempt_count=d.attempt_count + 1,
                 lease_until=lease_until, updated_at=now,
             )
-            .returning(d.attempt_count, d.attempt_base, d.lease_until.is_not(None))
+            .returning(d.attempt_count, d.attempt_base, d.lease_until.is_not(None), d.channel)
         )  # fmt: skip
         self._state = select(d.status, d.attempt_count, d.lease_until, d.next_attempt_at).where(
             d.id == bindparam("p_id")
@@ -217,7 +220,14 @@ class DeliveryStore(LogBase):
                 return Claim(ClaimState.DONE, envelope.id, status=screened[0])
             inserted = connection.execute(self._insert_claimed, params).first()
             if inserted is not None and params["p_status"] == Status.SENDING:
-                return Claim(ClaimState.CLAIMED, envelope.id, 1, 0, status=Status.SENDING)
+                return Claim(
+                    ClaimState.CLAIMED,
+                    envelope.id,
+                    1,
+                    0,
+                    status=Status.SENDING,
+                    channel=envelope.channel,
+                )
             claim = self._claim_existing(connection, envelope.id, now, lease_until, tally)
             self._counter.add(connection, tally, now=now)
             return claim
@@ -264,7 +274,12 @@ class DeliveryStore(LogBase):
                     claims[index] = Claim(ClaimState.DONE, delivery_id, status=Status.SENDING)
                 elif delivery_id in inserted and row["p_status"] == Status.SENDING:
                     claims[index] = Claim(
-                        ClaimState.CLAIMED, delivery_id, 1, 0, status=Status.SENDING
+                        ClaimState.CLAIMED,
+                        delivery_id,
+                        1,
+                        0,
+                        status=Status.SENDING,
+                        channel=envelopes[index].channel,
                     )
                 else:
                     claims[index] = self._claim_existing(
@@ -326,7 +341,14 @@ class DeliveryStore(LogBase):
                 ).rowcount
                 if marked:
                     interrupted.attempt(Outcome.INTERRUPTED, 0.0)
-            return Claim(ClaimState.CLAIMED, delivery_id, number, base, status=Status.SENDING)
+            return Claim(
+                ClaimState.CLAIMED,
+                delivery_id,
+                number,
+                base,
+                status=Status.SENDING,
+                channel=taken[3],
+            )
         row = connection.execute(self._state, {"p_id": delivery_id}).one()
         if row.status in FINAL_STATUSES:
             return Claim(ClaimState.DONE, delivery_id, row.attempt_count, status=row.status)
@@ -464,7 +486,13 @@ class DeliveryStore(LogBase):
                 tally = self._tally(connection, attempts, moves[:moved], channel=channel)
             else:
                 moved = connection.execute(self._move_on, moves).rowcount
-                tally = self._tally(connection, attempts, moves, all_moved=moved == len(moves))
+                tally = self._tally(
+                    connection,
+                    attempts,
+                    moves,
+                    all_moved=moved == len(moves),
+                    claimed_on={e.claim.delivery_id: e.claim.channel for e in finished},
+                )
             # Last in the transaction, so the counts' row locks are held the shortest time.
             self._counter.add(connection, tally, now=utcnow())
             # Receipts the provider sent before these references were recorded land now.
@@ -480,10 +508,13 @@ class DeliveryStore(LogBase):
         *,
         all_moved: bool = True,
         channel: str | None = None,
+        claimed_on: Mapping[str, str | None] | None = None,
     ) -> Tally:
         """What a batch adds to the counts: every attempt recorded, and every delivery this
         batch moved into a final status (one another worker took over is its to count).
-        ``channel``: that of the one delivery in ``moves``, known already."""
+        ``channel``: that of the one delivery in ``moves``, known already; ``claimed_on``:
+        each delivery's channel as claimed, which still holds when every move was made
+        (the leases were held, so nobody else moved them meanwhile)."""
         tally = Tally()
         for attempt in attempts:
             tally.attempt(attempt["p_outcome"], attempt["p_duration_ms"])
@@ -493,6 +524,13 @@ class DeliveryStore(LogBase):
         if channel is not None and len(final) == 1:
             tally.ended(channel, final[0]["p_status"])
             return tally
+        if all_moved and claimed_on is not None:
+            known = [(claimed_on.get(m["p_id"]), m["p_status"]) for m in final]
+            if all(claimed for claimed, _ in known):
+                # No query: every delivery's channel came with its claim.
+                for claimed, status in known:
+                    tally.ended(cast(str, claimed), status)
+                return tally
         rows = {
             row.id: row
             for row in connection.execute(self._ended, {"p_ids": [m["p_id"] for m in final]})

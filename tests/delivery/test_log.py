@@ -313,3 +313,36 @@ def test_each_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
         size = connection.exec_driver_sql("PRAGMA cache_size").scalar()
     engine.dispose()
     assert size == -database.CACHE_KIB
+
+
+def test_a_batch_counts_each_delivery_on_the_channel_it_was_claimed_on(log: DeliveryLog) -> None:
+    from sqlalchemy import update
+
+    from delivery.log.counts import totals
+    from delivery.log.tables import DeliveryRow
+
+    # Given a delivery that failover moved to "backup" and is due again, and a new one
+    first = log.claim(envelope("moved"), lease=60)
+    log.finish(
+        first,
+        result(Outcome.RETRY, error="503", next_attempt_at=utcnow()),
+        dispatcher=None,
+        worker="w",
+    )
+    with log.engine.begin() as connection:
+        connection.execute(
+            update(DeliveryRow).where(DeliveryRow.id == "moved").values(channel="backup")
+        )
+    # When both are claimed together and delivered in one transaction
+    claims = log.claim_many([envelope("moved"), envelope("new")], lease=60)
+    assert [(c.state, c.channel) for c in claims] == [
+        (ClaimState.CLAIMED, "backup"),
+        (ClaimState.CLAIMED, "hooks"),
+    ]
+    log.finish_many(
+        [Finished(c, result(Outcome.DELIVERED, status_code=204)) for c in claims], worker="w"
+    )
+    # Then each counts on its own channel as the log has it
+    with log.engine.connect() as connection:
+        ended = totals(connection).ended
+    assert (ended[("backup", "delivered")], ended[("hooks", "delivered")]) == (1, 1)
