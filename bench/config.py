@@ -51,6 +51,9 @@ class BenchConfig:
     #: the bench's own; None: the bench's own, which counts requests.
     sink: str | None = None
     quick: bool = False
+    #: ``--smoke``: smaller again than ``--quick``, for the test suite (sections that size
+    #: their runs themselves, such as 11 and 12, read it).
+    smoke: bool = False
 
     @classmethod
     def full(cls) -> Self:
@@ -77,6 +80,28 @@ class BenchConfig:
             coldstart_runs=1,
             history_size=2000,
             quick=True,
+        )
+
+    @classmethod
+    def smoke_run(cls) -> Self:
+        """The quick mode made smaller again, for tests/bench/test_bench_smoke.py: every
+        section still starts what it starts and prints its table, on a few dozen messages;
+        the figures are not worth reading."""
+        return replace(
+            cls.quick_run(),
+            deliveries=50,
+            producer_messages=50,
+            producer_batch=100,
+            import_runs=1,
+            overhead_deliveries=30,
+            memory_checkpoints=(50, 150),
+            ceiling_seconds=0.2,
+            latency_seconds=0.5,
+            fanout_subscriptions=10,
+            fanout_events=4,
+            coldstart_seconds=0.5,
+            history_size=300,
+            smoke=True,
         )
 
     def with_overrides(self, **changes: object) -> Self:

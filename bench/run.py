@@ -45,6 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", type=_names, help=f"comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--skip", type=_names, default=[], help="sections to leave out")
     parser.add_argument("--quick", action="store_true", help="small runs: a smoke test (<1 min)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smaller than --quick (the test suite's): each section runs, the figures mean nothing",
+    )
     parser.add_argument("--deliveries", type=int, help="N per end-to-end run")
     parser.add_argument("--runs", type=int, help="end-to-end runs (median over them)")
     parser.add_argument("--concurrency", type=int, help="worker threads, ours and baseline")
@@ -118,7 +123,11 @@ def _run_section(ctx: BenchContext, name: str) -> SectionResult:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    config = (BenchConfig.quick_run() if args.quick else BenchConfig.full()).with_overrides(
+    if args.smoke:
+        sizes = BenchConfig.smoke_run()
+    else:
+        sizes = BenchConfig.quick_run() if args.quick else BenchConfig.full()
+    config = sizes.with_overrides(
         deliveries=args.deliveries,
         runs=args.runs,
         concurrency=args.concurrency,
@@ -128,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [n for n in (args.only or SECTIONS) if n not in args.skip]
     console = Console(width=max(120, Console().width))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = args.output or RESULTS / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
+    suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
+    output = args.output or RESULTS / f"bench-{stamp}{suffix}.json"
     meta = _meta(config, argv)
     results: list[SectionResult] = []
     started = time.monotonic()

@@ -68,6 +68,10 @@ class Plan:
     @classmethod
     def of(cls, ctx: BenchContext) -> "Plan":
         size = ctx.config.history_size
+        if ctx.config.smoke:
+            return cls(
+                young=50, size=size, template=min(100, size), deliveries=50, runs=1, requests=2
+            )
         if ctx.config.quick:
             return cls(
                 young=200, size=size, template=min(500, size), deliveries=200, runs=1, requests=5

@@ -168,7 +168,7 @@ def run(ctx: BenchContext) -> SectionResult:
     from delivery.outbox import outbox_table
     from delivery.producer import reset_publisher
 
-    count = 1000 if ctx.config.quick else 10_000
+    count = 100 if ctx.config.smoke else 1000 if ctx.config.quick else 10_000
     runs = 1 if ctx.config.quick else 3
     result = SectionResult(
         "outbox", TITLE, ["contender", "deliveries/s", "vs send_many", "written meanwhile"]

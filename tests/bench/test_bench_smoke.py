@@ -1,4 +1,5 @@
-"""The benchmark suite's quick mode runs to the end and prints its tables.
+"""The benchmark suite's quick mode runs to the end and prints its tables (at its smoke
+sizes, ``--smoke``: the quick mode smaller again, since only finishing is tested).
 
 No timing is asserted here: figures on a shared machine are noise to a test. The bench
 itself reports its targets as met or not met.
@@ -34,7 +35,7 @@ def test_each_quick_section_completes_and_prints_its_table(section: str, tmp_pat
 
     # When the quick mode runs the section
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", section, "--output", str(output)],
+        [sys.executable, "-m", "bench", "--smoke", "--only", section, "--output", str(output)],
         cwd=ROOT,
         env=env,
         capture_output=True,
