@@ -8,20 +8,34 @@ shared by every worker on every machine, whatever the broker, which is why the t
 here rather than in Redis.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
 
 from delivery.log.base import LogBase
+from delivery.log.database import read_only
 from delivery.log.tables import PeriodicJobRow
 
 
 class PeriodicJobs(LogBase):
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._turn_reader = sessionmaker(read_only(engine))
+
     def take_turn(self, job: str, *, now: datetime, every: float, worker: str) -> bool:
         """Whether ``worker`` runs ``job`` now: True for exactly one caller per ``every``
         seconds across all processes sharing the log."""
         following = now + timedelta(seconds=every)
+        # Most looks find the job not due: a read that never queues behind the writers
+        # (on SQLite, no write lock) says so, and only a due job is written.
+        with self._turn_reader() as session:
+            due_at = session.scalar(
+                select(PeriodicJobRow.next_run_at).where(PeriodicJobRow.name == job)
+            )
+        if due_at is not None and _aware(due_at) > _aware(now):
+            return False
         with self._sessions.begin() as session:
             moved = session.execute(
                 update(PeriodicJobRow)
@@ -51,3 +65,7 @@ class PeriodicJobs(LogBase):
             return session.scalar(
                 select(PeriodicJobRow.next_run_at).where(PeriodicJobRow.name == job)
             )
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
