@@ -24,6 +24,39 @@ hypothesis_settings.load_profile("delivery")
 #: A third party's package and its own tests, built and run by tests/integration/test_plugins.py.
 collect_ignore = ["fixtures"]
 
+#: The modules with the longest tests (a minute or so each on 2 shared cores, waiting on
+#: workers, servers and subprocesses), longest first. Only the order changes: they start
+#: first, then the rest of the integration tier, then the unit tier, so that under
+#: pytest-xdist (``--maxschedchunk 1``: each process takes the next test when it is free)
+#: the run ends on short tests, not on one long one with the other processes idle.
+LONGEST_FIRST = (
+    "tests/integration/test_amqp_broker.py",
+    "tests/bench/test_bench_smoke.py",
+    "tests/integration/test_cli_subprocess.py",
+    "tests/api/test_openapi.py",
+    "tests/integration/test_outbox.py",
+    "tests/integration/test_machines.py",
+    "tests/integration/test_delivery_path.py",
+    "tests/integration/test_faults.py",
+    "tests/delivery/test_extras.py",
+    "tests/integration/test_embedded_broker.py",
+    "tests/integration/test_reliability.py",
+    "tests/api/test_fuzz.py",
+    "tests/delivery/test_categories.py",
+    "tests/api/test_import.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::", 1)[0]
+        if module in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(module)
+        return (1 if item.get_closest_marker("integration") else 2), 0
+
+    # A stable sort: each module's tests stay together and in their own order.
+    items.sort(key=rank)
+
 
 def webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
