@@ -54,11 +54,9 @@ class ApiState:
     def _migration_heads(self) -> set[str]:
         with self._lock:
             if self._heads is None:
-                from alembic.script import ScriptDirectory
+                from delivery.log.migrate import heads
 
-                from delivery.log.migrate import alembic_config
-
-                self._heads = set(ScriptDirectory.from_config(alembic_config("")).get_heads())
+                self._heads = set(heads())
             return self._heads
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import delivery.log.inbound
 import delivery.log.receipt_tables
 import delivery.notifications.tables
 import delivery.recipients.tables  # noqa: F401
-from delivery.log.migrate import alembic_config, upgrade
+from delivery.log.migrate import alembic_config, current, heads, is_current, upgrade
 from delivery.log.tables import Base
 
 
@@ -51,3 +51,22 @@ def test_the_files_sort_in_chain_order() -> None:
         # 03_0005_inbound.py: the position, then the revision id the databases record
         assert name.startswith(f"{position:02d}_{script.revision}_")
         assert f"Chain position {position} of " in script.longdoc
+
+
+def test_the_start_up_check_reads_what_alembic_reads(tmp_path: Path) -> None:
+    # The check every command and worker makes reads the head from the file names and the
+    # applied revision from the version table, without Alembic: both as Alembic has them
+    scripts = ScriptDirectory.from_config(alembic_config(""))
+    assert heads() == frozenset(scripts.get_heads())
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    engine = create_engine(url)
+    try:
+        assert current(engine) == frozenset()  # no version table yet
+        upgrade(url, "0002")
+        assert current(engine) == frozenset({"0002"}) and not is_current(engine)
+        upgrade(url)
+        with engine.connect() as connection:
+            applied = frozenset(MigrationContext.configure(connection).get_current_heads())
+        assert current(engine) == applied == heads() and is_current(engine)
+    finally:
+        engine.dispose()
