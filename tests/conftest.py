@@ -1,6 +1,8 @@
 import base64
+import os
 import secrets
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -14,6 +16,12 @@ from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from delivery.producer import reset_publisher
 from schemas import Settings, get_settings
+
+# Machines that set PYTHONDONTWRITEBYTECODE (this one, CI) would have every worker and CLI
+# subprocess the tests start compile the project from source, and every pytest-xdist process
+# rewrite every test module's assertions again: the caches are git-ignored, so keep them.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 # No per-example deadline: on a shared 2-core machine under the whole suite an example may
 # take seconds, and a deadline is a timed assertion. Tests that set their own settings
