@@ -16,6 +16,7 @@ except ModuleNotFoundError as exc:  # `pip install delivery` alone: the producer
 from delivery.producer.celery_config import celery_config
 from schemas import get_settings
 from workers.event_flush import BatchedTaskEvents
+from workers.prompt_stop import WakeOnSignal
 from workers.warmup import WarmUp, warm_up
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ app.conf.update(celery_config(get_settings()))
 app.steps["consumer"].add(BatchedTaskEvents)
 # Before the consumer takes its first message (workers/warmup.py).
 app.steps["consumer"].add(WarmUp)
+# A signal to stop is read at once, not at the event loop's next turn.
+app.steps["consumer"].add(WakeOnSignal)
 # Beat keeps its schedule file here, whatever the broker.
 get_settings().home.mkdir(parents=True, exist_ok=True)
 

@@ -72,6 +72,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "database": str(settings.broker_file),
             "polling_interval": 0.05,
         }
+        # Its worker has Celery's timer thread (Redis and RabbitMQ workers have an event
+        # loop), which sleeps this long between turns and is waited for at a shutdown.
+        config["worker_timer_precision"] = 0.25
     elif settings.is_redis_broker:
         # Our subclass of kombu's Redis transport: garbage on the queue cannot stop a worker.
         config["broker_transport"] = "delivery.transport.redis:Transport"

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 MOST_TAKEN_AT_ONCE = 32
 #: Seconds between polls of empty queues.
 POLLING_INTERVAL = 0.05
+#: Longest one wait for messages lasts. Celery's loop for transports like this one checks
+#: for a shutdown between waits, and asks for 2 s: a stopped worker went on for seconds.
+LONGEST_WAIT = 0.25
 
 __all__ = ["Channel", "Transport", "is_task_queue"]
 
@@ -354,6 +357,11 @@ class Transport(virtual.Transport):
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
+
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        if timeout is not None:
+            timeout = min(timeout, LONGEST_WAIT)
+        return super().drain_events(connection, timeout=timeout, **kwargs)
 
     @property
     def default_connection_params(self) -> dict[str, Any]:

@@ -500,3 +500,25 @@ def test_the_api_reads_ready_and_unacknowledged_counts_from_the_file(
         assert conn.channel().basic_get(QUEUE) is not None  # taken, not acknowledged
         probe.check()
         assert probe.depth() == QueueDepth(ready=2, unacked=1)
+
+
+def test_a_long_wait_for_messages_ends_within_the_longest_wait(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Celery's loop for this transport asks for 2 s and reads its shutdown flag only
+    # between waits: a stopped worker went on for seconds. A clock of our own, moved on by
+    # each poll's sleep, so that no real time is measured.
+    from kombu.transport.virtual import base
+
+    from delivery.transport.embedded import LONGEST_WAIT, POLLING_INTERVAL
+
+    now = [0.0]
+    monkeypatch.setattr(base, "monotonic", lambda: now[0])
+    monkeypatch.setattr(base, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    channel = connection.channel()
+    with (
+        Consumer(channel, [task_queue()], callbacks=[lambda *_: None], accept=["json"]),
+        pytest.raises(socket.timeout),
+    ):
+        connection.drain_events(timeout=2.0)
+    assert LONGEST_WAIT <= now[0] < LONGEST_WAIT + 2 * POLLING_INTERVAL
