@@ -304,15 +304,15 @@ def test_publishing_to_a_broker_that_is_not_there_raises_publish_error(
     get_settings.cache_clear()
     reset_publisher()
     message = {"channel": "hooks", "address": "https://example.com/h", "payload": {"message": "m"}}
-    started = time.monotonic()
+    # Each gives up when the publish timeout is over, and says so (a call that hung would
+    # end the test at pytest-timeout's limit).
     for call in (
         lambda: delivery.send("hooks", "https://example.com/h", Payload(message="m")),
         lambda: delivery.send_many([message, message]),
         lambda: delivery.notify("order.shipped", {"n": 1}),
     ):
-        with pytest.raises(PublishError, match="unreachable"):
+        with pytest.raises(PublishError, match=r"within 1\.5s: it is unreachable"):
             call()
-    assert time.monotonic() - started < 60  # bounded by the publish timeout, not hung
 
 
 def test_send_send_many_and_notify_are_confirmed_by_rabbitmq(
@@ -438,11 +438,11 @@ def test_a_broker_that_blocks_publishers_is_a_publish_error_in_time(
     # Given RabbitMQ out of memory: it blocks publishers and never confirms
     rabbit_server.ctl_run("set_vm_memory_high_watermark", "0")
     try:
-        started = time.monotonic()
-        with pytest.raises(PublishError):
+        # Then send gives up when the publish timeout is over, and says so. (Not never: a
+        # send that hung would end the test at pytest-timeout's limit. No clock is read
+        # here: on two shared cores a 2 s wait may take much longer.)
+        with pytest.raises(PublishError, match=r"within 2s"):
             delivery.send("hooks", "https://example.com/blocked", Payload(message="m"))
-        # Then send gives up after the publish timeout, not never (generous: 2 shared cores)
-        assert time.monotonic() - started < 30
     finally:
         rabbit_server.ctl_run("set_vm_memory_high_watermark", "0.4")
     # And once RabbitMQ has room again, the next send goes through on a new connection

@@ -1,7 +1,6 @@
 import ipaddress
 import json
 import threading
-import time
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -94,12 +93,11 @@ def test_timeouts_and_refused_connections_are_retryable(
         return Response("", status=204)
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
-    started = time.monotonic()
+    # The configured 1 s timeout, not the server's pace (30 s): had the dispatcher waited
+    # for the server, it would have had its 204 and raised nothing.
     with pytest.raises(RetryableError, match="timed out"):
         dispatcher.send(httpserver.url_for("/slow"), Payload(message="m"), context=CONTEXT)
     release.set()
-    # The configured 1 s timeout, not the server's pace (30 s): room for a busy machine.
-    assert time.monotonic() - started < 15
     with pytest.raises(RetryableError, match="cannot reach"):
         dispatcher.send("http://127.0.0.1:1/hook", Payload(message="m"), context=CONTEXT)
 
