@@ -7,8 +7,9 @@ noticed, which a deploy or a replacement of a stuck worker waited for. Here a si
 writes to a pipe the event loop watches (``signal.set_wakeup_fd``), so the loop turns
 and reads the flag at once.
 
-The embedded broker's loop has no event loop; its transport answers every wait within a
-quarter of a second instead (``delivery.transport.embedded.LONGEST_WAIT``).
+The embedded broker's worker has no event loop; its transport looks whether the worker is
+stopping every quarter of a second of a wait instead
+(``delivery.transport.embedded.LONGEST_WAIT``).
 """
 
 import logging
@@ -49,8 +50,20 @@ class WakeOnSignal(bootsteps.StartStopStep):  # type: ignore[misc]
                 logger.debug("not in the main thread: signals will not wake the event loop")
                 return
             self._pipe = (read_end, write_end)
+            os.register_at_fork(after_in_child=self._forget)
         read_end = self._pipe[0]
         hub.add_reader(read_end, _drain, read_end)
+
+    def _forget(self) -> None:
+        """In a forked child (a prefork pool's process): the pipe is the parent's, and a
+        child that closed the descriptor would have its signals written into whatever file
+        took its number next."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        signal.set_wakeup_fd(-1)
+        for end in pipe:
+            os.close(end)
 
     def shutdown(self, c: Any) -> None:
         pipe, self._pipe = self._pipe, None

@@ -26,9 +26,11 @@ Here (see ``delivery.transport.embedded_store`` for the file):
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import uuid
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from kombu.transport import virtual
@@ -50,8 +52,9 @@ logger = logging.getLogger(__name__)
 MOST_TAKEN_AT_ONCE = 32
 #: Seconds between polls of empty queues.
 POLLING_INTERVAL = 0.05
-#: Longest one wait for messages lasts. Celery's loop for transports like this one checks
-#: for a shutdown between waits, and asks for 2 s: a stopped worker went on for seconds.
+#: Longest a wait for messages goes without looking whether the worker is stopping.
+#: Celery's loop for transports like this one reads its shutdown flag between waits, and
+#: waits 2 s at a time: a worker told to stop went on for seconds.
 LONGEST_WAIT = 0.25
 
 __all__ = ["Channel", "Transport", "is_task_queue"]
@@ -359,12 +362,34 @@ class Transport(virtual.Transport):
         return sqlite3.sqlite_version
 
     def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
-        if timeout is not None:
-            timeout = min(timeout, LONGEST_WAIT)
-        return super().drain_events(connection, timeout=timeout, **kwargs)
+        if timeout is None:
+            return super().drain_events(connection, timeout=timeout, **kwargs)
+        # In slices, so that a worker told to stop stops waiting; anyone else (a remote
+        # control command collecting replies) waits as long as it asked.
+        deadline = monotonic() + timeout
+        while True:
+            wait = max(0.0, min(LONGEST_WAIT, deadline - monotonic()))
+            try:
+                return super().drain_events(connection, timeout=wait, **kwargs)
+            except TimeoutError:
+                if monotonic() >= deadline or _worker_stopping():
+                    raise
 
     @property
     def default_connection_params(self) -> dict[str, Any]:
         # No host to connect to: ``embedded://`` is complete (kombu would warn, every time a
         # connection is made, that it "reverts" to localhost).
         return {"port": None, "hostname": ""}
+
+
+def _worker_stopping() -> bool:
+    """Whether this process is a Celery worker told to stop (SIGTERM, SIGINT, SIGQUIT)."""
+    state = sys.modules.get("celery.worker.state")  # not imported: not a worker
+    if state is None:
+        return False
+    # Each flag holds the exit code once set, and 0 (a clean exit) is one: as Celery reads
+    # them (``maybe_shutdown``).
+    return any(
+        flag is not None and flag is not False
+        for flag in (state.should_stop, state.should_terminate)
+    )

@@ -502,23 +502,33 @@ def test_the_api_reads_ready_and_unacknowledged_counts_from_the_file(
         assert probe.depth() == QueueDepth(ready=2, unacked=1)
 
 
-def test_a_long_wait_for_messages_ends_within_the_longest_wait(
-    connection: Connection, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_wait_for_messages_lasts_as_asked_unless_the_worker_is_stopping(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch, stopping: bool
 ) -> None:
     # Celery's loop for this transport asks for 2 s and reads its shutdown flag only
-    # between waits: a stopped worker went on for seconds. A clock of our own, moved on by
-    # each poll's sleep, so that no real time is measured.
+    # between waits: a worker told to stop went on for seconds. Anyone else (a remote
+    # control command collecting replies) must wait as long as it asked. A clock of our
+    # own, moved on by each poll's sleep, so that no real time is measured.
+    from celery.worker import state
     from kombu.transport.virtual import base
 
+    from delivery.transport import embedded
     from delivery.transport.embedded import LONGEST_WAIT, POLLING_INTERVAL
 
     now = [0.0]
     monkeypatch.setattr(base, "monotonic", lambda: now[0])
+    monkeypatch.setattr(embedded, "monotonic", lambda: now[0])
     monkeypatch.setattr(base, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    # Celery sets the exit code, and a clean exit is 0.
+    monkeypatch.setattr(state, "should_stop", 0 if stopping else None)
     channel = connection.channel()
     with (
         Consumer(channel, [task_queue()], callbacks=[lambda *_: None], accept=["json"]),
         pytest.raises(socket.timeout),
     ):
         connection.drain_events(timeout=2.0)
-    assert LONGEST_WAIT <= now[0] < LONGEST_WAIT + 2 * POLLING_INTERVAL
+    if stopping:
+        assert LONGEST_WAIT <= now[0] < LONGEST_WAIT + 2 * POLLING_INTERVAL
+    else:
+        assert 2.0 <= now[0] < 2.0 + 2 * POLLING_INTERVAL

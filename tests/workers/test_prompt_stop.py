@@ -75,3 +75,21 @@ def test_without_an_event_loop_or_off_the_main_thread_it_stands_aside(hub: Hub) 
     thread.join()
     assert off_main._pipe is None
     assert not hub.readers
+
+
+def test_a_forked_child_writes_its_signals_nowhere(hub: Hub) -> None:
+    consumer = SimpleNamespace(hub=hub)
+    step = WakeOnSignal(consumer)
+    step.start(consumer)
+    try:
+        assert step._pipe is not None
+        read_end = step._pipe[0]
+        child = os.fork()
+        if child == 0:  # a prefork pool's process: its signals must not reach the pipe
+            code = 0 if signal.set_wakeup_fd(-1) == -1 and step._pipe is None else 1
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not readable(read_end)
+    finally:
+        step.shutdown(consumer)
