@@ -10,7 +10,8 @@ and max, and the ratio of the p99s within each run.
 
 What a worker does before it answers the ping (imports, its warm-up) is reported beside it
 as the seconds from the process's start to its first ping reply: work moved out of the
-first deliveries must not simply reappear there unnoticed.
+first deliveries must not simply reappear there unnoticed. And the seconds from SIGTERM
+to the process's exit, after its turn: how long a deploy or a replacement waits for it.
 """
 
 import time
@@ -42,6 +43,8 @@ class Turn:
     #: From starting the process to its first ping reply.
     ready_seconds: float
     percentiles: Percentiles
+    #: From SIGTERM, at the end of the turn, to the process's exit.
+    stop_seconds: float
 
 
 def run(ctx: BenchContext) -> SectionResult:
@@ -51,7 +54,15 @@ def run(ctx: BenchContext) -> SectionResult:
     result = SectionResult(
         "coldstart",
         TITLE,
-        ["contender", "start -> ready s", "p50 ms", "p99 ms", "max ms", "p99 / baseline's"],
+        [
+            "contender",
+            "start -> ready s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "p99 / baseline's",
+            "SIGTERM -> exit s",
+        ],
     )
     turns: dict[str, list[Turn]] = {OURS: [], POST: []}
     with (
@@ -116,9 +127,11 @@ def _turn(
         returned = steady.run(seconds, send)
         arrived = receiver.collect(set(returned), timeout=60)
     finally:
-        stack.stop_worker(worker)
+        stopping = time.monotonic()
+        stack.stop_worker(worker)  # SIGTERM, and wait for the exit
+        stopped = time.monotonic() - stopping
     latencies = [(arrived[seq] - at) * 1000 for seq, at in returned.items()]
-    return Turn(label, run, round(ready, 3), Percentiles.of(latencies))
+    return Turn(label, run, round(ready, 3), Percentiles.of(latencies), round(stopped, 3))
 
 
 def _summarise(ctx: BenchContext, result: SectionResult, turns: dict[str, list[Turn]]) -> None:
@@ -137,6 +150,7 @@ def _summarise(ctx: BenchContext, result: SectionResult, turns: dict[str, list[T
             Spread.of([t.percentiles.p99 for t in ts]).format(1),
             Spread.of([t.percentiles.max for t in ts]).format(1),
             ratios.format(2, "x") if label == OURS else "1.00",
+            Spread.of([t.stop_seconds for t in ts]).format(2),
         )
     result.notes += [
         f"{cfg.coldstart_runs} runs; each turn starts a fresh worker, waits for its first "
@@ -148,6 +162,8 @@ def _summarise(ctx: BenchContext, result: SectionResult, turns: dict[str, list[T
         "- the time send() returned, as in section 6.",
         "start -> ready: from starting the process to its first ping reply (imports, "
         "connecting, our warm-up: workers/warmup.py).",
+        "SIGTERM -> exit: from the signal, once the turn's deliveries have arrived, to the "
+        "process's exit (a warm shutdown: workers/prompt_stop.py for ours).",
     ]
     result.targets.append(
         Target(
