@@ -58,21 +58,19 @@ class WakeOnSignal(bootsteps.StartStopStep):  # type: ignore[misc]
         """In a forked child (a prefork pool's process): the pipe is the parent's, and a
         child that closed the descriptor would have its signals written into whatever file
         took its number next."""
-        pipe, self._pipe = self._pipe, None
-        if pipe is None:
-            return
-        signal.set_wakeup_fd(-1)
-        for end in pipe:
-            os.close(end)
+        self._close(wakeup_fd=-1)
 
     def shutdown(self, c: Any) -> None:
+        hub = getattr(c, "hub", None)
+        if hub is not None and self._pipe is not None:
+            hub.remove_reader(self._pipe[0])
+        self._close(wakeup_fd=self._previous_wakeup_fd)
+
+    def _close(self, *, wakeup_fd: int) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is None:
             return
-        signal.set_wakeup_fd(self._previous_wakeup_fd)
-        hub = getattr(c, "hub", None)
-        if hub is not None:
-            hub.remove_reader(pipe[0])
+        signal.set_wakeup_fd(wakeup_fd)
         for end in pipe:
             os.close(end)
 
