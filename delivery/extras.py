@@ -69,6 +69,9 @@ def missing_extra(exc: ModuleNotFoundError, what: str) -> ImportError:
 
 def main() -> None:
     """The ``delivery`` command: the CLI, or what to install when its extra is missing."""
+    from delivery import collector
+
+    collector.pause()  # until the command's imports are done (delivery/collector.py)
     try:
         from delivery.cli import main as cli_main
     except ModuleNotFoundError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
+from delivery import collector
 from delivery.extras import missing_extra
 
 try:
@@ -61,6 +62,13 @@ def _adopt_old_embedded_queue(**_: Any) -> None:
         )
 
 
+@worker_init.connect
+def _imports_done(**_: Any) -> None:
+    # `delivery worker` paused the collector for its imports; they are done (the task
+    # modules included), so it runs again before the consumer connects and warms up.
+    collector.resume()
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked pool child must not share its parent's database connections.
@@ -73,23 +81,16 @@ def _fresh_connections(**_: Any) -> None:
         warm_up(get_assembly(), budget=2.0)
     except Exception as exc:  # noqa: BLE001  # a warm-up must never stop the worker
         logger.info("warm-up skipped: the engine could not be assembled (%s)", exc)
-    _freeze_startup_objects()
+    collector.resume()
 
 
 @worker_ready.connect
 def _ready(**_: Any) -> None:
-    _freeze_startup_objects()
-
-
-def _freeze_startup_objects() -> None:
-    """Move everything alive after start-up out of the garbage collector's sight.
-
-    A full (generation 2) collection walks every tracked object: in a worker that has
-    imported Celery, SQLAlchemy, pydantic and the SDKs, that is a stop-the-world pause of
-    about 100 ms, which every thread's delivery in flight waits out (measured: it was the
-    latency tail at a steady 100 messages/s, bench section 6). Start-up objects live as
-    long as the process, so collecting them is wasted work; afterwards a full collection
-    walks only what was made since.
-    """
-    gc.collect()
-    gc.freeze()
+    # What the warm-up made lives as long as the process too (delivery/collector.py).
+    collector.resume()
+    logger.debug(
+        "start-up done: %d objects frozen out of the garbage collector's sight; "
+        "automatic collection is %s",
+        gc.get_freeze_count(),
+        "on" if gc.isenabled() else "off",
+    )

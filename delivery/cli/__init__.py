@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from delivery import extras
+from delivery import collector, extras
 from delivery.errors import DeliveryError, PublishError, RegistryError
 from delivery.redaction import redactor
 from schemas.validation import explain
@@ -249,4 +249,5 @@ def main() -> None:
             )
     except typer.Exit as exc:  # outside typer, which would turn it into an exit code
         sys.exit(exc.exit_code)
+    collector.resume()
     app()

@@ -11,6 +11,7 @@ import click
 import typer
 from rich.table import Table
 
+from delivery import collector
 from delivery.cli import app, err, fail, out, print_json, safe_url
 from delivery.cli.context import registry
 from delivery.engine.crypto import generate_key
@@ -248,6 +249,7 @@ def worker(
     # A bad DELIVERY_ variable, or a log without tables, stops the worker here, with a
     # message, not every task.
     delivery_log()
+    collector.pause()  # until Celery has imported the tasks (workers/app.py resumes it)
     from workers.app import app as celery_app
 
     if beat:

@@ -23,3 +23,5 @@ def test_a_worker_at_debug_logs_no_webhook_url(redis_stack: Stack, httpserver: H
     output = worker.output()
     assert "DEBUG" in output and "[redacted]" in output  # libraries logged, and were redacted
     assert "worker-log-secret-path" not in output and url not in output
+    # and the collector, paused while the worker started, is on again (delivery/collector.py)
+    assert "automatic collection is on" in output

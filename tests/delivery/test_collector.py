@@ -1,0 +1,44 @@
+"""The collector paused while a process starts, and start-up's objects frozen after."""
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from delivery import collector
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_it_was() -> Iterator[None]:
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    (gc.enable if enabled else gc.disable)()
+
+
+def test_paused_then_resumed_with_what_lived_frozen() -> None:
+    gc.enable()
+    gc.unfreeze()
+    collector.pause()
+    assert not gc.isenabled()
+    made_at_start = [object() for _ in range(10)]  # noqa: F841 - alive while frozen
+    collector.resume()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0
+
+
+def test_a_second_resume_freezes_what_is_new_and_leaves_collection_on() -> None:
+    gc.enable()
+    collector.pause()
+    collector.resume()
+    frozen = gc.get_freeze_count()
+    made_later = [[] for _ in range(100)]  # noqa: F841 - tracked containers
+    collector.resume()
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen + 100
+
+
+def test_a_process_that_runs_without_collection_keeps_it_off() -> None:
+    gc.disable()
+    collector.pause()
+    collector.resume()
+    assert not gc.isenabled()
