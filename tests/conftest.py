@@ -11,6 +11,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from kombu.transport import memory
 
+from delivery import collector
 from delivery.engine.crypto import generate_key
 from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
@@ -53,6 +54,16 @@ LONGEST_FIRST = (
     "tests/delivery/test_categories.py",
     "tests/api/test_import.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Collecting imports the whole project and its dependencies: as in a worker's start,
+    # the garbage collector waits, then never walks those objects again (delivery/collector.py).
+    collector.pause()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    collector.resume()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
