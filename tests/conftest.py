@@ -5,6 +5,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import closing
+from itertools import zip_longest
 from pathlib import Path
 
 import pytest
@@ -33,23 +34,28 @@ hypothesis_settings.load_profile("delivery")
 #: A third party's package and its own tests, built and run by tests/integration/test_plugins.py.
 collect_ignore = ["fixtures"]
 
-#: The modules with the longest tests (a minute or so each on 2 shared cores, waiting on
-#: workers, servers and subprocesses), longest first. Only the order changes: they start
-#: first, then the rest of the integration tier, then the unit tier, so that under
-#: pytest-xdist (``--maxschedchunk 1``: each process takes the next test when it is free)
-#: the run ends on short tests, not on one long one with the other processes idle.
-LONGEST_FIRST = (
+#: The modules with the longest tests (up to a minute or so each on 2 shared cores), longest
+#: first, in two kinds: those that mostly wait (for leases to run out, a broker to come
+#: back, a worker to be replaced) and those that keep a core busy. Only the order changes:
+#: they start first, one of each kind in turn, then the rest of the integration tier, then
+#: the unit tier. Under pytest-xdist (``--maxschedchunk 1``: each process takes the next
+#: test when it is free) the waiting tests then leave their cores to busy ones instead of
+#: all waiting at once, and the run ends on short tests, not on one long one with the
+#: other processes idle.
+LONGEST_WAITING = (
     "tests/integration/test_amqp_broker.py",
-    "tests/bench/test_bench_smoke.py",
-    "tests/integration/test_cli_subprocess.py",
-    "tests/api/test_openapi.py",
-    "tests/integration/test_outbox.py",
-    "tests/integration/test_machines.py",
-    "tests/integration/test_delivery_path.py",
     "tests/integration/test_faults.py",
-    "tests/delivery/test_extras.py",
+    "tests/integration/test_machines.py",
     "tests/integration/test_embedded_broker.py",
     "tests/integration/test_reliability.py",
+)
+LONGEST_BUSY = (
+    "tests/bench/test_bench_smoke.py",
+    "tests/api/test_openapi.py",
+    "tests/integration/test_cli_subprocess.py",
+    "tests/integration/test_outbox.py",
+    "tests/integration/test_delivery_path.py",
+    "tests/delivery/test_extras.py",
     "tests/api/test_fuzz.py",
     "tests/delivery/test_categories.py",
     "tests/api/test_import.py",
@@ -67,14 +73,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        module = item.nodeid.split("::", 1)[0]
-        if module in LONGEST_FIRST:
-            return 0, LONGEST_FIRST.index(module)
-        return (1 if item.get_closest_marker("integration") else 2), 0
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
 
-    # A stable sort: each module's tests stay together and in their own order.
-    items.sort(key=rank)
+    def in_order(modules: tuple[str, ...]) -> list[pytest.Item]:
+        # A stable sort: each module's tests stay together and in their own order.
+        return sorted(
+            (item for item in items if module(item) in modules),
+            key=lambda item: modules.index(module(item)),
+        )
+
+    waiting, busy = in_order(LONGEST_WAITING), in_order(LONGEST_BUSY)
+    longest = [item for pair in zip_longest(waiting, busy) for item in pair if item is not None]
+    chosen = set(LONGEST_WAITING + LONGEST_BUSY)
+    rest = [item for item in items if module(item) not in chosen]
+    rest.sort(key=lambda item: 1 if item.get_closest_marker("integration") else 2)
+    items[:] = longest + rest
 
 
 def webhook_secret() -> str:
