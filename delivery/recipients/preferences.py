@@ -216,10 +216,13 @@ class Preferences(LogBase):
         if not keys:
             return {}
         table = RecipientPreferencesRow
+        # Before the read: what it cannot see was committed after this, so believing it
+        # empty until `looked + recheck` honours that preference within the bound.
+        looked = _time.monotonic()
         with self._reads.connect() as connection:
             rows = connection.execute(select(table).where(table.key.in_(keys))).all()
             if not rows:
-                self._note_empty(connection)
+                self._note_empty(connection, looked)
         found: dict[str, RecipientPreferences] = {}
         for row in rows:
             preferences = _preferences(row)
@@ -317,9 +320,9 @@ class Preferences(LogBase):
         """
         return self.update(address, lambda _: preferences)
 
-    def _note_empty(self, connection: Connection) -> None:
-        """Remember for a moment whether anybody has preferences at all."""
-        started = _time.monotonic()
+    def _note_empty(self, connection: Connection, started: float) -> None:
+        """Remember for a moment whether anybody has preferences at all, as the read in
+        ``connection``, begun at ``started`` (monotonic), sees the table."""
         if self._recheck <= 0 or started < self._rows_until:
             return
         table = RecipientPreferencesRow

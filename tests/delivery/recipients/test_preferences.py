@@ -2,6 +2,7 @@
 the CLI and the HTTP API share (a migrated SQLite log)."""
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -151,6 +152,30 @@ def test_another_process_s_first_preference_is_seen_after_the_recheck(settings: 
     worker = Preferences(engine, empty_recheck_seconds=0)
     assert worker.lookup(["a@example.com"]) == {}
     Preferences(engine).set_rule("a@example.com", channel=None, category=None, enabled=False)
+    assert "a@example.com" in worker.lookup(["a@example.com"])
+
+
+def test_the_recheck_bound_counts_from_before_the_read_that_saw_nobody(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a clock that moves only when told to, and a read that takes 5 s (a loaded
+    # machine): the first preference is committed elsewhere while it runs
+    engine = DeliveryLog.from_settings(settings).engine
+    now = [100.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0])
+    monkeypatch.setattr("delivery.recipients.preferences._time", clock)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def slow_read(*_: object) -> None:
+        now[0] += 5.0
+
+    worker = Preferences(engine, empty_recheck_seconds=2.0)
+    assert worker.lookup(["a@example.com"]) == {}
+    event.remove(engine, "after_cursor_execute", slow_read)
+    Preferences(engine).set_rule("a@example.com", channel=None, category=None, enabled=False)
+    # When the bound has passed since the read began (not since it ended)
+    now[0] = 102.0
+    # Then the preference is honoured
     assert "a@example.com" in worker.lookup(["a@example.com"])
 
 
