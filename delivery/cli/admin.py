@@ -250,18 +250,21 @@ def worker(
     # message, not every task.
     delivery_log()
     collector.pause()  # until Celery has imported the tasks (workers/app.py resumes it)
-    from workers.app import app as celery_app
+    try:
+        from workers.app import app as celery_app
 
-    if beat:
-        err.print(
-            "note: --beat is no longer needed: the workers take turns at the sweep themselves"
-        )
-    pool = _pool_option(ctx.args)
-    if pool is not None:
-        # Celery cannot tell an explicit "--pool prefork" from its default and would keep
-        # the configured pool, so set the configuration itself.
-        celery_app.conf.worker_pool = pool
-    code = _celery_worker(celery_app, ctx.args)
+        if beat:
+            err.print(
+                "note: --beat is no longer needed: the workers take turns at the sweep themselves"
+            )
+        pool = _pool_option(ctx.args)
+        if pool is not None:
+            # Celery cannot tell an explicit "--pool prefork" from its default and would
+            # keep the configured pool, so set the configuration itself.
+            celery_app.conf.worker_pool = pool
+        code = _celery_worker(celery_app, ctx.args)
+    finally:
+        collector.resume()  # had Celery stopped before its workers started (a bad option)
     if code:
         raise typer.Exit(code)
 

@@ -1,5 +1,7 @@
 """``delivery worker`` runs Celery's worker command itself: its usage errors are ours."""
 
+import gc
+
 import pytest
 from typer.testing import CliRunner
 
@@ -27,3 +29,5 @@ def test_a_bad_worker_option_is_one_line_naming_it_with_typers_exit_code(
     assert named in result.output
     assert "celery worker --help" in result.output
     assert "Traceback" not in result.output
+    # and the garbage collector, paused for the worker's imports, runs again
+    assert gc.isenabled()
