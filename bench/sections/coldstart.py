@@ -160,7 +160,7 @@ def _summarise(ctx: BenchContext, result: SectionResult, turns: dict[str, list[T
         f"--concurrency {cfg.concurrency} for both workers, same redis-server, own queues "
         f"({QUEUE}, {BASELINE_QUEUE}); latency = arrival at the receiver (its own process) "
         "- the time send() returned, as in section 6.",
-        "start -> ready: from starting the process to its first ping reply (imports, "
+        "start -> ready: from starting the process to its first ping reply, to 0.1 s (imports, "
         "connecting, our warm-up: workers/warmup.py).",
         "SIGTERM -> exit: from the signal, once the turn's deliveries have arrived, to the "
         "process's exit (a warm shutdown: workers/prompt_stop.py for ours).",
