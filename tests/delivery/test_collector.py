@@ -21,7 +21,7 @@ def test_paused_then_resumed_with_what_lived_frozen() -> None:
     frozen = gc.get_freeze_count()
     collector.pause()
     assert not gc.isenabled()
-    made_at_start = [[] for _ in range(10)]  # noqa: F841 - tracked containers, alive
+    made_at_start: list[list[int]] = [[] for _ in range(10)]  # noqa: F841 - tracked containers, alive
     collector.resume()
     assert gc.isenabled()
     assert gc.get_freeze_count() >= frozen + 10
@@ -32,7 +32,7 @@ def test_a_second_resume_freezes_what_is_new_and_leaves_collection_on() -> None:
     collector.pause()
     collector.resume()
     frozen = gc.get_freeze_count()
-    made_later = [[] for _ in range(100)]  # noqa: F841 - tracked containers
+    made_later: list[list[int]] = [[] for _ in range(100)]  # noqa: F841 - tracked containers
     collector.resume()
     assert gc.isenabled() and gc.get_freeze_count() >= frozen + 100
 
