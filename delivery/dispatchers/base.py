@@ -5,7 +5,7 @@ import threading
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from delivery.dispatchers.protocol import AddressType, Protocol
 from delivery.dispatchers.receipts import ProviderReceipt
-from delivery.errors import DeliveryError
 from schemas import Payload
 
 T = TypeVar("T")
@@ -197,23 +196,6 @@ class Dispatcher(ABC):
         return self._send(
             self.validate_address(address), self.protocol.adapt(payload), context=context
         )
-
-    def send_many_addresses(
-        self, addresses: Sequence[str], payload: Payload, *, context: SendContext
-    ) -> dict[str, SendResult | DeliveryError]:
-        """Send one payload to several addresses: what the provider said for each, a
-        result or the error that address met. One address's failure is its own.
-
-        Dispatchers whose provider takes many recipients in one request (SMTP's RCPT TO,
-        bulk SMS APIs) override this; by default each address is sent on its own.
-        """
-        results: dict[str, SendResult | DeliveryError] = {}
-        for address in addresses:
-            try:
-                results[address] = self.send(address, payload, context=context)
-            except DeliveryError as exc:
-                results[address] = exc
-        return results
 
     def lookup_receipt(self, reference: str) -> ProviderReceipt | None:
         """Optional: ask the provider what became of the message ``reference`` names (a

@@ -8,8 +8,7 @@ server has closed it. SMTP replies are translated once, in ``_refused`` and ``_t
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
@@ -148,38 +147,6 @@ class EmailDispatcher(Dispatcher):
         message = self._message(address, payload, context)
         return self._on_connection(lambda smtp: self._transact(smtp, address, message))
 
-    def send_many_addresses(
-        self, addresses: Sequence[str], payload: Payload, *, context: SendContext
-    ) -> dict[str, SendResult | DeliveryError]:
-        """One message to several recipients in one SMTP transaction (one RCPT TO each).
-
-        A recipient the server refuses gets its own error; the others are sent. The
-        recipients do not see each other: the To header is ``undisclosed-recipients``.
-        """
-        results: dict[str, SendResult | DeliveryError] = {}
-        canonical: dict[str, str] = {}
-        for address in addresses:
-            try:
-                canonical[address] = self.validate_address(address)
-            except InvalidAddress as exc:
-                results[address] = exc
-        if not canonical:
-            return results
-        if len(set(canonical.values())) > 1:
-            # An unsubscribe link names one address: shared, anyone could use another's.
-            context = replace(context, unsubscribe_url=None)
-        try:
-            message = self._message(
-                "undisclosed-recipients:;", self.protocol.adapt(payload), context
-            )
-            sent = self._on_connection(
-                lambda smtp: self._transact_many(smtp, sorted(set(canonical.values())), message)
-            )
-        except DeliveryError as exc:
-            sent = dict.fromkeys(canonical.values(), exc)
-        results.update({a: sent[c] for a, c in canonical.items()})
-        return results
-
     def _on_connection(self, work: Callable[[smtplib.SMTP], T]) -> T:
         """Run ``work`` on this thread's connection, translating SMTP failures.
 
@@ -307,52 +274,6 @@ class EmailDispatcher(Dispatcher):
             status=code,
             detail={"message_id": str(message["Message-ID"]), "reply": text},
         )
-
-    def _transact_many(
-        self, smtp: smtplib.SMTP, recipients: list[str], message: EmailMessage
-    ) -> dict[str, SendResult | DeliveryError]:
-        sender = self.config.from_address
-        international = not (sender + "".join(recipients)).isascii()
-        if international and not smtp.has_extn("smtputf8"):
-            raise RecipientRejected(
-                f"{self.config.host} cannot take non-ASCII addresses (no SMTPUTF8)",
-                dispatcher=self.slug,
-            )
-        code, reply = smtp.mail(sender, ["SMTPUTF8", "BODY=8BITMIME"] if international else [])
-        if code != 250:
-            self._refused(smtp, "MAIL FROM", code, reply)
-        results: dict[str, SendResult | DeliveryError] = {}
-        accepted = []
-        for recipient in recipients:
-            code, reply = smtp.rcpt(recipient)
-            if code in (250, 251):
-                accepted.append(recipient)
-            else:
-                results[recipient] = self._refusal("RCPT TO", code, reply, recipient=True)
-        if not accepted:
-            if not _reset(smtp):
-                self.drop_local("smtp")
-            return results
-        try:
-            data = message.as_bytes(policy=SMTPUTF8 if international else SMTP)
-            try:
-                code, reply = smtp.data(data)
-            except smtplib.SMTPDataError as exc:
-                self._refused(smtp, "DATA", exc.smtp_code, exc.smtp_error)
-            if code != 250:
-                self._refused(smtp, "DATA", code, reply)
-        except DeliveryError as exc:
-            return {**results, **dict.fromkeys(accepted, exc)}
-        text = _reply_text(reply)
-        match = _QUEUE_ID.search(text)
-        ref = next((g for g in match.groups() if g), None) if match else None
-        for recipient in accepted:
-            results[recipient] = SendResult(
-                provider_ref=ref,
-                status=code,
-                detail={"message_id": str(message["Message-ID"]), "reply": text},
-            )
-        return results
 
     def _refusal(
         self, stage: str, code: int, reply: bytes | str, *, recipient: bool = False

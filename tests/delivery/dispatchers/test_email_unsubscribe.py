@@ -69,18 +69,3 @@ def test_a_link_unfit_for_a_header_is_left_out(email, url: str) -> None:
     [mail] = server.mailbox.received
     assert "List-Unsubscribe" not in mail.message
     assert "Bcc" not in mail.message
-
-
-def test_one_message_to_several_recipients_carries_no_link(email) -> None:
-    # A link names one address: shared by several, anyone could unsubscribe another
-    dispatcher, server = email
-    context = SendContext(delivery_id="d-4", unsubscribe_url=URL)
-    results = dispatcher.send_many_addresses(
-        ["ann@example.com", "bob@example.com"], Payload(message="x"), context=context
-    )
-    assert all(not isinstance(r, Exception) for r in results.values())
-    [mail] = server.mailbox.received
-    assert "List-Unsubscribe" not in mail.message
-    # One recipient alone keeps it
-    dispatcher.send_many_addresses(["ann@example.com"], Payload(message="x"), context=context)
-    assert server.mailbox.received[1].message["List-Unsubscribe"] == f"<{URL}>"
