@@ -3,7 +3,7 @@ import os
 import secrets
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from itertools import zip_longest
 from pathlib import Path
@@ -62,14 +62,16 @@ LONGEST_BUSY = (
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
     # Collecting imports the whole project and its dependencies: as in a worker's start,
     # the garbage collector waits, then never walks those objects again (delivery/collector.py).
+    # Around the hook, so that pytest-xdist's controller, which collects nothing, resumes too.
     collector.pause()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    collector.resume()
+    try:
+        return (yield)
+    finally:
+        collector.resume()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
