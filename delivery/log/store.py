@@ -404,24 +404,6 @@ class DeliveryStore(LogBase):
                  "p_swept_at": now if parked else None, "p_now": now, "p_status": status},
             )  # fmt: skip
 
-    def finish(
-        self,
-        claim: Claim,
-        result: AttemptResult,
-        *,
-        dispatcher: str | None,
-        worker: str | None,
-        health: Callable[[Connection], None] | None = None,
-        parked: bool = False,
-    ) -> bool:
-        """Record the attempt and move the delivery on. False if the lease was lost meanwhile.
-
-        ``health`` runs in the same transaction: the channel's circuit-breaker bookkeeping.
-        ``parked`` says a retry waits in the broker, so the sweep leaves it alone for now.
-        """
-        ended = Finished(claim, result, dispatcher=dispatcher, parked=parked)
-        return self.finish_many([ended], worker=worker, health=[health] if health else []) == 1
-
     def finish_many(
         self,
         finished: Sequence[Finished],
@@ -429,9 +411,12 @@ class DeliveryStore(LogBase):
         worker: str | None,
         health: Sequence[Callable[[Connection], None]] = (),
     ) -> int:
-        """``finish`` for a batch in one transaction. Returns how many deliveries moved on
-        (fewer than given if some leases were lost meanwhile). ``health`` runs in the given
-        order: give it sorted by channel, so concurrent batches lock channels in one order."""
+        """Record each attempt and move its delivery on, in one transaction. Returns how
+        many deliveries moved on (fewer than given if some leases were lost meanwhile).
+        ``parked`` (on each ``Finished``) says a retry waits in the broker, so the sweep
+        leaves it alone for now. ``health`` runs in the same transaction (the channels'
+        circuit-breaker bookkeeping), in the given order: give it sorted by channel, so
+        concurrent batches lock channels in one order."""
         if not finished:
             return 0
         attempts: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ from delivery.clock import utcnow
 from delivery.log import AttemptResult, DeliveryLog, Outcome
 from delivery.log.admin import CancelOutcome
 from schemas import Envelope, Payload, Settings
+from tests.support.recording import finish
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def _envelope(i: str) -> Envelope:
 
 def _finish(log: DeliveryLog, i: str, outcome: Outcome) -> None:
     claim = log.claim(_envelope(i), lease=30)
-    log.finish(claim, AttemptResult(outcome, utcnow(), 1.0), dispatcher="webhook", worker="w")
+    finish(log, claim, AttemptResult(outcome, utcnow(), 1.0), dispatcher="webhook", worker="w")
 
 
 def test_a_lease_that_expired_is_cancelled_and_its_worker_cannot_finish(log: DeliveryLog) -> None:
@@ -29,7 +30,7 @@ def test_a_lease_that_expired_is_cancelled_and_its_worker_cannot_finish(log: Del
     claim = log.claim(_envelope("e"), lease=30, now=utcnow() - timedelta(minutes=5))
     assert log.cancel("e").outcome is CancelOutcome.CANCELLED
     # Then its late outcome does not overwrite the cancellation, and no claim takes it
-    log.finish(claim, AttemptResult(Outcome.RETRY, utcnow(), 1.0), dispatcher=None, worker="w")
+    finish(log, claim, AttemptResult(Outcome.RETRY, utcnow(), 1.0), dispatcher=None, worker="w")
     record = log.get("e")
     assert record is not None and record.status == "cancelled"
     assert log.claim(_envelope("e"), lease=30).state.value == "done"
@@ -39,7 +40,8 @@ def test_a_lease_that_expired_is_cancelled_and_its_worker_cannot_finish(log: Del
 def test_a_scheduled_retry_is_cancelled_and_the_sweep_skips_it(log: DeliveryLog) -> None:
     claim = log.claim(_envelope("r"), lease=30)
     due = utcnow() - timedelta(seconds=10)
-    log.finish(
+    finish(
+        log,
         claim,
         AttemptResult(Outcome.RETRY, utcnow(), 1.0, next_attempt_at=due),
         dispatcher=None,

@@ -7,6 +7,7 @@ from delivery.log import AttemptResult, ClaimState, Outcome
 from delivery.recipients import Preferences
 from schemas import Envelope, Payload
 from tests.api.conftest import Api
+from tests.support.recording import finish
 
 ANN = "ann@example.com"
 
@@ -19,7 +20,8 @@ def _waiting_delivery(api: Api, delivery_id: str = "d1") -> None:
         lease=60,
     )
     assert claim.state is ClaimState.CLAIMED
-    log.finish(
+    finish(
+        log,
         claim,
         AttemptResult(
             outcome=Outcome.RETRY,

@@ -8,6 +8,7 @@ from delivery.clock import utcnow
 from delivery.log import AttemptResult, Outcome
 from schemas import Envelope, Payload
 from tests.api.conftest import Api
+from tests.support.recording import finish
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,8 +26,12 @@ def test_metrics_count_what_the_log_holds(api: Api) -> None:
     for i, (outcome, ms) in enumerate([(Outcome.DELIVERED, 30.0), (Outcome.FAILED, 2000.0)]):
         env = Envelope(id=f"m-{i}", channel="hooks", address="a", payload=Payload(message="m"))
         claim = log.claim(env, lease=30)
-        log.finish(
-            claim, AttemptResult(outcome, started, ms, error=None), dispatcher="webhook", worker="w"
+        finish(
+            log,
+            claim,
+            AttemptResult(outcome, started, ms, error=None),
+            dispatcher="webhook",
+            worker="w",
         )
     waiting = Envelope(
         id="m-w",

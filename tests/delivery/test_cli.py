@@ -7,6 +7,7 @@ from delivery.cli import admin, app, channels, deliveries  # noqa: F401 - regist
 from delivery.log import DeliveryLog
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.recording import finish
 
 runner = CliRunner()
 
@@ -135,7 +136,8 @@ def test_retry_sends_a_failed_delivery_again_keeping_its_attempts(settings: Sett
     from delivery.log import AttemptResult
     from delivery.log.tables import Outcome
 
-    log.finish(
+    finish(
+        log,
         claim,
         AttemptResult(Outcome.FAILED, utcnow(), 1.0, error="400"),
         dispatcher=None,

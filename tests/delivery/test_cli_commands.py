@@ -25,6 +25,7 @@ from schemas import Payload, Settings
 from tests.conftest import webhook_secret
 from tests.support.environment import LOCAL
 from tests.support.memory_broker import take_waiting
+from tests.support.recording import finish
 
 runner = CliRunner()
 
@@ -78,7 +79,8 @@ def _failed(log: DeliveryLog, *ids: str, channel: str = "hooks") -> None:
             id=i, channel=channel, address="https://a.example/h", payload=Payload(message="m")
         )
         claim = log.claim(envelope, lease=60)
-        log.finish(
+        finish(
+            log,
             claim,
             AttemptResult(Outcome.FAILED, utcnow(), 1.0, error="400 Bad Request"),
             dispatcher="webhook",
@@ -199,7 +201,8 @@ def _failed_at_length(log: DeliveryLog, *ids: str) -> None:
         )
         claim = log.claim(envelope, lease=60)
         error = "PermanentError: 404 Not Found from hooks.slack.com\n(and a second line)"
-        log.finish(
+        finish(
+            log,
             claim,
             AttemptResult(Outcome.FAILED, utcnow(), 1.0, error=error),
             dispatcher="webhook",

@@ -36,6 +36,7 @@ from delivery.recipients import Preferences
 from delivery.recipients.tables import RecipientPreferencesRow
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.recording import finish
 
 runner = CliRunner()
 
@@ -82,7 +83,7 @@ def deliver(assembly: Assembly, delivery_id: str, address: str, outcome: Outcome
         detail={"to": address, "body": SECRET_TEXT},
         next_attempt_at=utcnow() + timedelta(hours=1) if outcome is Outcome.RETRY else None,
     )
-    assert log.finish(claim, result, dispatcher="email", worker="w")
+    assert finish(log, claim, result, dispatcher="email", worker="w")
 
 
 def seed(assembly: Assembly, address: str, *, prefix: str) -> None:

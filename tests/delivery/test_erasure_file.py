@@ -10,6 +10,7 @@ from delivery.log import AttemptResult, ClaimState, Outcome
 from delivery.recipients import Preferences
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.recording import finish
 
 ADDRESS = "Zebedee.Quill@Example.com"
 CONTENT = "CONTENT-7f3a-one-time-code-493817"
@@ -56,7 +57,8 @@ def test_erased_text_is_not_left_in_the_database_file_or_its_wal(
             lease=60,
         )
         assert claim.state is ClaimState.CLAIMED
-        log.finish(
+        finish(
+            log,
             claim,
             AttemptResult(
                 outcome=Outcome.DELIVERED if i % 2 else Outcome.FAILED,

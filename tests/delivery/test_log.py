@@ -11,6 +11,7 @@ from delivery.log import AttemptResult, ClaimState, DeliveryLog, Finished, datab
 from delivery.log.database import make_engine, read_only, write_lock
 from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
+from tests.support.recording import finish
 
 
 @pytest.fixture
@@ -37,7 +38,8 @@ def test_only_one_of_two_copies_claims(log: DeliveryLog) -> None:
 
 def test_delivered_is_done_and_records_the_attempt(log: DeliveryLog) -> None:
     claim = log.claim(envelope(), lease=60)
-    assert log.finish(
+    assert finish(
+        log,
         claim,
         result(Outcome.DELIVERED, status_code=204, provider_ref="r1"),
         dispatcher="webhook",
@@ -55,8 +57,12 @@ def test_delivered_is_done_and_records_the_attempt(log: DeliveryLog) -> None:
 def test_a_retry_is_not_due_early_and_is_claimable_when_due(log: DeliveryLog) -> None:
     claim = log.claim(envelope(), lease=60)
     due = utcnow() + timedelta(seconds=30)
-    log.finish(
-        claim, result(Outcome.RETRY, error="503", next_attempt_at=due), dispatcher=None, worker=None
+    finish(
+        log,
+        claim,
+        result(Outcome.RETRY, error="503", next_attempt_at=due),
+        dispatcher=None,
+        worker=None,
     )
     early = log.claim(envelope(), lease=60)
     assert early.state is ClaimState.NOT_DUE and early.wake_at == due
@@ -75,8 +81,10 @@ def test_finish_after_losing_the_lease_keeps_the_attempt_but_not_the_status(
 ) -> None:
     stale = log.claim(envelope(), lease=1)
     fresh = log.claim(envelope(), lease=60, now=utcnow() + timedelta(seconds=5))
-    assert not log.finish(stale, result(Outcome.FAILED, error="late"), dispatcher=None, worker=None)
-    assert log.finish(fresh, result(Outcome.DELIVERED), dispatcher=None, worker=None)
+    assert not finish(
+        log, stale, result(Outcome.FAILED, error="late"), dispatcher=None, worker=None
+    )
+    assert finish(log, fresh, result(Outcome.DELIVERED), dispatcher=None, worker=None)
     record = log.get("d1")
     assert record is not None and record.status == "delivered"
     assert [a.number for a in record.attempts] == [1, 2]
@@ -96,7 +104,7 @@ def test_reject_records_a_failure_that_never_reached_a_worker_claim(log: Deliver
 
 def test_reopen_keeps_attempts_and_restarts_the_count(log: DeliveryLog) -> None:
     claim = log.claim(envelope(), lease=60)
-    log.finish(claim, result(Outcome.FAILED, error="400"), dispatcher=None, worker=None)
+    finish(log, claim, result(Outcome.FAILED, error="400"), dispatcher=None, worker=None)
     assert log.reopen("missing") is None
     reopened = log.reopen("d1")
     assert reopened is not None and reopened.status == "queued"
@@ -120,8 +128,8 @@ def test_an_attempt_cut_short_by_a_crash_stays_visible(log: DeliveryLog) -> None
     log.claim(envelope(), lease=1)
     # When another worker takes it over and delivers
     takeover = log.claim(envelope(), lease=60, now=utcnow() + timedelta(seconds=5))
-    log.finish(
-        takeover, result(Outcome.DELIVERED, status_code=200), dispatcher="webhook", worker="w2"
+    finish(
+        log, takeover, result(Outcome.DELIVERED, status_code=200), dispatcher="webhook", worker="w2"
     )
     # Then the log explains a duplicate the receiver may have seen
     record = log.get("d1")
@@ -149,7 +157,7 @@ def test_a_deferred_delivery_waits_in_the_log_until_the_sweep_sends_it(log: Deli
 
 def test_claim_many_claims_new_ones_and_each_id_once(log: DeliveryLog) -> None:
     done = log.claim(envelope("old"), lease=60)
-    log.finish(done, result(Outcome.DELIVERED), dispatcher=None, worker=None)
+    finish(log, done, result(Outcome.DELIVERED), dispatcher=None, worker=None)
     log.claim(envelope("held"), lease=60)
     batch = [envelope("a"), envelope("old"), envelope("b"), envelope("a"), envelope("held")]
     claims = log.claim_many(batch, lease=60)
@@ -226,7 +234,7 @@ def test_what_a_provider_answers_is_stored_whatever_it_holds(log: DeliveryLog) -
         error=None,
         detail={"note\x00": "bad\ud800", "score": float("nan")},
     )
-    assert log.finish(claim, answer, dispatcher="webhook", worker="w")
+    assert finish(log, claim, answer, dispatcher="webhook", worker="w")
     record = log.get("p1")
     assert record is not None and record.provider_ref is not None
     assert "\x00" not in record.provider_ref and len(record.provider_ref) == 255
@@ -323,7 +331,8 @@ def test_a_batch_counts_each_delivery_on_the_channel_it_was_claimed_on(log: Deli
 
     # Given a delivery that failover moved to "backup" and is due again, and a new one
     first = log.claim(envelope("moved"), lease=60)
-    log.finish(
+    finish(
+        log,
         first,
         result(Outcome.RETRY, error="503", next_attempt_at=utcnow()),
         dispatcher=None,

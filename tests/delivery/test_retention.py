@@ -18,6 +18,7 @@ from delivery.log.inbound import ReceiptRow
 from delivery.log.tables import AttemptRow, ChannelRow, Outcome, RecipientSendRow, Status
 from delivery.retention import DailyPurge, Retention
 from schemas import Settings
+from tests.support.recording import finish
 from tests.support.seeding import seed
 from workers.sweeper import Sweeper
 
@@ -261,8 +262,8 @@ def test_a_lost_lease_is_not_counted_twice(log: DeliveryLog) -> None:
     stale = log.claim(envelope("lost"), lease=60, now=utcnow() - timedelta(minutes=5))
     fresh = log.claim(envelope("lost"), lease=60)
     # When both record a final outcome
-    assert not log.finish(stale, result(Outcome.FAILED), dispatcher=None, worker="a")
-    assert log.finish(fresh, result(Outcome.DELIVERED), dispatcher=None, worker="b")
+    assert not finish(log, stale, result(Outcome.FAILED), dispatcher=None, worker="a")
+    assert finish(log, fresh, result(Outcome.DELIVERED), dispatcher=None, worker="b")
     # Then the delivery ended once; every attempt recorded is counted
     now = counted(log)
     assert now.ended == {("hooks", "delivered"): 1}

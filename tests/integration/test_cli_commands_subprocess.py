@@ -20,6 +20,7 @@ from delivery.log.database import dispose_engines
 from delivery.log.migrate import upgrade
 from schemas import Envelope, Payload, Settings
 from tests.conftest import webhook_secret
+from tests.support.recording import finish
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,8 @@ class Cli:
                 id=i, channel="hooks", address="https://a.example/h", payload=Payload(message="m")
             )
             claim = self.log.claim(envelope, lease=60)
-            self.log.finish(
+            finish(
+                self.log,
                 claim,
                 AttemptResult(Outcome.FAILED, utcnow(), 1.0, error="400 Bad Request"),
                 dispatcher="webhook",
@@ -145,7 +147,8 @@ def test_a_piped_log_gives_whole_ids_to_grep_and_cut(cli: Cli) -> None:
         address="https://a.example/h",
         payload=Payload(message="m"),
     )
-    cli.log.finish(
+    finish(
+        cli.log,
         cli.log.claim(delivered, lease=60),
         AttemptResult(Outcome.DELIVERED, utcnow(), 1.0),
         dispatcher="webhook",

@@ -11,6 +11,7 @@ from delivery.errors import DeliveryFailed
 from delivery.log import AttemptResult, DeliveryLog
 from delivery.log.tables import Outcome
 from schemas import Envelope, Payload, Settings
+from tests.support.recording import finish
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_the_sweep_sends_what_is_due_in_batches(tasks_module, settings: Settings
         failed = AttemptResult(
             outcome=Outcome.RETRY, started_at=past, duration_ms=1.0, next_attempt_at=past
         )
-        log.finish(claim, failed, dispatcher="webhook", worker="w")
+        finish(log, claim, failed, dispatcher="webhook", worker="w")
     # (the in-memory broker lives as long as the process: other tests' messages go first)
     with Connection("memory://") as conn, conn.SimpleQueue(settings.queue) as queue:
         queue.clear()
